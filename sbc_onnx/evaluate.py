@@ -1,0 +1,135 @@
+"""Classification accuracy of a NIR graph on a dataset, with per-layer firing rates.
+
+Readouts:
+  count           argmax of the output node's summed spikes (ties -> lowest index, as np.argmax)
+  count+potential spike count, ties broken by the membrane potential of the neuron feeding the output at
+                  the last step (count + potential * tiny; only breaks exact count ties)
+  potential       argmax of the final value of a non-spiking output (LI, I, CubaLI)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import SbcError
+from .graph import FlatGraph, flatten
+from .sim import SimConfig, Walker
+
+READOUTS = ("count", "count+potential", "potential")
+
+
+@dataclass
+class EvalResult:
+    correct: int
+    n: int
+    predictions: np.ndarray
+    labels: np.ndarray
+    firing_rates: dict[str, float] = field(default_factory=dict)  # spikes per neuron per step
+    seconds: float = 0.0
+    ties: int = 0  # samples whose top output count was tied (count readout)
+    silent: int = 0  # samples without any output spike
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+    def line(self) -> str:
+        return f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n})"
+
+
+def _output_source(fg: FlatGraph) -> str:
+    out = fg.outputs[0]
+    preds = fg.preds[out] + fg.back_preds[out]
+    if len(preds) != 1:
+        raise SbcError(f"output {out!r} has {len(preds)} sources; readout needs exactly one")
+    return preds[0]
+
+
+def predict_batch(walker: Walker, x_tb: np.ndarray, readout: str = "count") -> tuple[np.ndarray, dict, dict]:
+    """Predictions for one batch, plus the run's spike counts and some readout statistics."""
+    fg = walker.fg
+    src = _output_source(fg)
+    res = walker.run(x_tb, record_outputs=False)
+    out_name = fg.outputs[0]
+    final = res.outputs[out_name]
+    stats: dict[str, Any] = {}
+    if readout == "potential":
+        if walker.ops[src].spiking:
+            raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes "
+                           f"(use --readout count)")
+        scores = final.reshape(final.shape[0], -1)
+    else:
+        if src not in res.counts:
+            raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} is "
+                           f"{fg.kind(src)} (use --readout potential)")
+        counts = res.counts[src].reshape(final.shape[0], -1)
+        top = counts.max(axis=1, keepdims=True)
+        stats["ties"] = int(((counts == top).sum(axis=1) > 1).sum())
+        stats["silent"] = int((top[:, 0] == 0).sum())
+        scores = counts.astype(np.float64)
+        if readout == "count+potential":
+            v = res.states[src]["v"].reshape(final.shape[0], -1).astype(np.float64)
+            # squash v into (0, 0.5) so it only orders samples within an exact count tie
+            scores = scores + 0.5 * (1 / (1 + np.exp(-np.clip(v, -50, 50))))
+    return np.argmax(scores, axis=1), res.counts, stats
+
+
+def evaluate(
+    graph,
+    dataset,
+    cfg: SimConfig | None = None,
+    *,
+    readout: str = "count",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> EvalResult:
+    """Run `graph` over `dataset` (anything with .batches(batch_size) yielding (x (T,B,...), y))."""
+    if readout not in READOUTS:
+        raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
+    walker = graph if isinstance(graph, Walker) else Walker(graph if isinstance(graph, FlatGraph) else flatten(graph), cfg)
+    preds, labels = [], []
+    spike_sum: dict[str, float] = {}
+    neuron_steps: dict[str, int] = {}
+    ties = silent = 0
+    t0 = time.perf_counter()
+    bar = _bar(getattr(dataset, "n", None), progress)
+    for x_tb, y in dataset.batches(batch_size):
+        p, counts, stats = predict_batch(walker, x_tb, readout)
+        preds.append(p)
+        labels.append(np.asarray(y))
+        ties += stats.get("ties", 0)
+        silent += stats.get("silent", 0)
+        for name, c in counts.items():
+            spike_sum[name] = spike_sum.get(name, 0.0) + float(c.sum())
+            neuron_steps[name] = neuron_steps.get(name, 0) + c.size * x_tb.shape[0]
+        if bar is not None:
+            bar.update(len(y))
+    if bar is not None:
+        bar.close()
+    if not preds:
+        raise SbcError("the dataset is empty")
+    preds_a, labels_a = np.concatenate(preds), np.concatenate(labels)
+    rates = {n: spike_sum[n] / neuron_steps[n] for n in walker.spiking if n in spike_sum}
+    return EvalResult(
+        correct=int((preds_a == labels_a).sum()), n=len(labels_a), predictions=preds_a, labels=labels_a,
+        firing_rates=rates, seconds=time.perf_counter() - t0, ties=ties, silent=silent,
+    )
+
+
+def _bar(total, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", desc="simulating", leave=False, dynamic_ncols=True)
+
+
+def batches_from_arrays(x: np.ndarray, y: Iterable[int], batch_size: int):
+    """Helper for arrays shaped (N, T, ...): yields time-major float32 batches."""
+    y = np.asarray(list(y))
+    for i in range(0, len(y), batch_size):
+        yield np.ascontiguousarray(np.swapaxes(x[i : i + batch_size], 0, 1), dtype=np.float32), y[i : i + batch_size]

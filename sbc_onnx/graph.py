@@ -1,0 +1,158 @@
+"""A flat, ordered view of a NIR graph for simulation and compression.
+
+Nested NIRGraph nodes are flattened into dotted names ("sub.node"); the node objects are the graph's own
+(not copies), so rewriting a weight through the flat view rewrites the original graph. Node order in
+NIR files is alphabetical, so we order nodes ourselves: a depth-first search from the inputs marks the
+edges that close a cycle as back edges (read at t-1 by the walker); the rest is sorted topologically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import nir
+import numpy as np
+
+from .errors import SbcError
+
+
+@dataclass
+class FlatGraph:
+    nodes: dict[str, Any]
+    edges: list[tuple[str, str]]
+    inputs: list[str]
+    outputs: list[str]
+    order: list[str] = field(default_factory=list)
+    back_edges: set[tuple[str, str]] = field(default_factory=set)
+    preds: dict[str, list[str]] = field(default_factory=dict)  # forward predecessors (same step)
+    back_preds: dict[str, list[str]] = field(default_factory=dict)  # read from the previous step
+    succs: dict[str, list[str]] = field(default_factory=dict)
+
+    def kind(self, name: str) -> str:
+        return type(self.nodes[name]).__name__
+
+
+def _flatten(graph: nir.NIRGraph, prefix: str, nodes: dict, edges: list) -> tuple[list[str], list[str]]:
+    """Add graph's nodes/edges under prefix; return the (prefixed) names of its Input and Output nodes."""
+    ins, outs = [], []
+    ports: dict[str, tuple[list[str], list[str]]] = {}
+    for name, node in graph.nodes.items():
+        full = prefix + name
+        if isinstance(node, nir.NIRGraph):
+            ports[name] = _flatten(node, full + ".", nodes, edges)
+        else:
+            nodes[full] = node
+            if isinstance(node, nir.Input):
+                ins.append(full)
+            elif isinstance(node, nir.Output):
+                outs.append(full)
+
+    def endpoint(name: str, as_source: bool) -> str:
+        if name in ports:
+            sub_in, sub_out = ports[name]
+            chosen = sub_out if as_source else sub_in
+            if len(chosen) != 1:
+                raise SbcError(f"edge addresses subgraph {prefix + name!r}, which has {len(chosen)} "
+                               f"{'outputs' if as_source else 'inputs'}; address one as '{name}.<port>'")
+            return chosen[0]
+        full = prefix + name
+        if full not in nodes:
+            raise SbcError(f"edge refers to unknown node {full!r}")
+        return full
+
+    for src, dst in graph.edges:
+        edges.append((endpoint(src, True), endpoint(dst, False)))
+    return ins, outs
+
+
+def flatten(graph: nir.NIRGraph) -> FlatGraph:
+    if not isinstance(graph, nir.NIRGraph):
+        raise SbcError(f"expected a NIR graph, got {type(graph).__name__}")
+    nodes: dict[str, Any] = {}
+    edges: list[tuple[str, str]] = []
+    ins, outs = _flatten(graph, "", nodes, edges)
+    # Inner Input/Output nodes of subgraphs are pass-throughs; only the top level's are graph ports.
+    top_in = [n for n in ins if "." not in n]
+    top_out = [n for n in outs if "." not in n]
+    fg = FlatGraph(nodes=nodes, edges=list(dict.fromkeys(edges)), inputs=sorted(top_in), outputs=sorted(top_out))
+    _order(fg)
+    return fg
+
+
+def _order(fg: FlatGraph) -> None:
+    succ: dict[str, list[str]] = {n: [] for n in fg.nodes}
+    pred: dict[str, list[str]] = {n: [] for n in fg.nodes}
+    for s, d in fg.edges:
+        succ[s].append(d)
+        pred[d].append(s)
+    # DFS from inputs first, then from nodes without predecessors, then anything left (pure cycles).
+    starts = fg.inputs + sorted(n for n in fg.nodes if not pred[n] and n not in fg.inputs) + sorted(fg.nodes)
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    back: set[tuple[str, str]] = set()
+    for root in starts:
+        if root in state:
+            continue
+        stack = [(root, iter(succ[root]))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                back.add((node, nxt))
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, iter(succ[nxt])))
+    # Kahn's algorithm on the forward edges; ties broken by the order nodes were discovered.
+    rank = {n: i for i, n in enumerate(dict.fromkeys(starts))}
+    fwd_pred = {n: [p for p in pred[n] if (p, n) not in back] for n in fg.nodes}
+    indeg = {n: len(fwd_pred[n]) for n in fg.nodes}
+    ready = sorted((n for n in fg.nodes if indeg[n] == 0), key=rank.get)
+    order = []
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for d in succ[n]:
+            if (n, d) in back:
+                continue
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                ready.append(d)
+                ready.sort(key=rank.get)
+    if len(order) != len(fg.nodes):  # cannot happen after cutting DFS back edges; guard anyway
+        raise SbcError("could not order the graph's nodes (cycle without a back edge)")
+    fg.order = order
+    fg.back_edges = back
+    fg.preds = fwd_pred
+    fg.back_preds = {n: [p for p in pred[n] if (p, n) in back] for n in fg.nodes}
+    fg.succs = succ
+
+
+def node_shape(node: Any, which: str = "output") -> tuple[int, ...] | None:
+    """The node's (batch-less) input or output shape if NIR knows it."""
+    t = getattr(node, f"{which}_type", None)
+    if not t:
+        return None
+    v = next(iter(t.values()))
+    if v is None:
+        return None
+    a = np.asarray(v).reshape(-1)
+    if a.size == 0 and np.asarray(v).ndim == 1:
+        return ()
+    try:
+        return tuple(int(x) for x in a)
+    except (TypeError, ValueError):
+        return None
+
+
+def param_count(node: Any) -> int:
+    total = 0
+    for f in getattr(node, "__dataclass_fields__", {}):
+        if f in ("input_type", "output_type", "metadata"):
+            continue
+        v = getattr(node, f)
+        if isinstance(v, np.ndarray) and v.dtype.kind in "fiu" and f in ("weight", "bias"):
+            total += v.size
+    return total

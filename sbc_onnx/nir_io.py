@@ -1,0 +1,152 @@
+"""Reading and writing NIR files with the `nir` package, with clear errors for bad input.
+
+- read: type checking on; if the file's own types are wrong (e.g. the paper's lif_rockpool.nir declares an
+  Output of shape [1,1,1] after a [1] LIF), load without type checking, repair Output/Input shapes that
+  disagree with their neighbours, and say so. Parameters must be finite.
+- write: neuron parameters never 0-d (nir's gzip writer crashes on them and type checks fail), metadata kept,
+  simulation settings recorded, atomic (temp file + rename), and the result must load back type-checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import nir
+import numpy as np
+
+from .errors import SbcError
+from .graph import flatten, node_shape
+
+log = logging.getLogger("sbc_onnx")
+
+_NOT_PARAMS = ("input_type", "output_type", "metadata")
+_SHAPE_FIELDS = ("input_shape", "stride", "padding", "dilation", "groups", "kernel_size", "start_dim", "end_dim")
+
+
+def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
+    path = Path(path)
+    if not path.exists():
+        raise SbcError(f"file not found: {path}")
+    if path.is_dir():
+        raise SbcError(f"{path} is a directory, not a NIR file")
+    if not h5py.is_hdf5(path):
+        raise SbcError(f"{path} is not a NIR file (not HDF5)")
+    try:
+        graph = nir.read(path)
+    except ValueError as e:
+        if "type" not in str(e).lower():
+            raise SbcError(f"cannot read NIR file {path}: {e}") from e
+        graph = _read_unchecked(path, reason=str(e))
+    except (OSError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise SbcError(f"cannot read NIR file {path}: the file is truncated, corrupt or not a NIR graph "
+                       f"({type(e).__name__}: {e})") from e
+    except NotImplementedError as e:
+        raise SbcError(f"cannot read NIR file {path}: {e}") from e
+    if not isinstance(graph, nir.NIRGraph):
+        raise SbcError(f"{path} holds a single {type(graph).__name__} node, not a graph")
+    check_finite(graph)
+    return graph
+
+
+def _read_unchecked(path: Path, reason: str) -> nir.NIRGraph:
+    try:
+        graph = nir.read(path, type_check=False)
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+        raise SbcError(f"cannot read NIR file {path}: {reason}; without type checking: {e}") from e
+    fixed = repair_port_shapes(graph)
+    log.warning("%s: the file's own types are inconsistent (%s); loaded without type checking%s",
+                path.name, reason, f", repaired {', '.join(fixed)}" if fixed else "")
+    return graph
+
+
+def repair_port_shapes(graph: nir.NIRGraph) -> list[str]:
+    """Make Output (Input) node shapes equal to their predecessor's output (successor's input)."""
+    fixed = []
+    fg = flatten(graph)
+    for name, node in fg.nodes.items():
+        if isinstance(node, nir.Output):
+            srcs = [s for s, d in fg.edges if d == name]
+            shapes = {node_shape(fg.nodes[s], "output") for s in srcs} - {None}
+            if len(shapes) == 1:
+                shape = shapes.pop()
+                if node_shape(node, "input") != shape:
+                    node.output_type = {"output": np.array(shape)}
+                    node.input_type = {"input": np.array(shape)}
+                    fixed.append(f"{name} shape -> {list(shape)}")
+    return fixed
+
+
+def iter_params(graph: nir.NIRGraph):
+    """(flat node name, field, array) for every numeric parameter array."""
+    for name, node in flatten(graph).nodes.items():
+        for f in getattr(node, "__dataclass_fields__", {}):
+            if f in _NOT_PARAMS or f in _SHAPE_FIELDS:
+                continue
+            v = getattr(node, f)
+            if isinstance(v, (np.ndarray, float, int)) and np.asarray(v).dtype.kind in "fiu":
+                yield name, f, np.asarray(v)
+
+
+def check_finite(graph: nir.NIRGraph) -> None:
+    for name, f, v in iter_params(graph):
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+            raise SbcError(f"node {name!r} parameter {f!r} has {bad} NaN/inf value(s)")
+
+
+def _broadcast_params(graph: nir.NIRGraph) -> None:
+    """Replace 0-d parameter arrays by full per-neuron arrays of the node's shape."""
+    for name, node in flatten(graph).nodes.items():
+        shape = node_shape(node, "output") or node_shape(node, "input")
+        for f in getattr(node, "__dataclass_fields__", {}):
+            if f in _NOT_PARAMS or f in _SHAPE_FIELDS:
+                continue
+            v = getattr(node, f)
+            if isinstance(v, (float, int, np.number)) or (isinstance(v, np.ndarray) and v.ndim == 0):
+                if shape is None or shape == ():
+                    setattr(node, f, np.atleast_1d(np.asarray(v)))
+                else:
+                    setattr(node, f, np.full(shape, np.asarray(v).item(), dtype=np.asarray(v).dtype))
+
+
+def _clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """HDF5 metadata must be numbers, strings or arrays; drop None, stringify the rest."""
+    out = {}
+    for k, v in meta.items():
+        if v is None:
+            continue
+        if isinstance(v, (str, bytes, int, float, np.number, np.ndarray, bool)):
+            out[k] = v
+        elif isinstance(v, dict):
+            out[k] = _clean_meta(v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def write_nir(graph: nir.NIRGraph, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
+              verify: bool = True) -> Path:
+    """Write `graph` (modified in place: 0-d params broadcast, metadata merged) atomically to `path`."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise SbcError(f"output directory does not exist: {path.parent}")
+    _broadcast_params(graph)
+    graph.metadata = _clean_meta({**(graph.metadata or {}), **(metadata or {})})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        nir.write(tmp, graph)
+        if verify:
+            nir.read(tmp)  # must load back with type checking on
+        os.replace(tmp, path)
+    except Exception as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, SbcError):
+            raise
+        raise SbcError(f"could not write {path}: {type(e).__name__}: {e}") from e
+    return path
