@@ -1,0 +1,141 @@
+"""Streaming SMP Hessian: H = 2/N_units * sum_{units} (M X)^T (M X).
+
+X is one unit's input spike train (T x d_in; a unit is one sample at one spatial position for convs),
+M the causal leak kernel of the neuron the layer feeds (spec §1.2-1.4).  M X is computed *causally* and
+streamed: z_t = beta z_{t-1} + x_t per beta of the cascade, so no T x T matrix is ever built.
+
+Constant prefactors of the kernel (1/tau, dt/tau, the surrogate slope c) only rescale H.  Damping is
+relative (0.01 * mean diag H) and the OBS updates are invariant to a scalar factor of H, so every
+prefactor is dropped here on purpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import blas
+
+__all__ = ["TimeFilter", "kernel_matrix", "filter_time", "HessianAccumulator"]
+
+
+class TimeFilter:
+    """Causal exponential filter cascade, streamed one time step at a time.
+
+    For each beta in ``betas`` (applied in order): ``z_t = beta * z_{t-1} + x_t``.
+    CubaLIF: (beta_syn, beta_mem); LIF: (beta_mem,); IF: (1.0,) = cumulative sum; identity: ().
+    ``shape`` is the per-step shape of x_t (e.g. (units, d_in)); the state is kept in float64 so long
+    IF integrations do not lose precision.
+    """
+
+    def __init__(self, betas, shape):
+        self.betas = tuple(float(b) for b in betas)
+        self.shape = tuple(shape)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = [np.zeros(self.shape, dtype=np.float64) for _ in self.betas]
+
+    def step(self, x_t: np.ndarray) -> np.ndarray:
+        z = np.asarray(x_t, dtype=np.float64)
+        for k, beta in enumerate(self.betas):
+            s = self._state[k]
+            s *= beta
+            s += z
+            z = s  # the output of stage k is the input of stage k+1
+        return np.array(z, dtype=np.float64, copy=True)
+
+
+def kernel_matrix(T: int, betas) -> np.ndarray:
+    """Dense (T, T) lower-triangular M with M X == streamed TimeFilter output (for tests / reference).
+
+    One beta: M[t, s] = beta**(t - s) for s <= t.  A cascade is the product of the stage matrices.
+    """
+    t = np.arange(T)
+    diff = t[:, None] - t[None, :]
+    M = np.eye(T)
+    for beta in betas:
+        Mb = np.where(diff >= 0, float(beta) ** np.maximum(diff, 0), 0.0)
+        M = Mb @ M
+    return M
+
+
+def filter_time(X: np.ndarray, betas, axis: int = 0) -> np.ndarray:
+    """Apply the causal cascade along ``axis`` of a whole array (float64 result)."""
+    Z = np.moveaxis(np.array(X, dtype=np.float64, copy=True), axis, 0)
+    for beta in betas:
+        for t in range(1, Z.shape[0]):
+            Z[t] += beta * Z[t - 1]
+    return np.moveaxis(Z, 0, axis)
+
+
+class HessianAccumulator:
+    """Streaming accumulator of H = 2/N_units * sum z z^T.
+
+    ``add(Z, n_units)``: Z (rows, d) are *already filtered* rows (one per unit and time step);
+    ``n_units`` is the number of (sample x position) units they belong to (time is summed, not averaged).
+
+    Precision: filtered spikes are not integers, so float32 sums can drift.  We run ``ssyrk`` on blocks
+    of at most ``block_rows`` rows (bounded float32 rounding: relative error ~ sqrt(block_rows) * 6e-8)
+    and fold each block into a float64 total.  ``precision="float64"`` uses dsyrk throughout (about 2x
+    slower).  Only the upper triangle is accumulated (syrk = n d^2 FLOPs, half of a GEMM).
+    """
+
+    def __init__(self, d: int, betas: tuple = (), *, precision: str = "float32", block_rows: int = 8192):
+        if precision not in ("float32", "float64"):
+            raise ValueError(f"precision must be float32 or float64, not {precision!r}")
+        self.d = int(d)
+        self.betas = tuple(float(b) for b in betas)
+        self.precision = precision
+        self.block_rows = int(block_rows)
+        self._S = np.zeros((self.d, self.d), dtype=np.float64, order="F")  # upper triangle of sum z z^T
+        self._n_units = 0
+        self._sq = np.zeros(self.d, dtype=np.float64)
+        self.n_rows = 0
+
+    # -- accumulation -------------------------------------------------------------------------
+    def add(self, Z: np.ndarray, n_units: int) -> None:
+        """Add filtered rows Z (rows, d) belonging to ``n_units`` units."""
+        Z = np.asarray(Z)
+        if Z.ndim != 2 or Z.shape[1] != self.d:
+            raise ValueError(f"Z must have shape (rows, {self.d}), got {Z.shape}")
+        dt = np.float32 if self.precision == "float32" else np.float64
+        syrk = blas.ssyrk if dt is np.float32 else blas.dsyrk
+        for r0 in range(0, Z.shape[0], self.block_rows):
+            # Z[r0:r1].T is (d, rows) and Fortran-contiguous when Z is C-contiguous: no copy for syrk.
+            A = np.asarray(Z[r0:r0 + self.block_rows], dtype=dt).T
+            if not A.flags.f_contiguous:
+                A = np.asfortranarray(A)
+            part = syrk(1.0, A, trans=0, lower=0)  # upper triangle of A A^T = Z^T Z
+            self._S += part  # float32 partial folded into the float64 total
+        self._n_units += int(n_units)
+        self.n_rows += Z.shape[0]
+
+    def add_raw_sq(self, vec: np.ndarray) -> None:
+        """Add per-input sums of squares of the UNFILTERED input (Wanda's ||x_j||^2)."""
+        self._sq += np.asarray(vec, dtype=np.float64)
+
+    def add_sequence(self, X: np.ndarray) -> None:
+        """Convenience: X (T, units, d) raw inputs of ``units`` units; filters with ``betas``, adds
+        the filtered rows to H and the raw squares to ``sq_norms``."""
+        X = np.asarray(X)
+        T, U, d = X.shape
+        Z = filter_time(X, self.betas, axis=0).reshape(T * U, d)
+        self.add(Z, U)
+        Xf = X.reshape(T * U, d).astype(np.float64)
+        self.add_raw_sq(np.einsum("ij,ij->j", Xf, Xf))
+
+    # -- results ------------------------------------------------------------------------------
+    @property
+    def n_units(self) -> int:
+        return self._n_units
+
+    @property
+    def H(self) -> np.ndarray:
+        """Symmetric float64 (d, d) Hessian 2/N_units * sum z z^T (zeros if nothing was added)."""
+        S = np.triu(self._S)
+        S = S + np.triu(S, 1).T
+        return np.ascontiguousarray(S * (2.0 / self._n_units)) if self._n_units else S
+
+    @property
+    def sq_norms(self) -> np.ndarray:
+        """Per-input sum of squares of the unfiltered input (not normalised; Wanda is scale-free)."""
+        return self._sq.copy()
