@@ -1,0 +1,142 @@
+"""`sbc-onnx data ...`: build dataset .npz files (N-MNIST, MNIST) and inspect them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..data import Dataset, load_dataset, load_mnist, load_nmnist, save_dataset
+from ..errors import SbcError
+from . import cli
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} GB"  # pragma: no cover
+
+
+def _summary(ds: Dataset, path: Path) -> str:
+    steps = f"{ds.steps} steps"
+    if ds.lengths is not None and ds.n and ds.lengths.min() != ds.lengths.max():
+        steps += f" (lengths {ds.lengths.min()}..{ds.lengths.max()})"
+    if ds.repeat_steps is not None:
+        steps += " (one static frame repeated)"
+    return (
+        f"{path}: {ds.n} samples, {steps}, input shape {ds.input_shape}, "
+        f"{ds.x.dtype}, {_size(path.stat().st_size)}"
+    )
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise SbcError(f"--shape must be comma-separated integers like 1,28,28 or 784, got {text!r}") from None
+    if not shape:
+        raise SbcError(f"--shape must not be empty, got {text!r}")
+    return shape
+
+
+@cli.group("data")
+def data() -> None:
+    """Build and inspect dataset files (.npz: x (N, T, *input_shape), y (N,))."""
+
+
+@data.command("nmnist")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="output .npz")
+@click.option(
+    "--time-window-us", type=int, default=1000, show_default=True, help="frame length in microseconds (one step)"
+)
+def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int) -> None:
+    """N-MNIST .bs2 recordings listed in LABELS (`#sample #class` file) -> event-count frames (T, 2, 34, 34)."""
+    t0 = time.perf_counter()
+    ds = load_nmnist(directory, labels, time_window_us, progress=True)
+    save_dataset(ds, output)
+    click.echo(f"{_summary(ds, output)}; {time.perf_counter() - t0:.1f} s")
+
+
+@data.command("mnist")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="output .npz")
+@click.option("--steps", type=int, required=True, help="time steps T per image")
+@click.option(
+    "--encoding",
+    type=click.Choice(["bernoulli", "analog"]),
+    default="bernoulli",
+    show_default=True,
+    help="bernoulli: spike = rng.random() < pixel/255 per step; analog: pixel/255 every step",
+)
+@click.option("--limit", type=int, default=None, help="number of images (default: all)")
+@click.option("--start", type=int, default=0, show_default=True, help="index of the first image")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the Bernoulli generator")
+@click.option("--shape", default="1,28,28", show_default=True, help="per-step input shape, e.g. 1,28,28 or 784")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+def mnist_cmd(
+    directory: Path,
+    output: Path,
+    steps: int,
+    encoding: str,
+    limit: int | None,
+    start: int,
+    seed: int,
+    shape: str,
+    split: str,
+) -> None:
+    """MNIST idx files in DIRECTORY (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) -> spikes."""
+    t0 = time.perf_counter()
+    ds = load_mnist(
+        directory,
+        steps=steps,
+        encoding=encoding,
+        limit=limit,
+        start=start,
+        seed=seed,
+        shape=_parse_shape(shape),
+        split=split,
+        progress=True,
+    )
+    save_dataset(ds, output)
+    click.echo(f"{_summary(ds, output)}; {time.perf_counter() - t0:.1f} s")
+
+
+@data.command("info")
+@click.argument("file", type=click.Path(path_type=Path))
+def info_cmd(file: Path) -> None:
+    """Describe a dataset .npz: size, steps, input shape, dtype, labels, metadata."""
+    ds = load_dataset(file)
+    click.echo(_summary(ds, file))
+    x = ds.x
+    click.echo(f"  x: stored shape {x.shape}, dtype {x.dtype}, values {_range(x)}")
+    if ds.x_scale is not None:
+        click.echo(f"  x_scale: {ds.x_scale:.9g}")
+    if ds.repeat_steps is not None:
+        click.echo(f"  repeat_steps: {ds.repeat_steps} (one stored frame per sample)")
+    if ds.lengths is not None and ds.n:
+        click.echo(f"  lengths: {ds.lengths.min()}..{ds.lengths.max()} (mean {ds.lengths.mean():.1f})")
+    if ds.n:
+        if ds.y.min() >= 0:
+            hist = ds.label_histogram()
+            click.echo(f"  labels: {len(hist)} classes, histogram {hist.tolist()}")
+        else:
+            click.echo(f"  labels: {ds.y.min()}..{ds.y.max()}")
+    if ds.ids is not None and ds.n:
+        click.echo(f"  ids: {ds.ids[0]} .. {ds.ids[-1]}")
+    if ds.meta:
+        click.echo(f"  meta: {json.dumps(ds.meta, sort_keys=True)}")
+
+
+def _range(x: np.ndarray) -> str:
+    if x.size == 0:
+        return "(empty)"
+    if x.dtype == np.bool_:
+        return f"0/1, {x.mean():.4f} ones"
+    return f"{x.min()}..{x.max()}"
