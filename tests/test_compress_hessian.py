@@ -1,0 +1,65 @@
+"""Streaming time filter and SMP Hessian accumulation against the direct dense formulas."""
+
+import numpy as np
+import pytest
+
+from sbc_onnx.compress import HessianAccumulator, TimeFilter, filter_time, kernel_matrix
+
+
+@pytest.mark.parametrize("betas", [(), (0.8,), (0.6, 0.9), (1.0,)])
+def test_timefilter_stream_equals_kernel_matrix(betas):
+    rng = np.random.default_rng(1)
+    T, U, d = 15, 3, 7
+    X = (rng.random((T, U, d)) < 0.3).astype(np.float64)
+    M = kernel_matrix(T, betas)
+    ref = np.einsum("ts,sud->tud", M, X)
+    f = TimeFilter(betas, (U, d))
+    out = np.stack([f.step(X[t]) for t in range(T)])
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(filter_time(X, betas), ref, rtol=1e-12, atol=1e-12)
+    f.reset()
+    np.testing.assert_allclose(f.step(X[0]), X[0])  # reset clears the state
+
+
+def test_kernel_matrix_single_beta_and_if():
+    M = kernel_matrix(4, (0.5,))
+    assert M[3, 1] == pytest.approx(0.25) and M[1, 3] == 0.0 and M[2, 2] == 1.0
+    np.testing.assert_array_equal(kernel_matrix(5, (1.0,)), np.tril(np.ones((5, 5))))  # IF = cumsum
+    np.testing.assert_array_equal(kernel_matrix(3, ()), np.eye(3))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_accumulator_equals_direct_formula(precision):
+    rng = np.random.default_rng(2)
+    T, d, betas = 12, 9, (0.7, 0.9)
+    M = kernel_matrix(T, betas)
+    acc = HessianAccumulator(d, betas, precision=precision, block_rows=50)  # forces several blocks
+    direct = np.zeros((d, d))
+    n_total = 0
+    for batch in range(3):
+        n = 4 + batch
+        X = (rng.random((T, n, d)) < 0.25).astype(np.float32)
+        acc.add_sequence(X)
+        for i in range(n):
+            Z = M @ X[:, i, :].astype(np.float64)
+            direct += Z.T @ Z
+        n_total += n
+    direct *= 2.0 / n_total
+    H = acc.H
+    assert acc.n_units == n_total
+    assert H.dtype == np.float64 and np.array_equal(H, H.T)
+    tol = 1e-5 if precision == "float32" else 1e-12
+    np.testing.assert_allclose(H, direct, rtol=tol, atol=tol * np.abs(direct).max())
+
+
+def test_accumulator_add_rows_and_sq_norms():
+    rng = np.random.default_rng(3)
+    X = (rng.random((40, 6)) < 0.5).astype(np.float64)
+    acc = HessianAccumulator(6)
+    acc.add(X[:25], n_units=3)
+    acc.add(X[25:], n_units=2)
+    np.testing.assert_allclose(acc.H, 2.0 / 5 * X.T @ X, rtol=1e-6)
+    acc.add_raw_sq((X**2).sum(0))
+    np.testing.assert_allclose(acc.sq_norms, X.sum(0))
+    with pytest.raises(ValueError):
+        acc.add(np.zeros((3, 5)), 1)
