@@ -87,6 +87,7 @@ def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None,
         res.notes.append("method rtn prunes by magnitude")
     Wc, mask = W0, np.ones(W0.shape, bool)
     fallbacks = []
+    failed = None  # factorization error of the pruning stage: quantization then uses RTN too
 
     # ---- pruning -------------------------------------------------------------------------------
     if prune:
@@ -108,6 +109,7 @@ def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None,
             res.escalations.append(str(e))
             r = None
             second_order = False
+            failed = str(e)
         if r is None:
             if method == "wanda":
                 if sq_norms is None:
@@ -144,6 +146,8 @@ def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None,
             except FactorizationError as e:
                 fallbacks.append(f"RTN quantization ({e})")
                 res.escalations.append(str(e))
+        elif failed is not None:
+            fallbacks.append(f"RTN quantization ({failed})")
         if qr is None:
             qr = quantize_rtn(Wc, grid, mask if prune else None)
         Wf, res.q, res.grid = qr.W, qr.q, grid
