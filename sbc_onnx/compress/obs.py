@@ -48,7 +48,7 @@ def _b_in(d_in: int) -> int:
     return math.ceil(d_in / min(d_in, 256))
 
 
-def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 << 30, flush=256):
+def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 << 30, flush=64):
     """Step 1 of ExactOBS.  Returns (order, scores) of shape (d_out, n_elim); n_elim = d_in, or the
     per-row pattern count for N:M."""
     W = np.asarray(W, dtype=np.float64)
@@ -78,6 +78,7 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 
         A = np.empty((nb, d, flush + b_in), dtype=np.float32)   # lazy downdate:  Hinv_true = Hs - A Bt
         Bt = np.empty((nb, flush + b_in, d), dtype=np.float32)
         r = 0
+        ridx = np.arange(nb)[:, None]  # fancy-index gather of rows is ~10x faster than take_along_axis
         alive = np.ones((nb, d), dtype=bool)
         cap = None if pattern is None else np.repeat(cap0[None, :], nb, axis=0)
         pos = 0
@@ -106,9 +107,10 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 
             order[r0:r1, pos:pos + bi] = P
             scores[r0:r1, pos:pos + bi] = np.take_along_axis(sP, o, 1)
             # current columns Hinv[:, P] = Hs[:, :, P] - A[:, :, :r] @ Bt[:, :r, P]
-            HP = np.take_along_axis(Hs, P[:, None, :], axis=2)
+            # gather ROWS P of the symmetric stack (contiguous reads) instead of strided columns
+            HP = Hs[ridx, P].transpose(0, 2, 1)
             if r:
-                HP -= A[:, :, :r] @ np.take_along_axis(Bt[:, :r, :], P[:, None, :], axis=2)
+                HP = HP - A[:, :, :r] @ np.take_along_axis(Bt[:, :r, :], P[:, None, :], axis=2)
             HPP = np.take_along_axis(HP, P[:, :, None], axis=1).astype(np.float64)
             HPPinv = np.linalg.pinv(HPP, hermitian=True).astype(np.float32)  # tiny (bi x bi) blocks
             wP = np.take_along_axis(w, P, 1)
@@ -118,10 +120,10 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 
             newBt = HPPinv @ HP.transpose(0, 2, 1)  # (nb, bi, d); update = HP @ newBt
             A[:, :, r:r + bi] = HP
             Bt[:, r:r + bi, :] = newBt
-            dcur -= np.einsum("bdk,bkd->bd", HP, newBt)
+            dcur -= (HP * newBt.transpose(0, 2, 1)).sum(axis=2)
             r += bi
             pos += bi
-            if r >= flush or (pos >= n_elim and False):
+            if r >= flush:
                 for b in range(nb):  # in-place sgemm on the transposed (F-ordered) view: no temporaries
                     blas.sgemm(-1.0, Bt[b, :r].T, A[b, :, :r].T, beta=1.0, c=Hs[b].T, overwrite_c=1)
                 r = 0
@@ -159,7 +161,7 @@ def exact_resolve(W0, H, mask, *, rel_damp=0.01, max_damp=1.0):
 
 
 def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, b_in=None,
-                    row_scale=None, mem_budget=1 << 30, flush=256) -> PruneResult:
+                    row_scale=None, mem_budget=1 << 30, flush=64) -> PruneResult:
     """ExactOBS / SBC pruning of k weights of the layer (or an (n, m) N:M pattern)."""
     W0 = np.asarray(W, dtype=np.float64)
     d_out, d = W0.shape

@@ -1,0 +1,103 @@
+"""Per-phase timing of the compress/ core against this machine's BLAS peaks (prints a markdown table).
+
+    .venv/bin/python benchmarks/bench_compress.py [--quick] [--sizes 256,512,1024] [--rows 16384]
+                                                  [--obs-max 1024]
+
+Phases per layer size d (d_out = d_in = d): Hessian accumulation (HessianAccumulator on ~10 % 0/1
+spikes, LIF-filtered, float32 ssyrk blocks into float64), factorization (flip-trick U), sbc-fast
+(SparseGPT 50 % sweep), gptq (4-bit sweep), and ExactOBS "sbc" (trace + compensation) up to --obs-max.
+FLOP counts: syrk n d^2, factor 2/3 d^3 (potrf + trtri), sweep d_out d^2, ExactOBS 2 d_out d^3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from scipy.linalg import blas
+
+from sbc_onnx.compress import HessianAccumulator, make_grid, prune_exact_obs, prune_sparsegpt, quantize_gptq
+from sbc_onnx.compress.hessian import filter_time
+from sbc_onnx.compress.numerics import upper_inverse_factor
+
+
+def best(f, reps=3):
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        t.append(time.perf_counter() - t0)
+    return min(t)
+
+
+def peaks(n=2048):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, n)).astype(np.float32)
+    B = rng.standard_normal((n, n)).astype(np.float32)
+    sgemm = 2 * n**3 / best(lambda: A @ B) / 1e9
+    Z = np.asfortranarray(rng.standard_normal((n, 4 * n)).astype(np.float32))
+    ssyrk = n * n * 4 * n / best(lambda: blas.ssyrk(1.0, Z)) / 1e9
+    Zd = Z.astype(np.float64, order="F")
+    dsyrk = n * n * 4 * n / best(lambda: blas.dsyrk(1.0, Zd)) / 1e9
+    return sgemm, ssyrk, dsyrk
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="256,512,1024,2048,4096")
+    ap.add_argument("--quick", action="store_true", help="sizes up to 2048, single repetition")
+    ap.add_argument("--rows", type=int, default=16384)
+    ap.add_argument("--obs-max", type=int, default=1024)
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    reps = 1 if a.quick else 2
+    if a.quick:
+        sizes = [s for s in sizes if s <= 2048]
+    sg, ss, ds = peaks()
+    print(f"BLAS peaks (float32 unless d): sgemm {sg:.1f} GFLOP/s, ssyrk {ss:.1f}, dsyrk {ds:.1f}\n")
+    print("| d | phase | seconds | GFLOP/s | fraction of peak |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(1)
+    for d in sizes:
+        T = 16
+        X = (rng.random((T, a.rows // T, d)) < 0.1).astype(np.float32)
+        Z = filter_time(X, (0.9,)).reshape(-1, d)
+
+        def acc_run():
+            acc = HessianAccumulator(d, (0.9,))
+            acc.add(Z, a.rows // T)
+            return acc.H
+
+        t = best(acc_run, reps)
+        H = acc_run()
+        fl = a.rows * d * d
+        print(f"| {d} | hessian ({a.rows} rows, ssyrk blocks) | {t:.3f} | {fl / t / 1e9:.1f} | {fl / t / 1e9 / ss:.0%} of ssyrk |")
+        W = rng.standard_normal((d, d))
+        t = best(lambda: upper_inverse_factor(H), reps)
+        fl = 2 / 3 * d**3
+        print(f"| {d} | factor (flip: potrf+trtri, f64) | {t:.3f} | {fl / t / 1e9:.1f} | {fl / t / 1e9 / sg:.0%} of sgemm |")
+        U, _, _ = upper_inverse_factor(H)
+        fl = d * d * d
+        t = best(lambda: prune_sparsegpt(W, H, W.size // 2, U=U), reps)
+        print(f"| {d} | sbc-fast sweep 50% | {t:.3f} | {fl / t / 1e9:.1f} | {fl / t / 1e9 / sg:.0%} of sgemm |")
+        g = make_grid(W, 4)
+        r = quantize_gptq(W, H, g)
+        t = r.seconds["sweep"]
+        print(f"| {d} | gptq 4-bit sweep (+factor x2: {r.seconds['factor']:.3f} s) | {t:.3f} | {fl / t / 1e9:.1f} | {fl / t / 1e9 / sg:.0%} of sgemm |")
+        if d <= a.obs_max:
+            t0 = time.perf_counter()
+            r = prune_exact_obs(W, H, W.size // 2)
+            t = time.perf_counter() - t0
+            fl = 2 * d * d**3
+            ideal = fl / (sg * 1e9)
+            s = r.seconds
+            print(f"| {d} | sbc ExactOBS (trace {s['trace']:.2f} s, compensate {s['compensate']:.2f} s) | {t:.2f} "
+                  f"| {fl / t / 1e9:.1f} | {fl / t / 1e9 / sg:.0%} of sgemm; 2 d_out d^3 at sgemm = {ideal:.2f} s, ratio {t / ideal:.1f}x |")
+        else:
+            fl = 2 * d * d**3
+            print(f"| {d} | sbc ExactOBS (skipped) | est. {fl / (sg * 1e9):.0f} s at sgemm speed | | |")
+
+
+if __name__ == "__main__":
+    main()
