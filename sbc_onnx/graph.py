@@ -156,3 +156,48 @@ def param_count(node: Any) -> int:
         if isinstance(v, np.ndarray) and v.dtype.kind in "fiu" and f in ("weight", "bias"):
             total += v.size
     return total
+
+
+def _field_items(node: Any):
+    for f in getattr(node, "__dataclass_fields__", {}):
+        if f in ("input_type", "output_type", "metadata"):
+            continue
+        yield f, getattr(node, f)
+
+
+def diff_graphs(a: nir.NIRGraph, b: nir.NIRGraph, *, ignore_fields: tuple[str, ...] = ()) -> list[str]:
+    """Human-readable differences in nodes, edges and parameters (exact comparison, dtype-insensitive
+    for numbers). Empty list = identical. Used by round-trip tests and to prove compression touched
+    only weights."""
+    fa, fb = flatten(a), flatten(b)
+    out = []
+    if set(fa.nodes) != set(fb.nodes):
+        out.append(f"nodes differ: only in first {sorted(set(fa.nodes) - set(fb.nodes))}, "
+                   f"only in second {sorted(set(fb.nodes) - set(fa.nodes))}")
+    if sorted(fa.edges) != sorted(fb.edges):
+        out.append(f"edges differ: {sorted(set(fa.edges) ^ set(fb.edges))}")
+    for name in sorted(set(fa.nodes) & set(fb.nodes)):
+        na, nb = fa.nodes[name], fb.nodes[name]
+        if type(na) is not type(nb):
+            out.append(f"{name}: type {type(na).__name__} != {type(nb).__name__}")
+            continue
+        if isinstance(na, (nir.Input, nir.Output, nir.Flatten)):
+            for which in ("input", "output"):
+                if node_shape(na, which) != node_shape(nb, which):
+                    out.append(f"{name}: {which} shape {node_shape(na, which)} != {node_shape(nb, which)}")
+        for f, va in _field_items(na):
+            if f in ignore_fields:
+                continue
+            vb = getattr(nb, f)
+            if isinstance(va, str) or isinstance(vb, str):
+                same = str(va) == str(vb)
+            elif va is None or vb is None:
+                same = va is None and vb is None
+            else:
+                xa, xb = np.asarray(va), np.asarray(vb)
+                same = xa.shape == xb.shape and np.array_equal(xa, xb)
+                if not same and xa.size == xb.size == 1:  # 0-d vs (1,) scalars, int vs array(int)
+                    same = np.array_equal(xa.reshape(-1), xb.reshape(-1))
+            if not same:
+                out.append(f"{name}.{f} differs")
+    return out

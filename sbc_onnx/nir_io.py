@@ -36,13 +36,14 @@ def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
         raise SbcError(f"{path} is a directory, not a NIR file")
     if not h5py.is_hdf5(path):
         raise SbcError(f"{path} is not a NIR file (not HDF5)")
+    _check_node_types(path)
     try:
         graph = nir.read(path)
     except ValueError as e:
         if "type" not in str(e).lower():
             raise SbcError(f"cannot read NIR file {path}: {e}") from e
         graph = _read_unchecked(path, reason=str(e))
-    except (OSError, KeyError, TypeError, AttributeError, IndexError) as e:
+    except (OSError, KeyError, TypeError, AttributeError, IndexError, AssertionError) as e:
         raise SbcError(f"cannot read NIR file {path}: the file is truncated, corrupt or not a NIR graph "
                        f"({type(e).__name__}: {e})") from e
     except NotImplementedError as e:
@@ -51,6 +52,41 @@ def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
         raise SbcError(f"{path} holds a single {type(graph).__name__} node, not a graph")
     check_finite(graph)
     return graph
+
+
+def _known_types() -> set[str]:
+    seen, todo = set(), [nir.NIRNode]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub.__name__ not in seen:
+                seen.add(sub.__name__)
+                todo.append(sub)
+    return seen
+
+
+def _check_node_types(path: Path) -> None:
+    """nir.read fails with a bare AssertionError on an unknown node type: name the node and type instead."""
+    known = _known_types()
+    try:
+        with h5py.File(path, "r") as f:
+            def walk(group, prefix):
+                for name, sub in group.get("nodes", {}).items():
+                    kind = sub["type"][()] if "type" in sub else None
+                    kind = kind.decode() if isinstance(kind, bytes) else kind
+                    if kind is None or kind not in known:
+                        raise SbcError(f"{path.name}: node {prefix + name!r} has type {kind!r}, which NIR "
+                                       f"{nir.__version__} does not define")
+                    if kind == "NIRGraph":
+                        walk(sub, prefix + name + ".")
+
+            if "node" not in f:
+                raise SbcError(f"{path}: not a NIR file (no /node group)")
+            walk(f["node"], "")
+    except SbcError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
+        raise SbcError(f"cannot read NIR file {path}: the file is truncated or corrupt ({type(e).__name__}: {e})") from e
 
 
 def _read_unchecked(path: Path, reason: str) -> nir.NIRGraph:

@@ -1,12 +1,11 @@
 """im2col convolution and pooling on batched NumPy arrays (PyTorch semantics).
 
-The column order of `im2col` rows is (C_in, k...) so that `weight.reshape(C_out, -1)` multiplies it
+The row order of `im2col_t` columns is (C_in, k...) so that `weight.reshape(C_out, -1)` multiplies it
 directly; calibration uses the same unfolding to build layer Hessians."""
 
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 def as_tuple(v, n: int) -> tuple:
@@ -45,53 +44,58 @@ def conv_output_shape(in_spatial, kernel, stride, pads, dilation) -> tuple[int, 
     )
 
 
-def _windows(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
-    """View of shape (B, C, *out_spatial, *kernel) over the zero-padded input (no copy but the pad)."""
-    nd = len(kernel)
-    if any(a or b for a, b in pads):
-        x = np.pad(x, [(0, 0), (0, 0), *pads])
-    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-    w = sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
-    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)
-    index += tuple(slice(None, None, d) for d in dilation)
-    return w[index]
+def _shifted(xpad: np.ndarray, offset: tuple, stride: tuple, out_spatial: tuple) -> np.ndarray:
+    """Strided view of xpad (B, C, *padded) holding the inputs that kernel tap `offset` sees."""
+    index = (slice(None), slice(None)) + tuple(
+        slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, stride, out_spatial)
+    )
+    return xpad[index]
 
 
-def im2col(x: np.ndarray, kernel, stride, pads, dilation) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Rows = (batch, output position), columns = (C_in, *kernel). Returns (cols, out_spatial)."""
-    nd = len(kernel)
-    w = _windows(x, kernel, stride, pads, dilation)
-    out_spatial = w.shape[2 : 2 + nd]
-    # (B, C, *out, *k) -> (B, *out, C, *k)
-    perm = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-    cols = w.transpose(perm).reshape(x.shape[0] * int(np.prod(out_spatial)), -1)
-    return cols, out_spatial
+def _pad(x: np.ndarray, pads) -> np.ndarray:
+    return np.pad(x, [(0, 0), (0, 0), *pads]) if any(a or b for a, b in pads) else x
+
+
+def im2col_t(x: np.ndarray, kernel, stride, pads, dilation) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Columns transposed: shape (C_in * prod(kernel), B * prod(out_spatial)), row order (C_in, *kernel).
+
+    Built with one strided slice copy per kernel tap (prod(kernel) copies into contiguous rows), which is
+    far faster than reshaping a sliding-window view. `cols_t @ cols_t.T` is the unfolded X^T X."""
+    b, c = x.shape[:2]
+    xpad = _pad(x, pads)
+    out_spatial = conv_output_shape(x.shape[2:], kernel, stride, pads, dilation)
+    n_out = int(np.prod(out_spatial))
+    cols = np.empty((c, *kernel, b, *out_spatial), dtype=x.dtype)
+    for tap in np.ndindex(*kernel):
+        offset = tuple(t * d for t, d in zip(tap, dilation))
+        cols[(slice(None), *tap)] = np.swapaxes(_shifted(xpad, offset, stride, out_spatial), 0, 1)
+    return cols.reshape(c * int(np.prod(kernel)), b * n_out), out_spatial
 
 
 def conv_forward(x, weight2d, bias, kernel, stride, pads, dilation, groups: int) -> np.ndarray:
     """x (B, C_in, *spatial); weight2d (C_out, C_in/groups * prod(kernel)) -> (B, C_out, *out_spatial)."""
     b, c_in = x.shape[:2]
     c_out = weight2d.shape[0]
-    outs = []
     cg, og = c_in // groups, c_out // groups
+    outs = []
     for g in range(groups):
         xg = x if groups == 1 else x[:, g * cg : (g + 1) * cg]
-        cols, out_spatial = im2col(xg, kernel, stride, pads, dilation)
-        outs.append(cols @ weight2d[g * og : (g + 1) * og].T)  # (B*L, og) — one GEMM
-    y = outs[0] if groups == 1 else np.concatenate(outs, axis=1)
-    nd = len(kernel)
-    y = y.reshape(b, *out_spatial, c_out).transpose(0, nd + 1, *range(1, nd + 1))
+        cols_t, out_spatial = im2col_t(xg, kernel, stride, pads, dilation)
+        outs.append(weight2d[g * og : (g + 1) * og] @ cols_t)  # (og, B*L) — one GEMM per group
+    y = outs[0] if groups == 1 else np.concatenate(outs, axis=0)
+    y = np.ascontiguousarray(np.swapaxes(y.reshape(c_out, b, *out_spatial), 0, 1))
     if bias is not None:
-        y = y + bias.reshape((1, c_out) + (1,) * nd)
-    return np.ascontiguousarray(y)
+        y += bias.reshape((1, c_out) + (1,) * len(kernel))
+    return y
 
 
 def sum_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
-    """Sum over windows of x (B, C, H, W); zero padding."""
-    kh, kw = kernel
-    if tuple(stride) == (kh, kw) and not any(padding) and x.shape[2] % kh == 0 and x.shape[3] % kw == 0:
-        b, c, h, w = x.shape
-        return x.reshape(b, c, h // kh, kh, w // kw, kw).sum(axis=(3, 5))
+    """Sum over windows of x (B, C, H, W) with zero padding: one strided add per kernel tap."""
     pads = [(p, p) for p in padding]
-    w = _windows(x, kernel, stride, pads, (1, 1))
-    return w.sum(axis=(-2, -1))
+    xpad = _pad(x, pads)
+    out_spatial = conv_output_shape(x.shape[2:], kernel, stride, pads, (1, 1))
+    y = None
+    for tap in np.ndindex(*kernel):
+        v = _shifted(xpad, tap, stride, out_spatial)
+        y = v.copy() if y is None else y.__iadd__(v)
+    return y
