@@ -1,0 +1,179 @@
+"""ONNX model of the convention -> NIR graph. Anything outside the convention is refused with the list of
+operators/functions that are not understood."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nir
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import SbcError
+from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
+                          EDGE_ORDER_KEY, KINDS, PARAM_FIELDS, SIM_KEYS, decode)
+from .onnx_export import dequantize
+
+log = logging.getLogger("sbc_onnx")
+
+TOP_OPS = {"Constant", "Cast", "Transpose", "Reshape", "Expand", "DequantizeLinear", "Div", "Sub", "Mul", "Neg",
+           "Exp", "Round", "ReduceMax", "Add", "Shape", "Concat", "ConstantOfShape", "Scan"}
+BODY_OPS = {"Add", "Identity"}
+
+
+def _label(n: onnx.NodeProto) -> str:
+    return f"{n.domain}:{n.op_type}" if n.domain else n.op_type
+
+
+def check_convention(model: onnx.ModelProto, path) -> onnx.NodeProto:
+    """The single Scan of a convention model; SbcError listing what is not understood otherwise."""
+    g = model.graph
+    local = {(f.domain, f.name) for f in model.functions}
+    unknown: set[str] = set()
+    scans = []
+    for n in g.node:
+        if n.op_type == "Scan" and not n.domain:
+            scans.append(n)
+        elif n.domain or n.op_type not in TOP_OPS:
+            unknown.add(_label(n))
+    for s in scans:
+        body = next(a.g for a in s.attribute if a.name == "body")
+        for n in body.node:
+            if n.domain == DOMAIN:
+                if n.op_type not in KINDS or (DOMAIN, n.op_type) not in local:
+                    unknown.add(_label(n))
+            elif n.domain or n.op_type not in BODY_OPS:
+                unknown.add(_label(n))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if unknown:
+        raise SbcError(f"{path} is outside the sbc-onnx SNN convention ({CONVENTION}); operators/functions not "
+                       f"understood: {', '.join(sorted(unknown))}")
+    if len(scans) != 1 or meta.get(KEY_CONVENTION) != CONVENTION:
+        why = (f"metadata_props {KEY_CONVENTION!r} is {meta.get(KEY_CONVENTION)!r}"
+               if len(scans) == 1 else f"{len(scans)} Scan nodes (expected one over time)")
+        raise SbcError(f"{path} is outside the sbc-onnx SNN convention ({CONVENTION}): {why}")
+    return scans[0]
+
+
+class _TopEval:
+    """Values of the top-level parameter tensors `<node>.<field>` (initializers, Expand, DequantizeLinear)."""
+
+    def __init__(self, g: onnx.GraphProto):
+        self.inits = {t.name: t for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.cache: dict[str, np.ndarray] = {}
+
+    def has(self, name: str) -> bool:
+        return name in self.inits or name in self.producer
+
+    def get(self, name: str) -> np.ndarray:
+        if name in self.cache:
+            return self.cache[name]
+        if name in self.inits:
+            v = numpy_helper.to_array(self.inits[name])
+            if v.dtype.kind not in "fiub":  # int4/uint4 (ml_dtypes)
+                v = v.astype(np.int8 if "u" not in v.dtype.name else np.uint8)
+        else:
+            n = self.producer[name]
+            if n.op_type == "Constant":
+                v = numpy_helper.to_array(n.attribute[0].t)
+            elif n.op_type == "Expand":
+                v = np.broadcast_to(self.get(n.input[0]), tuple(self.get(n.input[1]))).copy()
+            elif n.op_type == "DequantizeLinear":
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+                if axis != 0:
+                    raise SbcError(f"tensor {name!r}: DequantizeLinear must use axis 0 in this convention")
+                zp = self.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+                v = dequantize(self.get(n.input[0]), self.get(n.input[1]), zp)
+            else:
+                raise SbcError(f"parameter tensor {name!r} is produced by {n.op_type}; the convention stores "
+                               "parameters as initializers, Expand(value, shape) or DequantizeLinear")
+        self.cache[name] = v
+        return v
+
+
+def model_to_graph(model: onnx.ModelProto, path) -> nir.NIRGraph:
+    scan = check_convention(model, path)
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    top = _TopEval(model.graph)
+    n_state = len(scan.input) - next(a.i for a in scan.attribute if a.name == "num_scan_inputs")
+    carried = {body.input[i].name: body.output[i].name for i in range(n_state)}
+    producer = {o: n for n in body.node for o in n.output}
+
+    def sources(t: str) -> list[tuple[str, bool]]:
+        if t in carried:  # previous step's value of a back-edge source
+            nxt = producer.get(carried[t])
+            if nxt is None or nxt.op_type != "Identity":
+                raise SbcError(f"{path}: loop-carried tensor {t!r} is not a back edge")
+            return [(s, True) for s, _ in sources(nxt.input[0])]
+        n = producer.get(t)
+        if n is None:
+            raise SbcError(f"{path}: tensor {t!r} in the time step has no producer")
+        if n.domain == DOMAIN and t == n.output[0]:
+            return [(n.name, False)]
+        if n.op_type == "Add" and not n.domain:
+            return sources(n.input[0]) + sources(n.input[1])
+        raise SbcError(f"{path}: tensor {t!r} (from {_label(n)}) cannot be read as a NIR edge")
+
+    nodes: dict[str, Any] = {}
+    fwd, back = [], []
+    for n in body.node:
+        if n.domain != DOMAIN:
+            continue
+        kind, name = n.op_type, n.name
+        if name in nodes:
+            raise SbcError(f"{path}: two nodes named {name!r}")
+        cls = getattr(nir, kind)
+        kwargs: dict[str, Any] = {}
+        node_meta = {}
+        for p in n.metadata_props:
+            if p.key.startswith(KEY_NODE_FIELD):
+                kwargs[p.key[len(KEY_NODE_FIELD):]] = decode(p.value)
+            elif p.key == KEY_NODE_META:
+                node_meta = decode(p.value)
+        for f in cls.__dataclass_fields__:
+            if f in PARAM_FIELDS and top.has(f"{name}.{f}"):
+                kwargs[f] = top.get(f"{name}.{f}")
+        try:
+            nodes[name] = cls(**kwargs, metadata=node_meta)
+        except (TypeError, ValueError) as e:
+            raise SbcError(f"{path}: node {name!r} ({kind}) cannot be rebuilt: {e}") from e
+        if kind != "Input":
+            for src, is_back in sources(n.input[0]):
+                (back if is_back else fwd).append((src, name))
+    edges = list(dict.fromkeys(fwd + back))
+    meta = read_metadata(model)
+    order = meta.pop(EDGE_ORDER_KEY, None)
+    if isinstance(order, list) and {tuple(e) for e in order} == set(edges) and len(order) == len(edges):
+        edges = [tuple(e) for e in order]  # the source graph's edge order (decides back edges on cycles)
+    try:
+        return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+    except Exception as e:  # noqa: BLE001 - nir raises several types on type mismatch
+        log.warning("%s: NIR type check failed (%s); graph built without type checking", path, e)
+        return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for p in model.metadata_props:
+        if p.key in (KEY_CONVENTION, KEY_DTYPE):
+            continue
+        if p.key.startswith(KEY_JSON):
+            meta[p.key[len(KEY_JSON):]] = decode(p.value)
+        elif p.key == "dt":
+            try:
+                meta["dt"] = float(p.value)
+            except ValueError:
+                meta["dt"] = p.value
+        else:
+            meta[p.key] = p.value
+    return meta
+
+
+def compute_dtype(model: onnx.ModelProto) -> str:
+    return next((p.value for p in model.metadata_props if p.key == KEY_DTYPE), "float32")
+
+
+__all__ = ["model_to_graph", "check_convention", "read_metadata", "compute_dtype", "SIM_KEYS"]

@@ -1,0 +1,278 @@
+"""ONNX files of the project's SNN convention (docs/onnx_convention.md): read, write, update in place, run.
+
+- read_onnx(path) -> nir.NIRGraph            (graph.metadata carries dt/integrator/reset/cuba_order)
+- write_onnx(graph, path, cfg=, metadata=, int_weights=, quant=) -> Path   (atomic)
+- update_onnx(source, graph, out, metadata=)   rewrite only weight initializers + metadata_props
+- evaluate_onnxruntime(path, dataset, readout=, batch_size=, progress=) -> EvalResult
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nir
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from .errors import SbcError
+from .graph import flatten
+from .onnx_common import WEIGHT_FIELDS, WEIGHT_KINDS
+from .onnx_export import Quant, build_model, dequantize, nir_fields, set_metadata
+from .onnx_import import compute_dtype, model_to_graph
+from .sim.config import SimConfig
+
+
+def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.exists():
+        raise SbcError(f"file not found: {path}")
+    if path.is_dir():
+        raise SbcError(f"{path} is a directory, not an ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+        raise SbcError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
+    if not model.graph.node:
+        raise SbcError(f"{path} is not an ONNX model (no graph)")
+    return model
+
+
+def read_onnx(path: str | os.PathLike) -> nir.NIRGraph:
+    return model_to_graph(load_proto(path), path)
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> Path:
+    path = Path(path)
+    if not path.parent.exists():
+        raise SbcError(f"output directory does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except Exception as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise SbcError(f"could not write {path}: {type(e).__name__}: {e}") from e
+    return path
+
+
+def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,
+               metadata: dict[str, Any] | None = None, int_weights: bool = False,
+               quant: Quant | None = None, check: bool = True) -> Path:
+    """Export `graph` in the convention. `cfg` (default: the graph's metadata) fixes dt/integrator/reset and
+    the compute dtype. With `int_weights`, weights are stored as integers + per-channel scales
+    (DequantizeLinear, axis 0): `quant[node] = (q, scale, zero_point|None)` gives the grid (dequantized
+    float32(q - zero) * scale must reproduce the graph's weight); nodes missing from `quant` get a grid
+    inferred from their weights (`infer_grid`) or stay float if the weights are on no <= 8-bit grid."""
+    cfg = cfg or SimConfig.from_metadata(getattr(graph, "metadata", None))
+    quant = dict(quant or {})
+    if int_weights:
+        for name, node in flatten(graph).nodes.items():
+            if type(node).__name__ in WEIGHT_KINDS and name not in quant:
+                grid = infer_grid(np.asarray(node.weight))
+                if grid is not None:
+                    quant[name] = grid
+    model = build_model(graph, cfg, metadata=metadata, quant=quant, int_weights=int_weights)
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:  # noqa: BLE001
+            raise SbcError(f"internal error: the exported ONNX model fails onnx.checker: {e}") from e
+    return _atomic_save(model, Path(path))
+
+
+def infer_grid(w: np.ndarray, max_bits: int = 8):
+    """(q, scale, None) if every output channel of `w` lies on a symmetric integer grid of <= max_bits bits
+    (float32(q) * scale == w exactly); else None. Tries the coarsest grid first."""
+    w = np.asarray(w)
+    if w.dtype != np.float32 or w.size == 0:
+        return None
+    rows = w.reshape(w.shape[0], -1)
+    qs, scales = [], []
+    limit = 2 ** (max_bits - 1)
+    for row in rows:
+        amax = float(np.abs(row).max())
+        if amax == 0:
+            qs.append(np.zeros_like(row, dtype=np.int64))
+            scales.append(np.float32(1.0))
+            continue
+        for k in range(1, limit + 1):
+            s = np.float32(amax / k)
+            q = np.rint(row / s)
+            if np.abs(q).max() <= limit and np.array_equal(q.astype(np.float32) * s, row):
+                qs.append(q.astype(np.int64))
+                scales.append(s)
+                break
+        else:
+            return None
+    return np.stack(qs).reshape(w.shape), np.asarray(scales, dtype=np.float32), None
+
+
+def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: str | os.PathLike, *,
+                metadata: dict[str, Any] | None = None) -> Path:
+    """Copy `source_path`, replacing the data of the weight initializers (`<node>.weight`, `<node>.bias` of
+    Affine/Linear/Conv nodes) by `graph`'s values and adding `metadata` to metadata_props. Every other
+    protobuf field stays as it is. Non-weight parameters of `graph` must equal the file's."""
+    model = load_proto(source_path)
+    src_graph = model_to_graph(model, source_path)
+    src = flatten(src_graph).nodes
+    new = flatten(graph).nodes
+    if set(src) != set(new):
+        raise SbcError(f"the graph's nodes differ from {source_path}'s: "
+                       f"{sorted(set(src) ^ set(new))[:8]}")
+    inits = {t.name: t for t in model.graph.initializer}
+    for name, node in new.items():
+        kind = type(node).__name__
+        if kind != type(src[name]).__name__:
+            raise SbcError(f"node {name!r} is {kind} in the graph but {type(src[name]).__name__} in the file")
+        for f in nir_fields(node):
+            v, old = getattr(node, f), getattr(src[name], f)
+            if kind in WEIGHT_KINDS and f in WEIGHT_FIELDS and v is not None:
+                _replace_weight(inits, f"{name}.{f}", np.asarray(v), np.asarray(old), source_path)
+            elif not _same(v, old):
+                raise SbcError(f"node {name!r} field {f!r} differs from {source_path}; update_onnx rewrites "
+                               "weights only (write a new file with write_onnx)")
+    if metadata:
+        set_metadata(model, {k: (v if isinstance(v, str) else _meta_str(v)) for k, v in metadata.items()
+                             if v is not None})
+    return _atomic_save(model, Path(out_path))
+
+
+def _meta_str(v) -> str:
+    if isinstance(v, (float, int, np.number)):
+        return str(v)
+    from .onnx_common import encode
+
+    return encode(v)
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            _same(a[k], b[k]) for k in a)
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _replace_weight(inits: dict, name: str, value: np.ndarray, old: np.ndarray, path) -> None:
+    if name not in inits:
+        if np.array_equal(value.astype(np.float32), old.astype(np.float32)):
+            return  # stored as integers and unchanged
+        raise SbcError(f"{path} stores {name!r} as integers (DequantizeLinear); write a new file with "
+                       "write_onnx(..., int_weights=True) instead of updating it")
+    t = inits[name]
+    arr = numpy_helper.to_array(t)
+    if value.shape != arr.shape:
+        raise SbcError(f"{name}: new shape {value.shape} differs from the file's {arr.shape}")
+    new = numpy_helper.from_array(np.ascontiguousarray(value.astype(arr.dtype)), name)
+    if t.HasField("raw_data") or t.raw_data:
+        t.raw_data = new.raw_data
+    else:  # keep the storage field the file uses
+        t.ClearField("float_data")
+        t.ClearField("double_data")
+        t.ClearField("int32_data")
+        t.ClearField("int64_data")
+        t.MergeFrom(new)
+
+
+# ---- onnxruntime ----------------------------------------------------------------------------------------
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise SbcError(f"onnxruntime cannot load {path}: {e}") from e
+
+
+def run_onnxruntime(session, x: np.ndarray | dict, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    feeds = x if isinstance(x, dict) else {session.get_inputs()[0].name: x}
+    names = names or [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "count", batch_size: int = 64,
+                         progress: bool = False):
+    """Accuracy of an ONNX model of the convention run by onnxruntime (readouts as evaluate.py)."""
+    from .evaluate import READOUTS, EvalResult, _bar, _output_source
+
+    if readout not in READOUTS:
+        raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
+    model = load_proto(path)
+    graph = model_to_graph(model, path)
+    fg = flatten(graph)
+    src = _output_source(fg)
+    out = fg.outputs[0]
+    kind = fg.kind(src)
+    spiking = [n for n in fg.order if fg.kind(n) in ("LIF", "IF", "CubaLIF", "Threshold")]
+    sess = ort_session(path)
+    avail = {o.name for o in sess.get_outputs()}
+    dtype = np.dtype(compute_dtype(model))
+    if readout == "potential" and kind in ("LIF", "IF", "CubaLIF", "Threshold"):
+        raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes (use --readout count)")
+    if readout != "potential" and kind not in spiking and fg.kind(src) not in ("LIF", "IF", "CubaLIF", "Threshold"):
+        raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} is {kind} "
+                       "(use --readout potential)")
+    names = [f"{n}/count_final" for n in spiking if f"{n}/count_final" in avail]
+    if readout == "potential":
+        names.append(out)
+    if readout == "count+potential":
+        if f"{src}/v_final" not in avail:
+            raise SbcError(f"readout 'count+potential' needs the membrane potential of {src!r}")
+        names.append(f"{src}/v_final")
+    preds, labels = [], []
+    spike_sum: dict[str, float] = {}
+    neuron_steps: dict[str, int] = {}
+    ties = silent = 0
+    t0 = time.perf_counter()
+    bar = _bar(getattr(dataset, "n", None), progress)
+    for x_tb, y in dataset.batches(batch_size):
+        x_tb = np.ascontiguousarray(x_tb, dtype=dtype)
+        res = run_onnxruntime(sess, {fg.inputs[0]: x_tb}, names)
+        b = x_tb.shape[1]
+        if readout == "potential":
+            scores = res[out][-1].reshape(b, -1)
+        else:
+            counts = res[f"{src}/count_final"].reshape(b, -1)
+            top = counts.max(axis=1, keepdims=True)
+            ties += int(((counts == top).sum(axis=1) > 1).sum())
+            silent += int((top[:, 0] == 0).sum())
+            scores = counts.astype(np.float64)
+            if readout == "count+potential":
+                v = res[f"{src}/v_final"].reshape(b, -1).astype(np.float64)
+                scores = scores + 0.5 * (1 / (1 + np.exp(-np.clip(v, -50, 50))))
+        preds.append(np.argmax(scores, axis=1))
+        labels.append(np.asarray(y))
+        for n in spiking:
+            c = res.get(f"{n}/count_final")
+            if c is not None:
+                spike_sum[n] = spike_sum.get(n, 0.0) + float(c.sum())
+                neuron_steps[n] = neuron_steps.get(n, 0) + c.size * x_tb.shape[0]
+        if bar is not None:
+            bar.update(len(y))
+    if bar is not None:
+        bar.close()
+    if not preds:
+        raise SbcError("the dataset is empty")
+    p, lab = np.concatenate(preds), np.concatenate(labels)
+    return EvalResult(correct=int((p == lab).sum()), n=len(lab), predictions=p, labels=lab,
+                      firing_rates={n: spike_sum[n] / neuron_steps[n] for n in spiking if n in spike_sum},
+                      seconds=time.perf_counter() - t0, ties=ties, silent=silent)
+
+
+__all__ = ["read_onnx", "write_onnx", "update_onnx", "evaluate_onnxruntime", "infer_grid", "dequantize",
+           "ort_session", "run_onnxruntime", "load_proto"]
