@@ -233,6 +233,30 @@ def test_snntorch_other_dt_rescales_taus(snn_mod):
     np.testing.assert_array_equal(snn_mod.run_snntorch(snn_mod.import_snntorch(g3), x), orig)
 
 
+def test_snntorch_rleaky_export_equals_walker(snn_mod, tmp_path):
+    """RLeaky exports as a recurrent LIF <-> w_rec pair (flattened "1.lif", "1.w_rec"); the walker reads the
+    back edge at t-1 like snnTorch's recurrent spike."""
+    import snntorch as snn
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        snn.RLeaky(beta=0.9, linear_features=16, reset_mechanism="zero", reset_delay=False, init_hidden=True),
+        torch.nn.Linear(16, 4),
+        snn.Leaky(beta=torch.full((4,), 0.8), reset_mechanism="zero", reset_delay=False, init_hidden=True),
+    )
+    with torch.no_grad():
+        net[0].weight.mul_(10)
+        net[2].weight.mul_(5)
+    g = roundtrip_file(export_quiet(snn_mod, net), tmp_path)
+    assert any(isinstance(n, nir.LIF) for k, n in g.nodes.items() if k.startswith("1."))
+    x = spikes((40, 3, 8))
+    orig = snn_mod.run_snntorch(net, x)
+    assert orig.sum() > 0
+    np.testing.assert_array_equal(orig, walk(g, x))
+
+
 def test_snntorch_subtract_is_recorded_and_warned(snn_mod):
     import torch
 
