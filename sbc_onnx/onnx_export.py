@@ -133,8 +133,11 @@ class _Builder:
                            f"(max difference {np.abs(deq - w32).max():.3g})")
 
         def tensor(tname, arr):
-            if t in (TensorProto.INT4, TensorProto.UINT4):
-                return helper.make_tensor(tname, t, list(arr.shape), arr.reshape(-1).astype(np.int64).tolist())
+            if t in (TensorProto.INT4, TensorProto.UINT4):  # packed two per byte in raw_data
+                import ml_dtypes
+
+                return numpy_helper.from_array(arr.astype(ml_dtypes.int4 if t == TensorProto.INT4
+                                                          else ml_dtypes.uint4), tname)
             return numpy_helper.from_array(arr.astype(npt), tname)
 
         self.inits.append(tensor(name + "/q", qi))
@@ -257,7 +260,7 @@ class _Builder:
             node = fg.nodes[n]
             kind = type(node).__name__
             params = self.prepare(n, node)
-            if kind == "Input":
+            if n in fg.inputs:
                 x = f"{n}/t"
                 scan_in.append(n)
                 body_in_scan = self.vi(x, self.outs[n])
@@ -306,7 +309,7 @@ class _Builder:
                 self.body.append(helper.make_node("Add", [f"{n}/count", f"{n}/y"], [f"{n}/count_next"],
                                                   name=f"{n}/count_next"))
                 self.exposed.append((f"{n}/count_final", self.outs[n]))
-            if kind == "Output":
+            if n in fg.outputs:
                 scan_out_body.append(self.vi(f"{n}/y", self.outs[n]))
                 scan_out_outer.append(n)
         for s in back_sources:

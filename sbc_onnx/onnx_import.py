@@ -101,6 +101,7 @@ def model_to_graph(model: onnx.ModelProto, path) -> nir.NIRGraph:
     n_state = len(scan.input) - next(a.i for a in scan.attribute if a.name == "num_scan_inputs")
     carried = {body.input[i].name: body.output[i].name for i in range(n_state)}
     producer = {o: n for n in body.node for o in n.output}
+    scan_steps = {i.name for i in body.input[n_state:]}
 
     def sources(t: str) -> list[tuple[str, bool]]:
         if t in carried:  # previous step's value of a back-edge source
@@ -140,7 +141,7 @@ def model_to_graph(model: onnx.ModelProto, path) -> nir.NIRGraph:
             nodes[name] = cls(**kwargs, metadata=node_meta)
         except (TypeError, ValueError) as e:
             raise SbcError(f"{path}: node {name!r} ({kind}) cannot be rebuilt: {e}") from e
-        if kind != "Input":
+        if n.input[0] not in scan_steps:
             for src, is_back in sources(n.input[0]):
                 (back if is_back else fwd).append((src, name))
     edges = list(dict.fromkeys(fwd + back))

@@ -103,15 +103,20 @@ def infer_grid(w: np.ndarray, max_bits: int = 8):
             qs.append(np.zeros_like(row, dtype=np.int64))
             scales.append(np.float32(1.0))
             continue
+        found = None
         for k in range(1, limit + 1):
-            s = np.float32(amax / k)
-            q = np.rint(row / s)
-            if np.abs(q).max() <= limit and np.array_equal(q.astype(np.float32) * s, row):
-                qs.append(q.astype(np.int64))
-                scales.append(s)
+            s0 = np.float32(amax / k)  # amax = k * scale up to float32 rounding: try the neighbours too
+            for s in (s0, np.nextafter(s0, np.float32(0)), np.nextafter(s0, np.float32(np.inf))):
+                q = np.rint(row.astype(np.float64) / s)
+                if np.abs(q).max() <= limit and np.array_equal(q.astype(np.float32) * s, row):
+                    found = q.astype(np.int64), s
+                    break
+            if found:
                 break
-        else:
+        if found is None:
             return None
+        qs.append(found[0])
+        scales.append(found[1])
     return np.stack(qs).reshape(w.shape), np.asarray(scales, dtype=np.float32), None
 
 

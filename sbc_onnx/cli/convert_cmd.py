@@ -1,0 +1,42 @@
+"""`sbc-onnx convert IN OUT`: NIR <-> ONNX (the project's SNN convention), by file extension."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..errors import SbcError
+from ..model_io import load_model, model_format
+from . import cli
+from .model_cmd import make_config, setup_logging, sim_options
+
+
+@cli.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option("--int-weights", is_flag=True,
+              help="ONNX output: store weights that lie on an integer grid (<= 8 bits, per output channel) as "
+                   "INT4/INT8 initializers + scales (DequantizeLinear); other weights stay float.")
+@sim_options
+def convert(source, target, int_weights, dt, integrator, reset, cuba_order, precision) -> None:
+    """Convert SOURCE to TARGET (.nir or .onnx). The discretization (dt, integrator, reset, cuba order) is
+    recorded in the output's metadata; an ONNX file also bakes it into its time step."""
+    setup_logging()
+    src_fmt, dst_fmt = model_format(source), model_format(target)
+    graph = load_model(source)
+    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    meta = {**cfg.to_metadata(), "converted_from": os.path.basename(source)}
+    if dst_fmt == "onnx":
+        from ..onnx_io import write_onnx
+
+        write_onnx(graph, target, cfg=cfg, metadata=meta, int_weights=int_weights)
+    else:
+        if int_weights:
+            raise SbcError("--int-weights applies to ONNX output only")
+        from ..nir_io import write_nir
+
+        write_nir(graph, target, metadata=meta)
+    click.echo(f"{source} ({src_fmt}, {os.path.getsize(source)} bytes) -> {target} ({dst_fmt}, "
+               f"{os.path.getsize(target)} bytes); dt={cfg.dt:g}, integrator={cfg.integrator}, reset={cfg.reset}, "
+               f"cuba_order={cfg.cuba_order}")
