@@ -72,7 +72,7 @@ class _TopEval:
         if name in self.cache:
             return self.cache[name]
         if name in self.inits:
-            v = numpy_helper.to_array(self.inits[name])
+            v = numpy_helper.to_array(self.inits[name]).copy()  # writable (to_array may view the protobuf)
             if v.dtype.kind not in "fiub":  # int4/uint4 (ml_dtypes)
                 v = v.astype(np.int8 if "u" not in v.dtype.name else np.uint8)
         else:
