@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._sweep import obs_sweep
-from .grids import Grid, from_int, quantize, quantize_column, to_int
+from ._sweep import obs_sweep, transpose
+from .grids import Grid, from_int, to_int
 from .numerics import upper_inverse_factor
 
 __all__ = ["QuantResult", "quantize_gptq", "quantize_rtn"]
@@ -60,19 +60,32 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     esc = esc + esc2
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    Wt = np.ascontiguousarray(np.where(keep, W0, 0.0)[:, perm].T, dtype=np.float32)
-    keepT = np.ascontiguousarray(keep[:, perm].T)
+    Wt = transpose(np.where(keep, W0, 0.0), np.float32)[perm]  # row gathers of W^T are contiguous
+    keepT = transpose(keep)[perm]
     scale = np.broadcast_to(np.asarray(grid.scale, np.float64), (d_out, 1))[:, 0].astype(np.float32)
     zero = np.broadcast_to(np.asarray(grid.zero, np.float64), (d_out, 1))[:, 0].astype(np.float32)
 
-    def fix(i, w):
-        return quantize_column(w, scale, zero, grid.qmin, grid.qmax) * keepT[i]
+    # q = scale * (clip(round(w / scale) + zero, qmin, qmax) - zero) * keep, with the zero point folded
+    # into the clip bounds (zero is integer-valued, so this is exact) and scale * keep precomputed
+    lo = (grid.qmin - zero).astype(np.float32)
+    hi = (grid.qmax - zero).astype(np.float32)
+    SK = keepT * scale[None, :]  # (d, d_out) float32
+
+    def fix(i, w, out):
+        np.divide(w, scale, out=out)
+        np.rint(out, out=out)
+        np.maximum(out, lo, out=out)  # == np.clip, without its Python-level wrapper (~25 us/call)
+        np.minimum(out, hi, out=out)
+        np.multiply(out, SK[i], out=out)
 
     obs_sweep(Wt, U.astype(np.float32), fix, blocksize=blocksize, sub=sub)
-    Wsw = np.empty_like(W0)
-    Wsw[:, perm] = Wt.T
-    Wq = quantize(Wsw, grid)  # final clamp/snap in float64 (idempotent up to float32 rounding)
-    Wq = np.where(keep, Wq, 0.0)
-    q = np.where(keep, to_int(Wq, grid), to_int(np.zeros_like(W0), grid))
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(d)
+    Wsw = transpose(Wt[inv]).astype(np.float64)
+    # final clamp/snap in float64 (idempotent up to float32 rounding); to_int(from_int(q)) == q, so
+    # the codes are computed once
+    q = to_int(Wsw, grid)
+    Wq = np.where(keep, from_int(q, grid), 0.0)
+    q = np.where(keep, q, to_int(np.zeros((d_out, 1)), grid))
     t2 = time.perf_counter()
     return QuantResult(Wq, q, rd, esc, perm, {"factor": t1 - t0, "sweep": t2 - t1})

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ._sweep import obs_sweep
+from ._sweep import obs_sweep, transpose
 from .masks import nm_prune_count
 from .numerics import upper_inverse_factor
 from .obs import PruneResult
@@ -34,7 +34,7 @@ def prune_sparsegpt(W, H, k=None, *, pattern=None, blocksize=128, sub=32, rel_da
         U, rd, esc = upper_inverse_factor(H, rel_damp, max_damp)
     U32 = np.asarray(U, dtype=np.float32)
     t1 = time.perf_counter()
-    Wt = np.ascontiguousarray(W0.T, dtype=np.float32)
+    Wt = transpose(W0, np.float32)
     keepT = np.ones((d, d_out), dtype=bool)
     u2 = np.diag(U32).astype(np.float64) ** 2
 
@@ -47,16 +47,17 @@ def prune_sparsegpt(W, H, k=None, *, pattern=None, blocksize=128, sub=32, rel_da
         sub = m * max(1, -(-sub // m))             # groups never straddle a rank-1 sub-block
         blocksize = sub * max(1, -(-blocksize // sub))
 
-        def fix(i, w):
+        def fix(i, w, out):
             if i % m == 0:
                 g = Wt[i:i + m].astype(np.float64) ** 2 / u2[i:i + m, None]  # (group, rows), current
                 n_prune = max(0, g.shape[0] - n)
                 if n_prune:
                     low = np.argsort(g, axis=0, kind="stable")[:n_prune]
                     np.put_along_axis(keepT[i:i + m], low, False, axis=0)
-            return w * keepT[i]
+            np.multiply(w, keepT[i], out=out)
 
         on_block = None
+        panel = m  # the whole group is brought up to date at its first column
     else:
         if k is None or not 0 <= int(k) <= W0.size:
             raise ValueError(f"k must be in [0, {W0.size}], got {k}")
@@ -71,11 +72,11 @@ def prune_sparsegpt(W, H, k=None, *, pattern=None, blocksize=128, sub=32, rel_da
                 flat = np.argpartition(flat, kb - 1)[:kb] if kb < flat.size else np.arange(flat.size)
                 keepT[i1:i2].ravel()[flat] = False  # keepT rows are contiguous: ravel() is a view
 
-        def fix(i, w):
-            return w * keepT[i]
+        fix = None  # pruning mode of the sweep: q = w * keepT[i]
+        panel = 1
 
-    obs_sweep(Wt, U32, fix, blocksize=blocksize, sub=sub, on_block=on_block)
-    mask = np.ascontiguousarray(keepT.T)
-    Wn = np.where(mask, Wt.T.astype(np.float64), 0.0)
+    obs_sweep(Wt, U32, fix, blocksize=blocksize, sub=sub, on_block=on_block, keep=keepT, panel=panel)
+    mask = transpose(keepT)
+    Wn = np.where(mask, transpose(Wt), 0.0)  # float64 result
     t2 = time.perf_counter()
     return PruneResult(Wn, mask, rd, esc, seconds={"factor": t1 - t0, "sweep": t2 - t1})
