@@ -223,13 +223,14 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
     src = _output_source(fg)
     out = fg.outputs[0]
     kind = fg.kind(src)
-    spiking = [n for n in fg.order if fg.kind(n) in ("LIF", "IF", "CubaLIF", "Threshold")]
+    spiking_kinds = ("LIF", "IF", "CubaLIF", "Threshold")
+    spiking = [n for n in fg.order if fg.kind(n) in spiking_kinds]
     sess = ort_session(path)
     avail = {o.name for o in sess.get_outputs()}
     dtype = np.dtype(compute_dtype(model))
-    if readout == "potential" and kind in ("LIF", "IF", "CubaLIF", "Threshold"):
+    if readout == "potential" and kind in spiking_kinds:
         raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes (use --readout count)")
-    if readout != "potential" and kind not in spiking and fg.kind(src) not in ("LIF", "IF", "CubaLIF", "Threshold"):
+    if readout != "potential" and kind not in spiking_kinds:
         raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} is {kind} "
                        "(use --readout potential)")
     names = [f"{n}/count_final" for n in spiking if f"{n}/count_final" in avail]
