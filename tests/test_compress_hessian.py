@@ -63,3 +63,22 @@ def test_accumulator_add_rows_and_sq_norms():
     np.testing.assert_allclose(acc.sq_norms, X.sum(0))
     with pytest.raises(ValueError):
         acc.add(np.zeros((3, 5)), 1)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_accumulator_fortran_rows_equal_c_rows(precision):
+    """Fortran-ordered (rows, d) input (transposed im2col) takes the in-place trans=1 syrk path."""
+    rng = np.random.default_rng(3)
+    dt = np.float32 if precision == "float32" else np.float64
+    Z = (rng.random((300, 17)) < 0.3).astype(dt) * rng.random((300, 17)).astype(dt)
+    ZF = np.asfortranarray(Z)
+    a = HessianAccumulator(17, precision=precision, block_rows=512)
+    a.add(Z, 10)
+    b = HessianAccumulator(17, precision=precision, block_rows=512)
+    b.add(ZF, 10)
+    c = HessianAccumulator(17, precision=precision, block_rows=64)  # F input larger than a block
+    c.add(ZF, 10)
+    ref = 2.0 / 10 * Z.astype(np.float64).T @ Z.astype(np.float64)
+    tol = 1e-5 if precision == "float32" else 1e-12
+    for acc in (a, b, c):
+        np.testing.assert_allclose(acc.H, ref, rtol=tol, atol=tol)

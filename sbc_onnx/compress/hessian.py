@@ -99,6 +99,16 @@ class HessianAccumulator:
             raise ValueError(f"Z must have shape (rows, {self.d}), got {Z.shape}")
         dt = np.float32 if self.precision == "float32" else np.float64
         syrk = blas.ssyrk if dt is np.float32 else blas.dsyrk
+        if Z.flags.f_contiguous and not Z.flags.c_contiguous and Z.dtype == dt:
+            # (rows, d) Fortran data (e.g. the transposed im2col of conv layers): syrk with trans=1
+            # reads it in place; blocks of whole columns would need a copy, so one call per block
+            # of rows only when the block is the whole array.
+            if Z.shape[0] <= self.block_rows:
+                self._S += syrk(1.0, Z, trans=1, lower=0)  # upper triangle of Z^T Z
+                self._n_units += int(n_units)
+                self.n_rows += Z.shape[0]
+                return
+            Z = np.ascontiguousarray(Z)
         for r0 in range(0, Z.shape[0], self.block_rows):
             # Z[r0:r1].T is (d, rows) and Fortran-contiguous when Z is C-contiguous: no copy for syrk.
             A = np.asarray(Z[r0:r0 + self.block_rows], dtype=dt).T
