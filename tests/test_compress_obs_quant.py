@@ -205,3 +205,26 @@ def test_compress_layer_deterministic_exact_and_informative(method):
         assert a.objective_after == pytest.approx(a.objective_before)
     nm = compress_layer(W, H, method=method, pattern=(2, 4), sq_norms=X.sum((0, 1)))
     assert check_nm(nm.mask, (2, 4))
+
+
+def test_masked_solve_batched_equals_per_row_solves():
+    """Both forms (P-side via Hinv, K-side via Hd), mixed row sizes, all-kept and all-pruned rows."""
+    from sbc_onnx.compress.obs import masked_solve
+
+    rng = np.random.default_rng(21)
+    _, H = smp_rows(spikes(rng, 6, 12, 24), (0.8,))
+    Hinv, rd, _ = damped_inverse(H)
+    Hd, _ = damped_hessian(H, rd)
+    W = rng.standard_normal((9, 24))
+    mask = rng.random((9, 24)) < np.linspace(0.05, 0.95, 9)[:, None]
+    mask[0] = True
+    mask[1] = False
+    for inv in (Hinv, None):
+        got = masked_solve(W, Hd, mask, inv)
+        for i in range(9):
+            K, P = np.flatnonzero(mask[i]), np.flatnonzero(~mask[i])
+            ref = np.where(mask[i], W[i], 0.0)
+            if K.size and P.size:
+                ref[K] = W[i, K] + np.linalg.solve(Hd[np.ix_(K, K)], Hd[np.ix_(K, P)] @ W[i, P])
+            np.testing.assert_allclose(got[i], ref, rtol=1e-9, atol=1e-10)
+        assert np.all(got[~mask] == 0)

@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 from scipy.linalg import blas
 
 from .numerics import damped_hessian, damped_inverse
@@ -132,23 +131,69 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 
     return order, scores
 
 
+def _batched_sub_solve(A, sel, rhs_full, chunk_bytes=64 << 20):
+    """For every row i: solve A[S_i, S_i] x_i = rhs_full[i, S_i] with S_i = flatnonzero(sel[i]).
+    Rows are sorted by |S_i| and solved in chunks as stacked systems padded with identity blocks
+    (np.linalg.solve on (rows, m, m)).  Returns X (rows, d) with x_i scattered into S_i, 0 elsewhere."""
+    nr, d = sel.shape
+    X = np.zeros((nr, d + 1))
+    if nr == 0:
+        return X[:, :d]
+    sizes = sel.sum(1)
+    order = np.argsort(sizes, kind="stable")
+    # per row, the selected indices first (ascending), then the rest
+    idx_all = np.argsort(~sel, axis=1, kind="stable")
+    s0 = 0
+    while s0 < nr:
+        m = int(sizes[order[s0]])
+        nb = max(1, chunk_bytes // (8 * max(m, 1) ** 2))
+        s1 = min(nr, s0 + nb)
+        rows = order[s0:s1]
+        m = int(sizes[rows].max())
+        if m == 0:
+            s0 = s1
+            continue
+        idx = idx_all[rows, :m]
+        valid = np.arange(m)[None, :] < sizes[rows][:, None]
+        ig = np.where(valid, idx, 0)
+        G = A[ig[:, :, None], ig[:, None, :]]
+        G *= valid[:, :, None] & valid[:, None, :]
+        ar = np.arange(m)
+        G[:, ar, ar] += ~valid  # identity on the padding: its solution is 0
+        b = np.where(valid, np.take_along_axis(rhs_full[rows], ig, 1), 0.0)
+        x = np.linalg.solve(G, b[:, :, None])[:, :, 0]
+        Xr = np.zeros((len(rows), d + 1))
+        np.put_along_axis(Xr, np.where(valid, idx, d), x, 1)
+        X[rows] = Xr
+        s0 = s1
+    return X[:, :d]
+
+
 def masked_solve(W0, Hd, mask, Hinv=None):
     """Exact per-row masked least squares with the (damped) Hessian Hd:
     w_K = w0_K + Hd_KK^-1 Hd_KP w0_P, w_P = 0.  Uses the equivalent group-OBS form
-    w = w0 - Hinv[:,P] Hinv_PP^-1 w0_P when |P| < |K| (needs Hinv)."""
+    w = w0 - Hinv[:,P] Hinv_PP^-1 w0_P when |P| < |K| (needs Hinv).
+    Batched: rows are grouped by system size and solved as stacked (padded) systems; the products
+    with Hd / Hinv are one GEMM per form:  R = (W0 * pruned) @ Hd  and  delta = C @ Hinv."""
     W0 = np.asarray(W0, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
     Wn = np.where(mask, W0, 0.0)
-    for i in range(W0.shape[0]):
-        K = np.flatnonzero(mask[i])
-        P = np.flatnonzero(~mask[i])
-        if P.size == 0 or K.size == 0:
-            continue
-        if Hinv is not None and P.size < K.size:
-            c = scipy.linalg.solve(Hinv[np.ix_(P, P)], W0[i, P], assume_a="pos", check_finite=False)
-            Wn[i, K] = W0[i, K] - Hinv[np.ix_(K, P)] @ c
-        else:
-            rhs = Hd[np.ix_(K, P)] @ W0[i, P]
-            Wn[i, K] = W0[i, K] + scipy.linalg.solve(Hd[np.ix_(K, K)], rhs, assume_a="pos", check_finite=False)
+    nP = (~mask).sum(1)
+    nK = mask.shape[1] - nP
+    active = (nP > 0) & (nK > 0)
+    useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
+    useK = active & ~useP
+    rows = np.flatnonzero(useP)
+    if rows.size:
+        Hinv = np.asarray(Hinv, dtype=np.float64)
+        C = _batched_sub_solve(Hinv, ~mask[rows], W0[rows])          # c_i on P_i
+        Wn[rows] = np.where(mask[rows], W0[rows] - C @ Hinv, 0.0)     # w_K = w0_K - Hinv[K,P] c
+    rows = np.flatnonzero(useK)
+    if rows.size:
+        Hd = np.asarray(Hd, dtype=np.float64)
+        R = np.where(mask[rows], 0.0, W0[rows]) @ Hd                   # Hd[K,P] w0_P on K
+        Xk = _batched_sub_solve(Hd, mask[rows], R)
+        Wn[rows] = np.where(mask[rows], W0[rows] + Xk, 0.0)
     return Wn
 
 
