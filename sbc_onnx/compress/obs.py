@@ -67,6 +67,13 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 
     order = np.empty((d_out, n_elim), dtype=np.int64)
     scores = np.empty((d_out, n_elim), dtype=np.float64)
     flush = max(int(flush), b_in)
+    if pattern is None:
+        for r0 in range(0, d_out, B):
+            r1 = min(d_out, r0 + B)
+            _trace_block(W[r0:r1], H0, b_in, flush, order[r0:r1], scores[r0:r1])
+            if row_scale is not None:
+                scores[r0:r1] *= np.asarray(row_scale, np.float64)[r0:r1, None] ** 2
+        return order, scores
     for r0 in range(0, d_out, B):
         r1 = min(d_out, r0 + B)
         nb = r1 - r0
@@ -129,6 +136,65 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, mem_budget=1 
         if row_scale is not None:
             scores[r0:r1] *= np.asarray(row_scale, np.float64)[r0:r1, None] ** 2
     return order, scores
+
+
+def _trace_block(Wb, H0, b_in, flush, order, scores):
+    """Unstructured Step 1 for one block of rows (all rows eliminate b_in weights per iteration).
+
+    Lazy downdates kept as row-major factors At (r, d) = Hinv[:, P]^T and Bt (r, d) =
+    Hinv_PP^-1 Hinv[P, :] (contiguous, so the column corrections are one batched GEMM and the flush
+    is one in-place sgemm per row).  Eliminated entries get a NaN diagonal: their score is NaN, which
+    argpartition places after every number (never chosen again), with no masking pass."""
+    nb, d = Wb.shape
+    Hs = np.empty((nb, d, d), dtype=np.float32)
+    Hs[:] = H0
+    w = Wb.astype(np.float32)
+    dcur = np.repeat(np.diag(H0)[None, :], nb, axis=0).astype(np.float32)
+    At = np.empty((nb, flush + b_in, d), dtype=np.float32)
+    Bt = np.empty((nb, flush + b_in, d), dtype=np.float32)
+    sc = np.empty((nb, d), dtype=np.float32)
+    ridx = np.arange(nb)[:, None]
+    r = 0
+    pos = 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while pos < d:
+            bi = min(b_in, d - pos)
+            np.multiply(w, w, out=sc)
+            np.divide(sc, dcur, out=sc)
+            if bi < d:
+                P = np.argpartition(sc, bi - 1, axis=1)[:, :bi]
+            else:
+                P = np.argsort(sc, axis=1)
+            sP = np.take_along_axis(sc, P, 1)
+            if bi > 1:
+                o = np.argsort(sP, axis=1, kind="stable")
+                P = np.take_along_axis(P, o, 1)
+                sP = np.take_along_axis(sP, o, 1)
+            order[:, pos:pos + bi] = P
+            scores[:, pos:pos + bi] = np.where(np.isnan(sP), np.inf, sP)
+            HPt = Hs[ridx, P]  # (nb, bi, d): rows P of the symmetric stack == columns P
+            if r:
+                HPt -= np.take_along_axis(Bt[:, :r], P[:, None, :], 2).transpose(0, 2, 1) @ At[:, :r]
+            HPP = np.take_along_axis(HPt, P[:, None, :], 2).astype(np.float64)
+            if bi == 1:
+                HPPinv = np.where(HPP != 0, 1.0 / np.where(HPP != 0, HPP, 1.0), 0.0).astype(np.float32)
+            else:
+                HPPinv = np.linalg.pinv(HPP, hermitian=True).astype(np.float32)  # tiny (bi x bi) blocks
+            wP = np.take_along_axis(w, P, 1)
+            w -= ((HPPinv @ wP[:, :, None]).transpose(0, 2, 1) @ HPt)[:, 0, :]
+            newBt = HPPinv @ HPt  # (nb, bi, d); the downdate is HPt^T newBt
+            At[:, r:r + bi] = HPt
+            Bt[:, r:r + bi] = newBt
+            dcur -= np.einsum("nbd,nbd->nd", HPt, newBt)
+            np.put_along_axis(w, P, 0.0, 1)
+            np.put_along_axis(dcur, P, np.nan, 1)
+            r += bi
+            pos += bi
+            if r >= flush and pos < d:
+                for b in range(nb):  # Hs[b] -= At^T Bt, in place on the F view (Hs symmetric)
+                    blas.sgemm(-1.0, Bt[b, :r].T, At[b, :r].T, trans_b=1, beta=1.0, c=Hs[b].T,
+                               overwrite_c=1)
+                r = 0
 
 
 def _batched_sub_solve(A, sel, rhs_full, chunk_bytes=64 << 20):
