@@ -1,0 +1,235 @@
+"""Calibration: one streaming pass of the walker collects every weight layer's SMP Hessian.
+
+For a weight node W feeding neuron N, the layer objective is the distance between spike trains, whose
+Hessian is H = 2 E[(M X)^T (M X)] with X the layer's input over time and M the causal leak kernel of N
+(sbc_spec.md §1). M X is a recursive filter, so it streams: z_t = beta z_{t-1} + x_t per stage.
+
+  N is LIF / LI        beta = 1 - dt/tau (Euler) or exp(-dt/tau) (exact)
+  N is IF / I          beta = 1 (cumulative sum)
+  N is CubaLIF/CubaLI  synaptic stage then membrane stage
+  no neuron follows    identity (the current-based objective); method "obc" forces identity everywhere
+
+The fed neuron is found through stateless linear nodes (Scale, pooling, Flatten, Delay, subgraph ports,
+fan-in sums). Convolutions are unfolded im2col-style after filtering (both linear, same result), each
+(sample, position) is one unit; time is summed, units averaged. Nothing per step is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .compress.hessian import HessianAccumulator, TimeFilter
+from .errors import SbcError
+from .graph import FlatGraph
+from .sim import SimConfig, Walker
+from .sim.conv import as_tuple, conv_padding, im2col_t
+from .sim.ops import WEIGHT_NODES
+
+log = logging.getLogger("sbc_onnx")
+
+PASS_THROUGH = ("Scale", "SumPool2d", "AvgPool2d", "Flatten", "Delay", "Input", "Output")
+NEURONS = ("LIF", "LI", "IF", "I", "CubaLIF", "CubaLI")
+
+
+def weight_nodes(fg: FlatGraph) -> list[str]:
+    return [n for n in fg.order if fg.kind(n) in WEIGHT_NODES]
+
+
+def fed_neuron(fg: FlatGraph, name: str) -> str | None:
+    """The first neuron reached from `name` through stateless linear nodes (None if there is none)."""
+    seen, frontier = {name}, list(fg.succs[name])
+    found: list[str] = []
+    while frontier:
+        nxt = []
+        for n in frontier:
+            if n in seen:
+                continue
+            seen.add(n)
+            kind = fg.kind(n)
+            if kind in NEURONS:
+                found.append(n)
+            elif kind in PASS_THROUGH and not (kind == "Output" and n in fg.outputs):
+                nxt.extend(fg.succs[n])
+        frontier = nxt
+    if len(set(found)) > 1:
+        log.info("layer %s feeds several neurons (%s); its kernel uses %s", name, ", ".join(found), found[0])
+    return found[0] if found else None
+
+
+def _mean_beta(tau, cfg: SimConfig, what: str) -> float:
+    tau = np.asarray(tau, dtype=np.float64).reshape(-1)
+    k = cfg.dt / tau if cfg.integrator == "euler" else -np.expm1(-cfg.dt / tau)
+    beta = 1.0 - k
+    if np.ptp(beta) > 1e-9 * max(1.0, float(np.abs(beta).max())):
+        log.info("%s: time constants differ across neurons; the SMP kernel uses their mean decay", what)
+    return float(beta.mean())
+
+
+def kernel_betas(fg: FlatGraph, layer: str, cfg: SimConfig, objective: str = "smp") -> tuple[float, ...]:
+    """Decays of the filter cascade M for `layer` (empty = identity)."""
+    if objective == "current":
+        return ()
+    neuron = fed_neuron(fg, layer)
+    if neuron is None:
+        return ()
+    node, kind = fg.nodes[neuron], fg.kind(neuron)
+    if kind in ("IF", "I"):
+        return (1.0,)
+    if kind in ("LIF", "LI"):
+        return (_mean_beta(node.tau, cfg, neuron),)
+    return (_mean_beta(node.tau_syn, cfg, neuron), _mean_beta(node.tau_mem, cfg, neuron))
+
+
+@dataclass
+class LayerCalibration:
+    name: str
+    kind: str
+    neuron: str | None
+    betas: tuple[float, ...]
+    acc: HessianAccumulator
+    groups: int = 1
+    conv: dict | None = None  # kernel, stride, pads, dilation for im2col
+    filt: TimeFilter | None = None
+    seconds: float = 0.0
+
+    @property
+    def H(self) -> np.ndarray:
+        return self.acc.H
+
+
+@dataclass
+class Calibration:
+    layers: dict[str, LayerCalibration]
+    n_samples: int
+    steps: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> LayerCalibration:
+    node, kind = fg.nodes[name], fg.kind(name)
+    w = np.asarray(node.weight)
+    betas = kernel_betas(fg, name, cfg, objective)
+    if kind in ("Conv1d", "Conv2d"):
+        nd = w.ndim - 2
+        kernel = tuple(w.shape[2:])
+        stride, dilation = as_tuple(node.stride, nd), as_tuple(node.dilation, nd)
+        conv = dict(kernel=kernel, stride=stride, pads=conv_padding(node.padding, kernel, dilation, stride),
+                    dilation=dilation)
+        groups = int(np.asarray(node.groups).reshape(-1)[0])
+        d = int(np.prod(w.shape[2:])) * w.shape[1] * groups  # all input channels: H per group is a block
+        return LayerCalibration(name, kind, fed_neuron(fg, name), betas, HessianAccumulator(d, betas),
+                                groups=groups, conv=conv)
+    return LayerCalibration(name, kind, fed_neuron(fg, name), betas, HessianAccumulator(w.shape[-1], betas))
+
+
+def estimate_memory(fg: FlatGraph, layers: list[str], batch_size: int) -> int:
+    """Peak bytes: float64 Hessians + float64 filter states + one step's unfolded rows per layer."""
+    total = 0
+    for n in layers:
+        node = fg.nodes[n]
+        w = np.asarray(node.weight)
+        d = w.shape[-1] if w.ndim == 2 else int(np.prod(w.shape[1:])) * int(np.asarray(node.groups).reshape(-1)[0])
+        in_shape = next(iter(node.input_type.values())) if node.input_type else None
+        in_size = int(np.prod(in_shape)) if in_shape is not None and len(np.asarray(in_shape)) else d
+        out_shape = next(iter(node.output_type.values())) if node.output_type else None
+        positions = int(np.prod(np.asarray(out_shape)[1:])) if w.ndim > 2 and out_shape is not None else 1
+        total += 2 * d * d * 8 + batch_size * in_size * 8 + batch_size * positions * d * 4 * 2
+    return total
+
+
+def calibrate(
+    walker: Walker,
+    dataset,
+    *,
+    layers: list[str] | None = None,
+    objective: str = "smp",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Calibration:
+    """One pass over `dataset` collecting H for `layers` (default: every weight node).
+
+    objective "smp": M from the fed neuron (SBC); "current": M = I (OBC, the ANN method ported)."""
+    fg, cfg = walker.fg, walker.cfg
+    names = layers if layers is not None else weight_nodes(fg)
+    if not names:
+        raise SbcError("the graph has no weight layers (Affine, Linear, Conv1d, Conv2d) to compress")
+    cals = {n: _layer_setup(fg, n, cfg, objective) for n in names}
+    t0 = time.perf_counter()
+    state: dict[str, Any] = {"valid": None, "first": False}
+
+    def observer(cal: LayerCalibration):
+        def on_input(t: int, x: np.ndarray) -> None:
+            t1 = time.perf_counter()
+            if t == 0:
+                cal.filt = TimeFilter(cal.betas, x.shape)
+            z = cal.filt.step(x) if cal.betas else np.asarray(x, dtype=np.float64)
+            valid = state["valid"]
+            if valid is not None:  # samples past their true length contribute nothing (padding)
+                alive = valid > t
+                if not alive.all():
+                    z = z * alive.reshape((-1,) + (1,) * (z.ndim - 1))
+            if cal.conv is None:
+                rows = z.reshape(-1, z.shape[-1])
+                units = rows.shape[0] if t == 0 else 0
+                cal.acc.add(rows.astype(np.float32), units)
+                xr = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+                cal.acc.add_raw_sq(np.einsum("ij,ij->j", xr, xr))  # Wanda's ||x_j||^2, unfiltered
+            else:
+                zc = z.astype(np.float32)
+                cols_t, _ = im2col_t(zc, cal.conv["kernel"], cal.conv["stride"], cal.conv["pads"],
+                                     cal.conv["dilation"])
+                units = cols_t.shape[1] if t == 0 else 0
+                cal.acc.add(cols_t.T, units)
+                if cal.betas:
+                    xc, _ = im2col_t(np.asarray(x, np.float32), cal.conv["kernel"], cal.conv["stride"],
+                                     cal.conv["pads"], cal.conv["dilation"])
+                else:
+                    xc = cols_t
+                cal.acc.add_raw_sq(np.einsum("ij,ij->i", xc, xc, dtype=np.float64))
+            cal.seconds += time.perf_counter() - t1
+
+        return on_input
+
+    hooks = {n: observer(c) for n, c in cals.items()}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=getattr(dataset, "n", None), unit="sample", desc="calibrating", leave=False,
+                   dynamic_ncols=True)
+    n_samples, steps = 0, 0
+    for batch in dataset.batches(batch_size, with_lengths=True):
+        x_tb, y, lengths = batch
+        state["valid"] = np.asarray(lengths) if lengths is not None else None
+        walker.run(x_tb, on_input=hooks, record_outputs=False)
+        n_samples += len(y)
+        steps = max(steps, x_tb.shape[0])
+        if bar is not None:
+            bar.update(len(y))
+    if bar is not None:
+        bar.close()
+    if n_samples == 0:
+        raise SbcError("the calibration dataset is empty")
+    calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0)
+    for cal in cals.values():
+        live = int(np.count_nonzero(np.diag(cal.acc.H) > 0))
+        units = cal.acc.n_units
+        # Static (rate-coded) inputs: filtered spikes barely change within a sample, so the rank of H is
+        # about the number of samples x positions, not the number of rows: warn when that is < live inputs.
+        if units < live:
+            msg = (f"layer {cal.name}: calibration has {units} independent samples x positions for {live} "
+                   f"live inputs; the Hessian is rank-deficient and compensation may overfit "
+                   f"(use more calibration samples)")
+            calib.notes.append(msg)
+            log.warning(msg)
+    return calib
+
+
+def dead_inputs(H: np.ndarray) -> int:
+    return int(np.count_nonzero(np.diag(H) <= 0))
