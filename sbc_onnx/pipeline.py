@@ -64,9 +64,13 @@ class CompressionReport:
     notes: list = field(default_factory=list)
     accuracy_dense: float | None = None
     accuracy_compressed: float | None = None
+    # layer -> (integer codes shaped like the weight, per-output-channel scale, zero point); W = s (q - z)
+    quant: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("quant")
+        return d
 
     def table(self) -> str:
         head = (f"{'layer':<12} {'kind':<7} {'shape':<14} {'sparsity':>8} {'bits':>4} {'obj.base':>9} "
@@ -178,6 +182,7 @@ def compress(
         calibs = {n: cal for n in names}
     notes: list[str] = []
     reports: list[LayerReport] = []
+    quant: dict[str, tuple] = {}
     bar = _bar(len(names), progress, "compressing")
     for name, k in zip(names, counts):
         node = fg.nodes[name]
@@ -204,6 +209,12 @@ def compress(
             parts.append(r.W)
             res_parts.append(r)
         W_new = np.concatenate(parts, axis=0).reshape(W.shape).astype(W.dtype, copy=False)
+        if bits and all(r.q is not None for r in res_parts):
+            q, scale, zero = _stack_codes(res_parts, W.shape)
+            # on the grid exactly in the weight's own float type, so integer exports reproduce it bit for bit
+            W_new = ((q - zero.reshape(-1, *[1] * (q.ndim - 1))).astype(W.dtype)
+                     * scale.astype(W.dtype).reshape(-1, *[1] * (q.ndim - 1)))
+            quant[name] = (q, scale, zero)
         node.weight = W_new
         for n_ in res_parts[0].notes + [n for r in res_parts for n in r.escalations]:
             notes.append(f"{name}: {n_}")
@@ -233,7 +244,7 @@ def compress(
     report = CompressionReport(
         method=method, sparsity=sparsity, bits=bits, pattern=None if nm is None else f"{nm[0]}:{nm[1]}",
         allocation=allocation, sim=cfg.to_metadata(), n_calibration=cal_any.n_samples, layers=reports,
-        overall_sparsity=zeros / total if total else 0.0, seconds=seconds, notes=notes)
+        overall_sparsity=zeros / total if total else 0.0, seconds=seconds, notes=notes, quant=quant)
     if measure_damage:
         t0 = time.perf_counter()
         measure_spike_damage(dense_walker, Walker(fg, cfg), calib, reports, batch_size=batch_size,
@@ -242,6 +253,19 @@ def compress(
     seconds["total"] = time.perf_counter() - t_start
     new.metadata = {**(new.metadata or {}), **compression_metadata(report)}
     return new, report
+
+
+def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer codes of all groups as one array shaped like the weight, and per-output-channel
+    scale and zero point (tensor-granularity grids are broadcast to every channel)."""
+    qs, scales, zeros = [], [], []
+    for r in parts:
+        rows = r.q.shape[0]
+        qs.append(r.q)
+        scales.append(np.broadcast_to(np.asarray(r.grid.scale, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
+        zeros.append(np.broadcast_to(np.asarray(r.grid.zero, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
+    q = np.concatenate(qs, axis=0).reshape(shape).astype(np.int32)
+    return q, np.concatenate(scales), np.concatenate(zeros).astype(np.int32)
 
 
 def compression_metadata(report: CompressionReport) -> dict[str, Any]:
