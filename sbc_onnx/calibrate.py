@@ -108,6 +108,7 @@ class Calibration:
     n_samples: int
     steps: int
     seconds: float
+    objective: str = "smp"
     notes: list[str] = field(default_factory=list)
 
 
@@ -216,7 +217,8 @@ def calibrate(
         bar.close()
     if n_samples == 0:
         raise SbcError("the calibration dataset is empty")
-    calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0)
+    calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0,
+                        objective=objective)
     for cal in cals.values():
         live = int(np.count_nonzero(np.diag(cal.acc.H) > 0))
         units = cal.acc.n_units

@@ -144,6 +144,7 @@ def compress(
     batch_size: int = 32,
     measure_damage: bool = True,
     progress: bool = False,
+    calibration: Calibration | None = None,
 ) -> tuple[nir.NIRGraph, CompressionReport]:
     """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
 
@@ -151,6 +152,8 @@ def compress(
                 objective), obc (same as sbc with the current Hessian, M = I), magnitude, wanda, rtn.
     sequential  each layer's Hessian is collected with the already-compressed upstream layers (default:
                 all layers see the dense model, the authors' choice).
+    calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
+                share one calibration pass); its objective must match the method ("current" for obc).
     """
     _check_args(sparsity, bits, method, allocation, grid, pattern)
     nm = parse_pattern(pattern)
@@ -174,7 +177,17 @@ def compress(
     seconds = {"calibration": 0.0, "compression": 0.0, "damage": 0.0}
     dense_walker = Walker(flatten(graph), cfg)
     calibs: dict[str, Calibration] = {}
-    if not sequential:
+    if calibration is not None:
+        if sequential:
+            raise SbcError("a precomputed calibration cannot be used with sequential calibration")
+        if calibration.objective != objective:
+            raise SbcError(f"the calibration was collected for the {calibration.objective!r} objective; "
+                           f"method {method} needs {objective!r}")
+        missing = [n for n in names if n not in calibration.layers]
+        if missing:
+            raise SbcError(f"the calibration has no Hessian for layer(s) {missing}")
+        calibs = {n: calibration for n in names}
+    elif not sequential:
         t0 = time.perf_counter()
         cal = calibrate(dense_walker, calib, layers=names, objective=objective, batch_size=batch_size,
                         progress=progress)
