@@ -137,6 +137,12 @@ def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, in
     if engine == "onnxruntime":
         if model_format(model) != "onnx":
             raise SbcError("--engine onnxruntime needs an .onnx model (convert with `sbc-onnx convert`)")
+        stored = sim_config_for(graph)
+        if any(v is not None and getattr(stored, k) != v
+               for k, v in (("dt", dt), ("integrator", integrator), ("reset", reset), ("cuba_order", cuba_order))):
+            raise SbcError("the onnxruntime engine runs the discretization stored in the file "
+                           f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
+                           "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
         from ..onnx_io import evaluate_onnxruntime
 
         res = evaluate_onnxruntime(model, ds, readout=readout, batch_size=batch_size, progress=True)
