@@ -12,7 +12,7 @@ import click
 from ..compress import METHODS
 from ..errors import SbcError
 from ..model_io import load_model, model_format, save_model
-from ..pipeline import ALLOCATIONS, GRIDS, compress
+from ..pipeline import ALLOCATIONS, GRIDS, compress, compression_metadata
 from ..sim import Walker
 from . import cli
 from .model_cmd import load_data_for, make_config, print_eval, setup_logging, sim_options
@@ -97,7 +97,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
     click.echo(f"[2/3] calibration {s['calibration']:.1f} s, compression {s['compression']:.1f} s, "
                f"spike-damage measurement {s['damage']:.1f} s", err=True)
     source = model if model_format(model) == "onnx" else None
-    out = save_model(new, output, cfg=cfg, source=source)
+    out = save_model(new, output, cfg=cfg, source=source, metadata=compression_metadata(report))
     click.echo(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
     if eval_path:
         from ..evaluate import evaluate

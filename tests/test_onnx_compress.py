@@ -1,0 +1,38 @@
+"""Compressing an ONNX file through the CLI rewrites only weight initializers and metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from sbc_onnx.cli import main
+from sbc_onnx.data import Dataset, save_dataset
+from sbc_onnx.graph import diff_graphs
+from sbc_onnx.model_io import load_model
+from sbc_onnx.onnx_io import read_onnx, write_onnx
+from sbc_onnx.sim import SimConfig
+
+from test_onnx import _strip
+
+
+def test_cli_compress_onnx_in_place(data_dir, tmp_path, capsys):
+    src = write_onnx(load_model(data_dir / "nir_paper/03_rnn/braille_noDelay_bias_zero.nir"),
+                     tmp_path / "braille.onnx", cfg=SimConfig(dt=1e-4))
+    rng = np.random.default_rng(0)
+    save_dataset(Dataset((rng.random((16, 60, 12)) < 0.3).astype(np.uint8), rng.integers(0, 7, 16)),
+                 tmp_path / "calib.npz")
+    out = tmp_path / "braille_sbc.onnx"
+    assert main(["compress", str(src), "--calib", str(tmp_path / "calib.npz"), "--sparsity", "0.6",
+                 "--bits", "6", "-o", str(out)]) == 0
+    capsys.readouterr()
+    a, b = onnx.load(str(src)), onnx.load(str(out))
+    assert _strip(a) == _strip(b)  # everything but initializer data and metadata is identical
+    changed = {t.name for t, u in zip(a.graph.initializer, b.graph.initializer) if t.raw_data != u.raw_data}
+    assert changed == {"fc1.weight", "lif1.w_rec.weight", "fc2.weight"}
+    meta = {p.key: p.value for p in b.metadata_props}
+    assert meta["sbc_onnx.method"] == "sbc" and meta["sbc_onnx.bits"] == "6"
+    g_src, g_out = read_onnx(src), read_onnx(out)
+    assert set(diff_graphs(g_src, g_out)) == {"fc1.weight differs", "lif1.w_rec.weight differs", "fc2.weight differs"}
+    w = np.concatenate([g_out.nodes[n].weight.ravel() for n in ("fc1", "lif1.w_rec", "fc2")])
+    assert np.mean(w == 0) >= 0.6 - 1e-3
+    onnx.checker.check_model(b, full_check=True)
