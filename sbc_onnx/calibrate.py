@@ -25,6 +25,7 @@ import numpy as np
 
 from .compress.hessian import HessianAccumulator, TimeFilter
 from .errors import SbcError
+from .evaluate import step_progress
 from .graph import FlatGraph
 from .sim import SimConfig, Walker
 from .sim.conv import as_tuple, conv_padding, im2col_t
@@ -203,16 +204,14 @@ def calibrate(
         from tqdm import tqdm
 
         bar = tqdm(total=getattr(dataset, "n", None), unit="sample", desc="calibrating", leave=False,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
     n_samples, steps = 0, 0
     for batch in dataset.batches(batch_size, with_lengths=True):
         x_tb, y, lengths = batch
         state["valid"] = np.asarray(lengths) if lengths is not None else None
-        walker.run(x_tb, on_input=hooks, record_outputs=False)
+        walker.run(x_tb, on_input=hooks, record_outputs=False, on_step=step_progress(bar, len(y), x_tb.shape[0]))
         n_samples += len(y)
         steps = max(steps, x_tb.shape[0])
-        if bar is not None:
-            bar.update(len(y))
     if bar is not None:
         bar.close()
     if n_samples == 0:

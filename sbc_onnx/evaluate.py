@@ -49,11 +49,19 @@ def _output_source(fg: FlatGraph) -> str:
     return preds[0]
 
 
-def predict_batch(walker: Walker, x_tb: np.ndarray, readout: str = "count") -> tuple[np.ndarray, dict, dict]:
+def step_progress(bar, batch: int, steps: int):
+    """on_step callback advancing a per-sample progress bar smoothly through a batch's time steps."""
+    if bar is None:
+        return None
+    return lambda t: bar.update(batch / steps)
+
+
+def predict_batch(walker: Walker, x_tb: np.ndarray, readout: str = "count", on_step=None
+                  ) -> tuple[np.ndarray, dict, dict]:
     """Predictions for one batch, plus the run's spike counts and some readout statistics."""
     fg = walker.fg
     src = _output_source(fg)
-    res = walker.run(x_tb, record_outputs=False)
+    res = walker.run(x_tb, record_outputs=False, on_step=on_step)
     out_name = fg.outputs[0]
     final = res.outputs[out_name]
     stats: dict[str, Any] = {}
@@ -98,7 +106,7 @@ def evaluate(
     t0 = time.perf_counter()
     bar = _bar(getattr(dataset, "n", None), progress)
     for x_tb, y in dataset.batches(batch_size):
-        p, counts, stats = predict_batch(walker, x_tb, readout)
+        p, counts, stats = predict_batch(walker, x_tb, readout, step_progress(bar, len(y), x_tb.shape[0]))
         preds.append(p)
         labels.append(np.asarray(y))
         ties += stats.get("ties", 0)
@@ -106,8 +114,6 @@ def evaluate(
         for name, c in counts.items():
             spike_sum[name] = spike_sum.get(name, 0.0) + float(c.sum())
             neuron_steps[name] = neuron_steps.get(name, 0) + c.size * x_tb.shape[0]
-        if bar is not None:
-            bar.update(len(y))
     if bar is not None:
         bar.close()
     if not preds:
@@ -125,7 +131,8 @@ def _bar(total, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="sample", desc="simulating", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, unit="sample", desc="simulating", leave=False, dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
 
 
 def batches_from_arrays(x: np.ndarray, y: Iterable[int], batch_size: int):

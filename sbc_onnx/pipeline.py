@@ -18,6 +18,7 @@ import numpy as np
 from .calibrate import Calibration, calibrate, estimate_memory, weight_nodes
 from .compress import METHODS, allocate, compress_layer
 from .errors import SbcError
+from .evaluate import step_progress
 from .graph import flatten
 from .sim import SimConfig, Walker
 
@@ -328,8 +329,10 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
         def rec(n, which):
             return lambda t, s: seqs[n][which].append(s.astype(bool))  # spikes: 1 byte each
 
-        dense.run(x_tb, on_output={n: rec(n, "d") for n in targets}, record_outputs=False)
-        comp.run(x_tb, on_output={n: rec(n, "c") for n in targets}, record_outputs=False)
+        dense.run(x_tb, on_output={n: rec(n, "d") for n in targets}, record_outputs=False,
+                  on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
+        comp.run(x_tb, on_output={n: rec(n, "c") for n in targets}, record_outputs=False,
+                 on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
         for n in targets:
             f = np.zeros_like(seqs[n]["d"][0], dtype=np.float64)
             for sd, sc in zip(seqs[n]["d"], seqs[n]["c"]):
@@ -339,8 +342,6 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
                 acc[n]["sc"] += float(sc.sum())
             acc[n]["cells"] += seqs[n]["d"][0].size
             acc[n]["steps"] = len(seqs[n]["d"])
-        if bar is not None:
-            bar.update(len(y))
     if bar is not None:
         bar.close()
     for n, r in targets.items():
@@ -356,4 +357,5 @@ def _bar(total, enabled, desc):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")

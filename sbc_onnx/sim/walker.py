@@ -49,12 +49,14 @@ class Walker:
         on_input: Mapping[str, Observer] | None = None,
         on_output: Mapping[str, Observer] | None = None,
         on_state: Mapping[str, Callable[[int, Any], None]] | None = None,
+        on_step: Callable[[int], None] | None = None,
         record_outputs: bool = True,
     ) -> RunResult:
         """Simulate. `x` is (T, B, *input_shape) for a single-input graph, or {input name: array}.
 
         on_input[n](t, x)  receives the (summed) input of node n at step t;
-        on_output[n](t, y) its output; on_state[n](t, state) its state after the step (e.g. {"v": ...}).
+        on_output[n](t, y) its output; on_state[n](t, state) its state after the step (e.g. {"v": ...});
+        on_step(t) is called after every step (progress bars).
         """
         xs = x if isinstance(x, Mapping) else {self.fg.inputs[0]: x}
         missing = set(self.fg.inputs) - set(xs)
@@ -112,6 +114,8 @@ class Walker:
                 if record_outputs:
                     recorded[o].append(out[o])
                 last[o] = out[o]
+            if on_step is not None:
+                on_step(t)
         outputs = {o: (np.stack(recorded[o]) if record_outputs else last[o]) for o in fg.outputs}
         return RunResult(steps=T, outputs=outputs, counts=counts, states=states)
 
