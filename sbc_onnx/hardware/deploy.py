@@ -1,0 +1,472 @@
+"""Compress for a named chip: SBC with the profile's grid, then fold each weight scale into the neurons.
+
+Folding.  A weight layer W feeding neuron N with W_i = s_i q_i (per output channel i): dividing the
+neuron's input by s_i and its v_threshold, v_reset, v_leak (and the layer's bias) by s_i scales the state
+by 1/s_i and leaves every spike unchanged (tau dv/dt = v_leak - v + r I is linear in (v, v_leak, I), the
+threshold test and both resets are homogeneous).  r, tau, w_in do not change.  The per-channel scale is
+carried to the neuron's shape through the stateless nodes between them (Scale, pooling, Flatten, Delay);
+every input of N must come from a folded layer, and all layers feeding N must give it the same scale
+(otherwise `integerize` re-quantizes them to one common scale and says so).
+
+Integer model.  The folded scale is rounded to `profile.scale_mantissa_bits` significant bits
+(s = m * 2^e, m < 2^8), neuron parameters and biases are rounded to integers.  The float "twin" is the
+exact dequantization of the integer model (weights s q, thresholds s theta_int, ...): with s = m 2^e every
+product and partial sum of an IF layer with integer inputs is exact in float32, so the twin and the integer
+model produce the same spikes bit for bit; the twin differs from the SBC output only by the scale rounding
+(< 2^-8 relative) and the threshold/bias rounding (< 0.5 integer units).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nir
+import numpy as np
+
+from ..calibrate import NEURONS
+from ..errors import SbcError
+from ..graph import FlatGraph, flatten, node_shape
+from ..sim import SimConfig
+from ..sim.ops import WEIGHT_NODES, build_op
+from .profiles import Profile, load_profile
+
+log = logging.getLogger("sbc_onnx")
+
+PASS = ("Scale", "SumPool2d", "AvgPool2d", "Flatten", "Delay", "Input", "Output")
+SPIKING_NEURONS = ("LIF", "IF", "CubaLIF")
+SCALED_PARAMS = ("v_threshold", "v_reset", "v_leak")  # divided by s; r, tau, tau_syn, w_in are not
+
+
+# ---------------------------------------------------------------- graph helpers
+
+def _paths_to_neurons(fg: FlatGraph, layer: str) -> tuple[list[list[str]], list[str]]:
+    """Paths layer -> ... -> neuron through stateless nodes, and the other sinks reached (graph outputs,
+    weight layers, unsupported nodes)."""
+    paths, sinks = [], []
+    stack = [[layer, s] for s in fg.succs[layer]]
+    while stack:
+        p = stack.pop()
+        n = p[-1]
+        kind = fg.kind(n)
+        if kind in NEURONS:
+            paths.append(p)
+        elif kind in PASS and not (kind == "Output" and n in fg.outputs) and n not in p[:-1]:
+            stack.extend(p + [s] for s in fg.succs[n])
+        else:
+            sinks.append(n)
+    return paths, sinks
+
+
+def _sources_of(fg: FlatGraph, neuron: str) -> set[str]:
+    """Nodes that feed `neuron` through stateless nodes (weight layers, inputs, other neurons...)."""
+    out, seen = set(), set()
+    stack = list(fg.preds[neuron]) + list(fg.back_preds[neuron])
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if fg.kind(n) in PASS and n not in fg.inputs:
+            stack.extend(fg.preds[n] + fg.back_preds[n])
+        else:
+            out.add(n)
+    return out
+
+
+def _layer_out_scale(node, s: np.ndarray) -> np.ndarray:
+    """Per-channel scale broadcast to the weight node's output shape."""
+    s = np.asarray(s, np.float64).reshape(-1)
+    w = np.asarray(node.weight)
+    shape = node_shape(node, "output")
+    if shape is None:
+        shape = (w.shape[0],)
+    if s.size == 1:
+        return np.full(shape, float(s[0]))
+    if s.size != w.shape[0]:
+        raise SbcError(f"scale has {s.size} entries for a weight with {w.shape[0]} output channels")
+    return np.broadcast_to(s.reshape((-1,) + (1,) * (len(shape) - 1)), shape).copy()
+
+
+def _through(fg: FlatGraph, name: str, S: np.ndarray) -> np.ndarray:
+    """Carry a per-element scale map through a stateless node."""
+    kind = fg.kind(name)
+    if kind in ("SumPool2d", "AvgPool2d"):
+        flat = S.reshape(S.shape[0], -1)
+        if np.ptp(flat, axis=1).max(initial=0.0) > 1e-12 * np.abs(flat).max():
+            raise SbcError(f"pooling node {name!r} mixes positions with different scales")
+        op = build_op(name, fg.nodes[name], SimConfig(dtype="float64"))
+        pooled = op.step(np.ones((1,) + S.shape), None)[0][0]
+        return np.broadcast_to(S[:, :1, :1], pooled.shape).copy()
+    if kind == "Flatten":
+        op = build_op(name, fg.nodes[name], SimConfig(dtype="float64"))
+        return op.step(S[None], None)[0][0]
+    return S
+
+
+def neuron_scales(fg: FlatGraph, scales: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """{neuron: (scale map of the neuron's shape, feeding layers)}; raises if the layers disagree,
+    if a layer reaches something other than a neuron, or if a neuron has an unscaled input."""
+    out: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for layer, s in scales.items():
+        paths, sinks = _paths_to_neurons(fg, layer)
+        if sinks or not paths:
+            what = ", ".join(f"{x} ({fg.kind(x)})" for x in sinks) or "nothing"
+            raise SbcError(f"cannot fold the scale of layer {layer!r}: it reaches {what} instead of a neuron")
+        for p in paths:
+            S = _layer_out_scale(fg.nodes[layer], s)
+            for n in p[1:-1]:
+                S = _through(fg, n, S)
+            neuron = p[-1]
+            if neuron in out:
+                prev, layers = out[neuron]
+                if prev.shape != S.shape or not np.allclose(prev, S, rtol=1e-12, atol=0):
+                    raise SbcError(f"layers {layers + [layer]} feed neuron {neuron!r} with different scales; "
+                                   "per-neuron folding needs one scale (use a shared per-tensor scale)")
+                layers.append(layer)
+            else:
+                out[neuron] = (S, [layer])
+    for neuron, (S, layers) in out.items():
+        extra = _sources_of(fg, neuron) - set(scales)
+        if extra:
+            raise SbcError(f"neuron {neuron!r} also receives input from {sorted(extra)}, which carries no "
+                           "weight scale; folding would change its dynamics")
+        if fg.kind(neuron) not in SPIKING_NEURONS:
+            feeds_output = any(fg.kind(x) == "Output" for x in fg.succs[neuron]) and all(
+                fg.kind(x) == "Output" for x in fg.succs[neuron])
+            if not feeds_output or np.ptp(S) > 1e-12 * np.abs(S).max():
+                raise SbcError(f"neuron {neuron!r} ({fg.kind(neuron)}) outputs its potential; folding would "
+                               "rescale what it sends on (only a graph readout with one scale can be folded)")
+    return out
+
+
+def _param_shaped(value, S: np.ndarray) -> np.ndarray:
+    v = np.asarray(value, np.float64)
+    return np.broadcast_to(v, np.broadcast_shapes(v.shape, S.shape)).copy()
+
+
+def _reshape_for(S: np.ndarray, target_shape: tuple) -> np.ndarray:
+    if S.shape == tuple(target_shape):
+        return S
+    if S.size == int(np.prod(target_shape)):
+        return S.reshape(target_shape)
+    return S  # let broadcasting decide (and fail loudly if it cannot)
+
+
+def fold_scales(graph: nir.NIRGraph, scales: dict[str, np.ndarray], *, multiply: bool = False,
+                ) -> tuple[nir.NIRGraph, dict[str, np.ndarray]]:
+    """Copy of `graph` with each layer's weight and bias divided by its per-output-channel scale
+    (scales[layer]: vector of length C_out, or a scalar) and each fed neuron's v_threshold, v_reset,
+    v_leak divided by the same scale carried to the neuron's shape. Spikes are unchanged (exact in
+    real arithmetic). multiply=True applies the inverse transform (integer model -> float twin).
+    Returns (new graph, {neuron: scale map})."""
+    new = copy.deepcopy(graph)
+    fg = flatten(new)
+    nmap = neuron_scales(fg, scales)
+    op = np.multiply if multiply else np.divide
+    for layer, s in scales.items():
+        node = fg.nodes[layer]
+        s = np.asarray(s, np.float64).reshape(-1)
+        w = np.asarray(node.weight, np.float64)
+        sw = s.reshape((-1,) + (1,) * (w.ndim - 1)) if s.size > 1 else s[0]
+        node.weight = op(w, sw)
+        b = getattr(node, "bias", None)
+        if b is not None and not np.isscalar(b):
+            node.bias = op(np.asarray(b, np.float64), s if s.size > 1 else s[0])
+    for neuron, (S, _) in nmap.items():
+        node = fg.nodes[neuron]
+        for f in SCALED_PARAMS:
+            v = getattr(node, f, None)
+            if v is None:
+                if f == "v_reset" and hasattr(node, "v_threshold"):
+                    v = np.zeros_like(np.asarray(node.v_threshold, np.float64))
+                else:
+                    continue
+            v = np.asarray(v, np.float64)
+            Sv = _reshape_for(S, v.shape) if v.ndim else S
+            setattr(node, f, op(_param_shaped(v, Sv), Sv))
+    return new, {n: S for n, (S, _) in nmap.items()}
+
+
+# ---------------------------------------------------------------- integer model
+
+def round_scale(s: np.ndarray, mantissa_bits: int) -> np.ndarray:
+    """s rounded to `mantissa_bits` significant bits: m * 2^e with integer m < 2^mantissa_bits."""
+    s = np.asarray(s, np.float64)
+    if np.any(s <= 0) or not np.all(np.isfinite(s)):
+        raise SbcError("weight scales must be positive and finite")
+    e = np.floor(np.log2(s)) - (mantissa_bits - 1)
+    return np.round(s / 2.0**e) * 2.0**e
+
+
+def _int_dtype(a: np.ndarray) -> np.dtype:
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dt in (np.int8, np.int16, np.int32, np.int64):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise SbcError("integer parameter out of int64 range")
+
+
+@dataclass
+class FoldedLayer:
+    layer: str
+    neurons: list
+    scale_min: float
+    scale_max: float
+    code_min: int
+    code_max: int
+    requantized: bool = False
+    threshold_int: tuple | None = None  # (min, max) of the integer thresholds of the fed neuron(s)
+    max_param_rounding: float = 0.0     # largest |p/s - round(p/s)| over thresholds/resets/leaks/biases
+
+
+@dataclass
+class IntegerModel:
+    int_graph: nir.NIRGraph
+    float_graph: nir.NIRGraph
+    layers: list[FoldedLayer]
+    unfolded: list[str] = field(default_factory=list)  # layers left as dequantized floats
+    notes: list[str] = field(default_factory=list)
+    quant: dict = field(default_factory=dict)  # layer -> (q, scale per channel float32, None) for the twin
+
+
+def _foldable(fg: FlatGraph, layers: list[str]) -> tuple[list[str], dict[str, str]]:
+    ok, why = [], {}
+    for layer in layers:
+        paths, sinks = _paths_to_neurons(fg, layer)
+        if sinks or not paths:
+            why[layer] = "reaches " + (", ".join(sinks) if sinks else "no neuron")
+        elif any(fg.kind(p[-1]) not in SPIKING_NEURONS for p in paths):
+            why[layer] = "feeds a non-spiking neuron"
+        else:
+            ok.append(layer)
+    changed = True
+    while changed:  # neurons with an input that is not a foldable layer block all their layers
+        changed = False
+        for layer in list(ok):
+            for p in _paths_to_neurons(fg, layer)[0]:
+                extra = _sources_of(fg, p[-1]) - set(ok)
+                if extra:
+                    ok.remove(layer)
+                    why[layer] = f"neuron {p[-1]} also receives {sorted(extra)}"
+                    changed = True
+                    break
+    return ok, why
+
+
+def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | str) -> IntegerModel:
+    """Integer model + float twin from a quantized graph and its codes (quant[layer] = (q, scale, zero),
+    W = scale * (q - zero), scale per output channel, as in CompressionReport.quant)."""
+    profile = load_profile(profile)
+    fg = flatten(graph)
+    notes: list[str] = []
+    layers = [n for n in fg.order if n in quant]
+    fold, why = _foldable(fg, layers)
+    for layer, reason in why.items():
+        notes.append(f"layer {layer}: not folded ({reason}); its weights stay dequantized floats")
+    codes: dict[str, np.ndarray] = {}
+    svec: dict[str, np.ndarray] = {}
+    for layer in layers:
+        q, s, z = quant[layer]
+        if z is not None and np.any(np.asarray(z) != 0):
+            raise SbcError(f"layer {layer}: asymmetric grid (zero point) cannot be folded into thresholds")
+        codes[layer] = np.asarray(q, np.int64)
+        svec[layer] = np.asarray(s, np.float64).reshape(-1)
+    requant: set[str] = set()
+    # neurons fed by several layers need one scale: re-quantize those layers (RTN) to the largest scale
+    groups: dict[str, list[str]] = {}
+    for layer in fold:
+        for p in _paths_to_neurons(fg, layer)[0]:
+            groups.setdefault(p[-1], []).append(layer)
+    for neuron, ls in groups.items():
+        ls = sorted(set(ls))
+        if len(ls) < 2:
+            continue
+        try:
+            neuron_scales(fg, {l: round_scale(svec[l], profile.scale_mantissa_bits) for l in ls})
+            continue
+        except SbcError:
+            pass
+        common = max(float(svec[l].max()) for l in ls)
+        for l in ls:
+            s = svec[l].reshape((-1,) + (1,) * (codes[l].ndim - 1))
+            codes[l] = np.clip(np.round(codes[l] * s / common), profile.weight_min, profile.weight_max).astype(np.int64)
+            svec[l] = np.full_like(svec[l], common)
+            requant.add(l)
+        notes.append(f"neuron {neuron} is fed by {ls} with different scales: re-quantized them (round to "
+                     f"nearest) to one common scale {common:.4g}")
+    s_round = {l: round_scale(svec[l], profile.scale_mantissa_bits) for l in layers}
+    # G1: the graph with weights exactly s' q (float64); the integer model is G1 folded by s'
+    g1 = copy.deepcopy(graph)
+    f1 = flatten(g1)
+    for layer in layers:
+        node = f1.nodes[layer]
+        sw = s_round[layer].reshape((-1,) + (1,) * (codes[layer].ndim - 1))
+        node.weight = codes[layer] * sw if layer in fold else (codes[layer] * sw).astype(np.float32)
+    int_g, nmap = fold_scales(g1, {l: s_round[l] for l in fold})
+    fi = flatten(int_g)
+    results: list[FoldedLayer] = []
+    rounding: dict[str, float] = {}
+    for neuron in nmap:
+        node = fi.nodes[neuron]
+        worst = 0.0
+        for f in SCALED_PARAMS:
+            v = getattr(node, f, None)
+            if v is None:
+                continue
+            v = np.asarray(v, np.float64)
+            r = np.round(v)
+            worst = max(worst, float(np.abs(v - r).max(initial=0.0)))
+            setattr(node, f, r.astype(_int_dtype(r)))
+        rounding[neuron] = worst
+    for layer in fold:
+        node = fi.nodes[layer]
+        q = np.round(np.asarray(node.weight, np.float64))
+        if not np.array_equal(q, codes[layer]):  # s' q / s' must give back q exactly
+            raise SbcError(f"internal error: layer {layer} codes changed while folding")
+        node.weight = q.astype(_int_dtype(q))
+        node.metadata = {**(node.metadata or {}), "sbc_onnx.scale": s_round[layer].astype(np.float64),
+                         "sbc_onnx.bits": int(profile.weight_bits), "sbc_onnx.target": profile.name}
+        b = getattr(node, "bias", None)
+        worst_b = 0.0
+        if b is not None and not np.isscalar(b):
+            bv = np.asarray(b, np.float64)
+            br = np.round(bv)
+            worst_b = float(np.abs(bv - br).max(initial=0.0))
+            node.bias = br.astype(_int_dtype(br) if br.size else np.int32)
+        neurons = sorted({p[-1] for p in _paths_to_neurons(fi, layer)[0]})
+        thr = [np.asarray(fi.nodes[n].v_threshold) for n in neurons if hasattr(fi.nodes[n], "v_threshold")]
+        results.append(FoldedLayer(
+            layer=layer, neurons=neurons, scale_min=float(s_round[layer].min()), scale_max=float(s_round[layer].max()),
+            code_min=int(codes[layer].min()), code_max=int(codes[layer].max()), requantized=layer in requant,
+            threshold_int=(int(min(t.min() for t in thr)), int(max(t.max() for t in thr))) if thr else None,
+            max_param_rounding=max([worst_b] + [rounding[n] for n in neurons])))
+    for layer in layers:
+        if layer not in fold:
+            fi.nodes[layer].metadata = {**(fi.nodes[layer].metadata or {}),
+                                        "sbc_onnx.scale": s_round[layer], "sbc_onnx.bits": int(profile.weight_bits),
+                                        "sbc_onnx.folded": 0}
+    # the twin: multiply the integer model back (exact: s' has few significant bits)
+    twin, _ = fold_scales(int_g, {l: s_round[l] for l in fold}, multiply=True)
+    _cast_float32(twin)
+    ft = flatten(twin)
+    tq = {}
+    for layer in layers:
+        ft.nodes[layer].metadata = {**(ft.nodes[layer].metadata or {}), "sbc_onnx.scale": s_round[layer],
+                                    "sbc_onnx.bits": int(profile.weight_bits), "sbc_onnx.target": profile.name}
+        tq[layer] = (codes[layer].astype(np.int32), s_round[layer].astype(np.float32), None)
+    meta = {"sbc_onnx.target": profile.name, "sbc_onnx.weight_bits": int(profile.weight_bits)}
+    int_g.metadata = {**(int_g.metadata or {}), **meta, "sbc_onnx.integer": 1}
+    twin.metadata = {**(twin.metadata or {}), **meta, "sbc_onnx.integer": 0}
+    return IntegerModel(int_g, twin, results, unfolded=sorted(why), notes=notes, quant=tq)
+
+
+def _cast_float32(graph: nir.NIRGraph) -> None:
+    """Float64 parameters of the twin back to float32 (the exported dtype); exact for s' q values."""
+    for node in flatten(graph).nodes.values():
+        for f in ("weight", "bias", *SCALED_PARAMS):
+            v = getattr(node, f, None)
+            if isinstance(v, np.ndarray) and v.dtype.kind in "fiu":
+                setattr(node, f, v.astype(np.float32))
+
+
+# ---------------------------------------------------------------- compress for a target
+
+@dataclass
+class DeployReport:
+    profile: str
+    bits: int
+    granularity: str
+    grid: str
+    compression: Any  # pipeline.CompressionReport
+    layers: list[FoldedLayer]
+    unfolded: list[str]
+    notes: list[str]
+    violations: list = field(default_factory=list)
+
+    def table(self) -> str:
+        head = f"{'layer':<10} {'fed neuron(s)':<16} {'scale (folded)':<22} {'codes':<11} {'thr int':<12} {'round':>6}"
+        lines = [f"target {self.profile}: {self.bits}-bit {self.grid} weights, scale {self.granularity}", head,
+                 "-" * len(head)]
+        for r in self.layers:
+            sc = f"{r.scale_min:.4g}" if r.scale_min == r.scale_max else f"{r.scale_min:.3g}..{r.scale_max:.3g}"
+            thr = "-" if r.threshold_int is None else (
+                f"{r.threshold_int[0]}" if r.threshold_int[0] == r.threshold_int[1] else f"{r.threshold_int[0]}..{r.threshold_int[1]}")
+            lines.append(f"{r.layer:<10} {','.join(r.neurons):<16} {sc:<22} {f'{r.code_min}..{r.code_max}':<11} "
+                         f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized to a shared scale)" if r.requantized else ""))
+        lines.append("round = largest |p/s - round(p/s)| over the folded thresholds, resets, leaks and biases "
+                     "(integer units)")
+        return "\n".join(lines)
+
+
+def target_settings(profile: Profile, bits: int | None = None) -> tuple[int, str, str]:
+    """(bits, grid scheme, granularity) the profile asks for; `bits` may lower the profile's width."""
+    b = profile.weight_bits
+    if bits is not None:
+        if bits > b:
+            raise SbcError(f"{profile.name} stores {b}-bit weights; --bits {bits} does not fit")
+        b = int(bits)
+    scheme = profile.grid_scheme
+    return b, scheme, ("channel" if profile.per_channel else "tensor")
+
+
+def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, *, sparsity: float | None = None,
+                        bits: int | None = None, method: str = "sbc", pattern=None, cfg: SimConfig | None = None,
+                        **kwargs) -> tuple[nir.NIRGraph, nir.NIRGraph, DeployReport]:
+    """SBC with the profile's weight grid (bits, sign range, scale granularity), pruning if asked, then
+    scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl. the
+    profile check of the integer graph). kwargs go to `pipeline.compress` (allocation, rel_damp, ...)."""
+    from ..pipeline import compress
+    from .check import check_graph
+
+    profile = load_profile(profile)
+    cfg = cfg or SimConfig()
+    b, scheme, gran = target_settings(profile, bits)
+    if scheme == "symmetric_restricted" and b < profile.weight_bits:
+        pass  # fewer levels than the chip has: still inside its range
+    new, rep = compress(graph, calib, sparsity=sparsity, bits=b, method=method, pattern=pattern, grid=scheme,
+                        granularity=gran, cfg=cfg, **kwargs)
+    missing = [n for n in flatten(new).nodes if flatten(new).kind(n) in WEIGHT_NODES and n not in rep.quant]
+    if missing:
+        raise SbcError(f"layers {missing} carry no integer codes after compression")
+    im = integerize(new, rep.quant, profile)
+    notes = list(im.notes)
+    if cfg.reset not in profile.reset_modes:
+        notes.append(f"the model is simulated with reset {cfg.reset}, which {profile.name} does not support "
+                     f"({'/'.join(profile.reset_modes)})")
+    for k in ("sbc_onnx.method", "sbc_onnx.sparsity", "sbc_onnx.overall_sparsity", "sbc_onnx.n_calibration"):
+        if k in (new.metadata or {}):
+            im.int_graph.metadata[k] = new.metadata[k]
+            im.float_graph.metadata[k] = new.metadata[k]
+    for g in (im.int_graph, im.float_graph):
+        g.metadata.update(cfg.to_metadata())
+    report = DeployReport(profile=profile.name, bits=b, granularity=profile.scale_granularity, grid=scheme,
+                          compression=rep, layers=im.layers, unfolded=im.unfolded, notes=notes)
+    report.violations = check_graph(im.int_graph, profile, cfg)
+    return im.int_graph, im.float_graph, report
+
+
+def twin_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.stem + ".float" + p.suffix)
+
+
+def write_deployment(int_graph: nir.NIRGraph, float_graph: nir.NIRGraph, path: str | Path,
+                     cfg: SimConfig | None = None) -> tuple[Path, Path]:
+    """OUT.nir: integer weights + folded integer neuron parameters (node metadata: scale, bits);
+    OUT.float.nir: the dequantized float twin."""
+    from ..nir_io import write_nir
+
+    p = Path(path)
+    if p.suffix.lower() != ".nir":
+        raise SbcError("--target writes NIR (OUT.nir integer model + OUT.float.nir twin); give a .nir output "
+                       "and convert the twin with `sbc-onnx convert` if you need ONNX")
+    meta = cfg.to_metadata() if cfg else None
+    tp = twin_path(p)
+    int_graph.metadata = {**(int_graph.metadata or {}), "sbc_onnx.twin": tp.name}
+    a = write_nir(int_graph, p, metadata=meta)
+    b = write_nir(float_graph, tp, metadata=meta)
+    return a, b
