@@ -20,7 +20,7 @@ def cli() -> None:
 
 
 # Command modules: importing them registers their commands on `cli`.
-from . import compress_cmd, convert_cmd, data_cmd, model_cmd  # noqa: E402,F401
+from . import compress_cmd, convert_cmd, data_cmd, hardware_cmd, model_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

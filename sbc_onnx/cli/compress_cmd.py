@@ -69,10 +69,13 @@ def write_json_atomic(obj, path: str) -> None:
 @click.option("--readout", type=click.Choice(["count", "count+potential", "potential"]), default="count",
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--target", default=None, help="Hardware profile (see `sbc-onnx profiles`): bits, grid and scale "
+              "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
+              "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
 def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, allocation, lamp_p, grid, granularity,
                  damp, sequential, exact_resolve, bias_correction, calib_limit, batch_size, report_path, eval_path, eval_limit,
-                 readout, force, dt, integrator, reset, cuba_order, precision) -> None:
+                 readout, force, target, dt, integrator, reset, cuba_order, precision) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     model_format(output)  # fail early on an unknown extension
@@ -84,6 +87,13 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
     cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
     walker = Walker(graph, cfg)
     calib = load_data_for(walker, calib_path, calib_limit)
+    if target:  # hardware deployment path: sbc_onnx/hardware, cli/hardware_cmd.py
+        from .hardware_cmd import compress_target
+
+        return compress_target(model=model, graph=graph, calib=calib, cfg=cfg, target=target, output=output,
+                               sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
+                               lamp_p=lamp_p, damp=damp, bias_correction=bias_correction, batch_size=batch_size,
+                               eval_path=eval_path, eval_limit=eval_limit, readout=readout, walker=walker)
     what = ", ".join(x for x in (f"sparsity {sparsity}" if sparsity is not None else "",
                                  f"pattern {pattern}" if pattern else "", f"{bits} bits" if bits else "") if x)
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "

@@ -1,0 +1,135 @@
+"""`sbc-onnx check`, `sbc-onnx report`, `sbc-onnx profiles`, and the `compress --target` path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import SbcError
+from ..hardware import (E_AC_PJ, E_MAC_PJ, check_graph, compare_table, compress_for_target, energy_report,
+                        load_profile, plot_reports, profile_names, twin_path, write_deployment)
+from ..model_io import load_model
+from ..sim import Walker
+from . import cli
+from .model_cmd import load_data_for, make_config, setup_logging, sim_options
+
+
+@cli.command("profiles")
+@click.argument("name", required=False)
+def profiles_cmd(name) -> None:
+    """List the hardware profiles, or show one with its sources."""
+    if not name:
+        for n in profile_names():
+            if n.startswith("intN"):
+                click.echo(f"{n}: generic N-bit integer target (per-output-neuron scales, no chip limits)")
+            else:
+                click.echo(load_profile(n).summary())
+        return
+    p = load_profile(name)
+    click.echo(p.description)
+    for k, v in p.__dict__.items():
+        if k not in ("description", "sources") and v is not None:
+            click.echo(f"  {k:<28} {v}")
+    click.echo("sources:")
+    for s in p.sources:
+        click.echo(f"  - {s}")
+
+
+@cli.command("check")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", required=True, help="Hardware profile (sbc-onnx profiles) or a profile .json.")
+@sim_options
+def check_cmd(model, target, dt, integrator, reset, cuba_order, precision) -> None:
+    """List every constraint of the TARGET chip that MODEL violates; exit 1 if any error."""
+    setup_logging()
+    profile = load_profile(target)
+    graph = load_model(model)
+    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    found = check_graph(graph, profile, cfg)
+    errors = [v for v in found if v.severity == "error"]
+    for v in found:
+        click.echo(v.line())
+    click.echo(f"{model}: {len(errors)} violation(s), {len(found) - len(errors)} warning(s) for {profile.name}"
+               + ("" if errors else " -- OK"))
+    if errors:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("report")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Dataset .npz.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="Dense model to put side by side (e.g. the model before compression).")
+@click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+@click.option("--e-ac", type=float, default=E_AC_PJ, show_default=True, help="Energy per accumulate [pJ].")
+@click.option("--e-mac", type=float, default=E_MAC_PJ, show_default=True,
+              help="Energy per multiply-accumulate [pJ] (first layer, non-spiking input).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the figures as JSON.")
+@click.option("--batch-size", type=int, default=50, show_default=True)
+@sim_options
+def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_path, batch_size, dt, integrator,
+               reset, cuba_order, precision) -> None:
+    """Per-layer firing rates, non-zero fan-out, SynOps, energy proxy and weight memory of MODEL."""
+    setup_logging()
+    graph = load_model(model)
+    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    ds = load_data_for(Walker(graph, cfg), data_path, limit)
+    click.echo(f"energy proxy E = E_AC x SynOps + E_MAC x first-layer MACs, E_AC = {e_ac} pJ, E_MAC = {e_mac} pJ; "
+               "SynOps counted with the exact non-zero fan-out of every input position", err=True)
+    reports = []
+    if baseline:
+        bg = load_model(baseline)
+        bcfg = make_config(bg, dt, integrator, reset, cuba_order, precision)
+        reports.append(energy_report(bg, ds, bcfg, name=Path(baseline).name, batch_size=batch_size, e_ac=e_ac,
+                                     e_mac=e_mac, progress=True))
+    reports.append(energy_report(graph, ds, cfg, name=Path(model).name, batch_size=batch_size, e_ac=e_ac,
+                                 e_mac=e_mac, progress=True))
+    for r in reports:
+        click.echo(r.table())
+        click.echo("")
+    if baseline:
+        click.echo(compare_table(reports[0], reports[1]))
+    if plot_path:
+        plot_reports(reports, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+    if json_path:
+        from .compress_cmd import write_json_atomic
+
+        write_json_atomic({"reports": [r.to_dict() for r in reports]}, json_path)
+        click.echo(f"wrote {json_path}", err=True)
+
+
+def compress_target(*, model, graph, calib, cfg, target, output, sparsity, bits, method, pattern, allocation,
+                    lamp_p, damp, bias_correction, batch_size, eval_path, eval_limit, readout, walker) -> None:
+    """The `compress --target` path: profile grid, SBC, folding, integer model + float twin, check."""
+    profile = load_profile(target)
+    click.echo(f"[1/3] compressing {model} for {profile.summary()}", err=True)
+    int_g, float_g, rep = compress_for_target(graph, calib, profile, sparsity=sparsity, bits=bits, method=method,
+                                              pattern=pattern, cfg=cfg, allocation=allocation, lamp_p=lamp_p,
+                                              rel_damp=damp, bias_correction=bias_correction,
+                                              batch_size=batch_size, progress=True)
+    click.echo(rep.compression.table())
+    click.echo(rep.table())
+    for note in rep.compression.notes + rep.notes:
+        click.echo(f"note: {note}", err=True)
+    a, b = write_deployment(int_g, float_g, output, cfg)
+    click.echo(f"wrote {a} (integer weights and neuron parameters, {a.stat().st_size / 1024:.1f} KiB) and {b} "
+               f"(dequantized float twin, {b.stat().st_size / 1024:.1f} KiB)")
+    errors = [v for v in rep.violations if v.severity == "error"]
+    for v in rep.violations:
+        click.echo(v.line())
+    click.echo(f"[2/3] check against {profile.name}: {len(errors)} violation(s)"
+               + ("" if errors else " -- OK"), err=True)
+    if eval_path:
+        from ..evaluate import evaluate
+
+        click.echo("[3/3] evaluating dense, integer and float twin", err=True)
+        test = load_data_for(walker, eval_path, eval_limit)
+        for label, g in (("dense", walker), ("integer", Walker(int_g, cfg)), ("twin", Walker(float_g, cfg))):
+            r = evaluate(g, test, readout=readout, batch_size=batch_size * 2, progress=True)
+            click.echo(f"{label:<8} {r.line()}")
+
+
+__all__ = ["compress_target", "twin_path", "SbcError"]

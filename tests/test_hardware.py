@@ -1,0 +1,298 @@
+"""Hardware deployment: profiles, scale folding, integer model vs float twin, constraint checks, energy report."""
+
+from __future__ import annotations
+
+import json
+
+import nir
+import numpy as np
+import pytest
+
+from sbc_onnx.cli import main
+from sbc_onnx.errors import SbcError
+from sbc_onnx.graph import flatten
+from sbc_onnx.hardware import (check_graph, compare_table, energy_report, fold_scales, integerize,
+                               load_profile, profile_names, write_deployment)
+from sbc_onnx.hardware.fanout import layer_fanout
+from sbc_onnx.nir_io import read_nir
+from sbc_onnx.sim import SimConfig, Walker
+
+PROFILES = ["loihi2", "speck", "spinnaker2", "xylo-audio2", "brainscales2"]
+
+
+# ---------------------------------------------------------------- profiles
+
+@pytest.mark.parametrize("name", PROFILES + ["int4", "int8"])
+def test_profiles_load_and_validate(name):
+    p = load_profile(name)
+    assert p.name == name and p.sources
+    assert p.weight_min < 0 < p.weight_max
+    assert p.grid_scheme in ("symmetric", "symmetric_restricted")
+    lo, hi = p.weight_min, p.weight_max
+    assert hi <= 2 ** (p.weight_bits - 1) - 1 and lo >= -(2 ** (p.weight_bits - 1))
+
+
+def test_profile_errors(tmp_path):
+    with pytest.raises(SbcError, match="unknown hardware profile"):
+        load_profile("truenorth9000")
+    with pytest.raises(SbcError, match="int2 .. int8"):
+        load_profile("int12")
+    bad = json.loads(open(load_profile.__globals__["PROFILE_DIR"] / "speck.json").read())
+    bad["weight_max"] = 100
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(SbcError, match="not a symmetric"):
+        load_profile(tmp_path / "bad.json")
+    assert set(PROFILES) <= set(profile_names())
+
+
+# ---------------------------------------------------------------- folding
+
+def _net(kind, rng, n_in=12, n_hid=16, n_out=6):
+    def neuron(n):
+        thr = rng.uniform(0.5, 1.5, n)
+        vr = rng.uniform(-0.2, 0.2, n)
+        if kind == "IF":
+            return nir.IF(r=np.ones(n), v_threshold=thr, v_reset=vr)
+        return nir.LIF(tau=rng.uniform(2e-3, 2e-2, n), r=rng.uniform(0.5, 2, n), v_leak=rng.uniform(-0.1, 0.3, n),
+                       v_threshold=thr, v_reset=vr)
+
+    g = nir.NIRGraph.from_list(
+        nir.Affine(weight=rng.normal(0, 0.6, (n_hid, n_in)), bias=rng.normal(0, 0.05, n_hid)),
+        neuron(n_hid),
+        nir.Linear(weight=rng.normal(0, 0.5, (n_out, n_hid))),
+        neuron(n_out))
+    return g
+
+
+@pytest.mark.parametrize("kind", ["IF", "LIF"])
+@pytest.mark.parametrize("reset", ["to_v_reset", "subtract"])
+def test_folding_keeps_spike_trains(kind, reset):
+    rng = np.random.default_rng(1)
+    g = _net(kind, rng)
+    cfg = SimConfig(dt=1e-3, reset=reset, dtype="float64")
+    fg = flatten(g)
+    layers = [n for n in fg.order if fg.kind(n) in ("Affine", "Linear")]
+    scales = {l: rng.uniform(0.01, 3.0, np.asarray(fg.nodes[l].weight).shape[0]) for l in layers}
+    folded, nmap = fold_scales(g, scales)
+    assert set(nmap) == {n for n in fg.order if fg.kind(n) == kind}
+    x = (rng.random((200, 8, 12)) < 0.3).astype(np.float64)
+    rec = {}
+
+    def grab(tag):
+        return {n: (lambda t, y, n=n: rec.setdefault((tag, n), []).append(y.copy())) for n in nmap}
+
+    Walker(g, cfg).run(x, on_output=grab("a"), record_outputs=False)
+    Walker(folded, cfg).run(x, on_output=grab("b"), record_outputs=False)
+    total = 0
+    for n in nmap:
+        a, b = np.stack(rec[("a", n)]), np.stack(rec[("b", n)])
+        np.testing.assert_array_equal(a, b)  # every spike of every neuron at every step
+        total += a.sum()
+    assert total > 100  # the comparison is about real activity
+    # folding really changed the parameters (state scaled by 1/s)
+    ffg = flatten(folded)
+    n0 = next(iter(nmap))
+    assert not np.allclose(np.asarray(ffg.nodes[n0].v_threshold), np.asarray(fg.nodes[n0].v_threshold))
+
+
+def test_folding_conv_pool_flatten_per_channel():
+    """Per-output-channel scales carried through SumPool2d and Flatten to a (C, H, W) IF and a dense IF."""
+    rng = np.random.default_rng(2)
+    g = nir.NIRGraph(
+        nodes={"in": nir.Input(np.array([2, 8, 8])),
+               "c": nir.Conv2d(input_shape=(8, 8), weight=rng.normal(0, 0.5, (4, 2, 3, 3)), stride=1, padding=1,
+                               dilation=1, groups=1, bias=rng.normal(0, 0.05, 4)),
+               "n1": nir.IF(r=np.ones((4, 8, 8)), v_threshold=np.full((4, 8, 8), 1.0), v_reset=np.zeros((4, 8, 8))),
+               "p": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+               "f": nir.Flatten(start_dim=0, end_dim=-1, input_type={"input": np.array([4, 4, 4])}),
+               "d": nir.Linear(weight=rng.normal(0, 0.3, (5, 64))),
+               "n2": nir.IF(r=np.ones(5), v_threshold=np.full(5, 1.0), v_reset=np.zeros(5)),
+               "out": nir.Output(np.array([5]))},
+        edges=[("in", "c"), ("c", "n1"), ("n1", "p"), ("p", "f"), ("f", "d"), ("d", "n2"), ("n2", "out")])
+    cfg = SimConfig(dt=1.0, dtype="float64")
+    folded, nmap = fold_scales(g, {"c": rng.uniform(0.1, 2, 4), "d": rng.uniform(0.1, 2, 5)})
+    assert nmap["n1"].shape == (4, 8, 8) and np.ptp(nmap["n1"][1]) == 0
+    x = (rng.random((60, 4, 2, 8, 8)) < 0.4).astype(np.float64)
+    a, b = Walker(g, cfg).run(x), Walker(folded, cfg).run(x)
+    for n in ("n1", "n2"):
+        np.testing.assert_array_equal(a.counts[n], b.counts[n])
+    assert a.counts["n1"].sum() > 50 and a.counts["n2"].sum() > 5
+
+
+def test_folding_refuses_unscaled_inputs():
+    rng = np.random.default_rng(3)
+    g = nir.NIRGraph(
+        nodes={"in": nir.Input(np.array([4])), "w": nir.Linear(weight=rng.normal(size=(4, 4))),
+               "n": nir.IF(r=np.ones(4), v_threshold=np.ones(4), v_reset=np.zeros(4)), "out": nir.Output(np.array([4]))},
+        edges=[("in", "w"), ("w", "n"), ("in", "n"), ("n", "out")])
+    with pytest.raises(SbcError, match="carries no weight scale"):
+        fold_scales(g, {"w": np.ones(4) * 2})
+
+
+def test_integerize_twin_is_exact_and_requantizes_shared_neurons():
+    """Two layers feeding one neuron with different scales: re-quantized to a shared scale; the integer
+    model and its twin give identical spikes; thresholds become integers."""
+    rng = np.random.default_rng(4)
+    qa = rng.integers(-127, 128, (6, 5))
+    qb = rng.integers(-127, 128, (6, 3))
+    sa, sb = np.full(6, 0.011), np.full(6, 0.007)
+    g = nir.NIRGraph(
+        nodes={"x": nir.Input(np.array([5])), "y": nir.Input(np.array([3])),
+               "a": nir.Linear(weight=(qa * sa[:, None]).astype(np.float32)),
+               "b": nir.Linear(weight=(qb * sb[:, None]).astype(np.float32)),
+               "n": nir.IF(r=np.ones(6), v_threshold=np.full(6, 1.0), v_reset=np.zeros(6)),
+               "out": nir.Output(np.array([6]))},
+        edges=[("x", "a"), ("y", "b"), ("a", "n"), ("b", "n"), ("n", "out")])
+    im = integerize(g, {"a": (qa, sa, None), "b": (qb, sb, None)}, "speck")
+    assert any("re-quantized" in n for n in im.notes)
+    fi = flatten(im.int_graph)
+    assert np.asarray(fi.nodes["a"].weight).dtype.kind == "i"
+    assert np.asarray(fi.nodes["n"].v_threshold).dtype.kind == "i"
+    xs = {"x": rng.integers(0, 2, (100, 4, 5)).astype(np.float32), "y": rng.integers(0, 2, (100, 4, 3)).astype(np.float32)}
+    cfg = SimConfig(dt=1.0)
+    ri, rt = Walker(im.int_graph, cfg).run(xs), Walker(im.float_graph, cfg).run(xs)
+    np.testing.assert_array_equal(ri.counts["n"], rt.counts["n"])
+    assert ri.counts["n"].sum() > 20
+    assert check_graph(im.int_graph, "speck", cfg) == [] or all(
+        v.rule in ("node-type",) for v in check_graph(im.int_graph, "speck", cfg))
+
+
+# ---------------------------------------------------------------- check
+
+def test_check_lists_real_violations_on_oversized_graph():
+    rng = np.random.default_rng(5)
+    g = nir.NIRGraph.from_list(
+        nir.Linear(weight=rng.normal(size=(600, 1024)).astype(np.float32)),
+        nir.LIF(tau=np.full(600, 0.01), r=np.ones(600), v_leak=np.zeros(600), v_threshold=np.full(600, 1.0),
+                v_reset=np.zeros(600)))
+    rules = {v.rule for v in check_graph(g, "brainscales2") if v.severity == "error"}
+    assert {"fan-in", "neurons", "node-type", "weight-bits"} <= rules, rules
+    msgs = [v.message for v in check_graph(g, "brainscales2")]
+    assert any("1024 non-zero synapses; brainscales2 allows 256" in m for m in msgs)
+    rules = {v.rule for v in check_graph(g, "xylo-audio2") if v.severity == "error"}
+    assert {"inputs", "outputs", "fan-out", "reset"} <= rules, rules  # 600 hidden fit in 1000
+
+
+def test_check_speck_rules():
+    rng = np.random.default_rng(6)
+    g = nir.NIRGraph.from_list(
+        nir.Input(np.array([2, 200, 200])),
+        nir.Conv2d(input_shape=(200, 200), weight=rng.integers(-5, 5, (8, 2, 17, 17)).astype(np.int8), stride=3,
+                   padding=0, dilation=1, groups=1, bias=np.zeros(8)),
+        nir.LIF(tau=np.full((8, 62, 62), 5.0), r=np.ones((8, 62, 62)), v_leak=np.zeros((8, 62, 62)),
+                v_threshold=np.full((8, 62, 62), 10), v_reset=np.zeros((8, 62, 62))))
+    rules = {v.rule for v in check_graph(g, "speck")}
+    assert {"input-size", "kernel", "stride", "node-type", "decay"} <= rules, rules
+
+
+def test_fanout_exact_against_brute_force():
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(3, 2, 3, 3)) * (rng.random((3, 2, 3, 3)) < 0.5)
+    node = nir.Conv2d(input_shape=(7, 6), weight=w, stride=2, padding=1, dilation=1, groups=1, bias=np.zeros(3))
+    fo = layer_fanout(node)
+    OH, OW = (7 + 2 - 3) // 2 + 1, (6 + 2 - 3) // 2 + 1
+    ref = np.zeros((2, 7, 6))
+    for o in range(3):
+        for oy in range(OH):
+            for ox in range(OW):
+                for c in range(2):
+                    for ky in range(3):
+                        for kx in range(3):
+                            y, x = oy * 2 - 1 + ky, ox * 2 - 1 + kx
+                            if 0 <= y < 7 and 0 <= x < 6 and w[o, c, ky, kx] != 0:
+                                ref[c, y, x] += 1
+    np.testing.assert_array_equal(fo, ref)
+
+
+# ---------------------------------------------------------------- cnn_sinabs acceptance (slow-ish)
+
+@pytest.fixture(scope="module")
+def t100(data_dir):
+    from sbc_onnx.data import load_nmnist
+
+    return load_nmnist(data_dir / "nmnist_small/test", data_dir / "nmnist_small/test100.txt")
+
+
+@pytest.fixture(scope="module")
+def deployed(data_dir, t100, tmp_path_factory):
+    """cnn_sinabs compressed for speck and loihi2 (calibration: 8 training samples, to keep CI short)."""
+    from sbc_onnx.data import load_nmnist
+    from sbc_onnx.hardware import compress_for_target
+
+    cal = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(8)
+    g = read_nir(data_dir / "nir_paper/02_cnn/cnn_sinabs.nir")
+    cfg = SimConfig(dt=1.0)
+    out = {}
+    d = tmp_path_factory.mktemp("deploy")
+    for target in ("speck", "loihi2"):
+        ig, fgr, rep = compress_for_target(g, cal, target, cfg=cfg, measure_damage=False)
+        a, b = write_deployment(ig, fgr, d / f"cnn_{target}.nir", cfg)
+        out[target] = (a, b, rep)
+    return g, cfg, out
+
+
+@pytest.mark.parametrize("target", ["speck", "loihi2"])
+def test_cnn_sinabs_target_check_passes_and_int_equals_twin(deployed, t100, target):
+    g, cfg, out = deployed
+    a, b, rep = out[target]
+    assert [v for v in rep.violations if v.severity == "error"] == []
+    ig, tw = read_nir(a), read_nir(b)
+    assert [v for v in check_graph(ig, target) if v.severity == "error"] == []
+    assert [v for v in check_graph(g, target) if v.rule == "weight-bits"]  # the float original does not fit
+    fi = flatten(ig)
+    assert all(np.asarray(fi.nodes[n].weight).dtype == np.int8 for n in ("0", "2", "5", "9", "11"))
+    p = load_profile(target)
+    for n in ("0", "2", "5", "9", "11"):
+        w = np.asarray(fi.nodes[n].weight)
+        assert p.weight_min <= w.min() and w.max() <= p.weight_max
+    x, y = next(t100.batches(100))
+    ri, rt = Walker(ig, cfg).run(x, record_outputs=False), Walker(tw, cfg).run(x, record_outputs=False)
+    for n in ri.counts:  # equal spike counts of every neuron of every layer
+        np.testing.assert_array_equal(ri.counts[n], rt.counts[n])
+    acc_i = (ri.counts["12"].argmax(1) == y).mean()
+    acc_t = (rt.counts["12"].argmax(1) == y).mean()
+    assert acc_i == acc_t >= 0.95
+    assert a.stat().st_size < b.stat().st_size
+
+
+def test_cnn_sinabs_energy_report_dense_vs_compressed(deployed, t100):
+    g, cfg, out = deployed
+    ig = read_nir(out["speck"][0])
+    ds = t100.take(20)
+    dense = energy_report(g, ds, cfg, name="dense")
+    comp = energy_report(ig, ds, cfg, name="speck")
+    assert dense.layers[0].macs_per_sample > 0 and dense.layers[0].synops_per_sample == 0
+    assert all(l.synops_per_sample > 0 for l in dense.layers[1:])
+    # energy follows the stated formula with the default constants
+    assert dense.e_ac_pj == 0.9 and dense.e_mac_pj == 4.6
+    assert np.isclose(dense.energy_pj, 0.9 * dense.synops + 4.6 * dense.macs)
+    assert comp.memory("dense") * 4 == dense.memory("dense")  # int8 vs float32
+    text = compare_table(dense, comp)
+    assert "SynOps/sample" in text and "0.9 pJ" in text and "4.6 pJ" in text
+    # synops of a layer = events x non-zero fan-out: consistent with an independent count for the last layer
+    l11 = next(l for l in dense.layers if l.name == "11")
+    assert l11.synops_per_sample == pytest.approx(l11.events_per_sample * l11.mean_fanout, rel=0.2)
+
+
+def test_cli_check_report_exit_codes(deployed, data_dir, tmp_path, capsys):
+    g, cfg, out = deployed
+    a = out["speck"][0]
+    cnn = data_dir / "nir_paper/02_cnn/cnn_sinabs.nir"
+    assert main(["check", str(a), "--target", "speck"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["check", str(cnn), "--target", "speck"]) == 1
+    assert "weight-bits" in capsys.readouterr().out
+    assert main(["check", str(cnn), "--target", "nochip"]) == 2
+    capsys.readouterr()
+    from sbc_onnx.data import load_nmnist, save_dataset
+
+    save_dataset(load_nmnist(data_dir / "nmnist_small/test", data_dir / "nmnist_small/test100.txt").take(10),
+                 tmp_path / "t10.npz")
+    png = tmp_path / "r.png"
+    assert main(["report", str(a), "--data", str(tmp_path / "t10.npz"), "--baseline", str(cnn), "--plot", str(png),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "SynOps/sample" in text and "0.9 pJ x SynOps + 4.6 pJ x MACs" in text
+    assert png.stat().st_size > 1000
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert len(rep["reports"]) == 2 and rep["reports"][1]["synops_per_sample"] > 0
