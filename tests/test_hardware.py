@@ -215,17 +215,20 @@ def t100(data_dir):
 
 @pytest.fixture(scope="module")
 def deployed(data_dir, t100, tmp_path_factory):
-    """cnn_sinabs compressed for speck and loihi2 (calibration: 8 training samples, to keep CI short)."""
+    """cnn_sinabs compressed for speck and loihi2 (calibration: 6 training samples, to keep CI short)."""
     from sbc_onnx.data import load_nmnist
     from sbc_onnx.hardware import compress_for_target
 
-    cal = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(8)
+    from sbc_onnx.calibrate import calibrate
+
+    cal = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(6)
     g = read_nir(data_dir / "nir_paper/02_cnn/cnn_sinabs.nir")
     cfg = SimConfig(dt=1.0)
+    hess = calibrate(Walker(g, cfg), cal)  # one calibration pass shared by both targets
     out = {}
     d = tmp_path_factory.mktemp("deploy")
     for target in ("speck", "loihi2"):
-        ig, fgr, rep = compress_for_target(g, cal, target, cfg=cfg, measure_damage=False)
+        ig, fgr, rep = compress_for_target(g, cal, target, cfg=cfg, measure_damage=False, calibration=hess)
         a, b = write_deployment(ig, fgr, d / f"cnn_{target}.nir", cfg)
         out[target] = (a, b, rep)
     return g, cfg, out
@@ -258,7 +261,7 @@ def test_cnn_sinabs_target_check_passes_and_int_equals_twin(deployed, t100, targ
 def test_cnn_sinabs_energy_report_dense_vs_compressed(deployed, t100):
     g, cfg, out = deployed
     ig = read_nir(out["speck"][0])
-    ds = t100.take(20)
+    ds = t100.take(10)
     dense = energy_report(g, ds, cfg, name="dense")
     comp = energy_report(ig, ds, cfg, name="speck")
     assert dense.layers[0].macs_per_sample > 0 and dense.layers[0].synops_per_sample == 0

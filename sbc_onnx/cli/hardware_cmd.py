@@ -15,6 +15,12 @@ from . import cli
 from .model_cmd import load_data_for, make_config, setup_logging, sim_options
 
 
+class CheckFailed(click.ClickException):
+    """The model violates the target's constraints: exit code 1 (bad input stays 2)."""
+
+    exit_code = 1
+
+
 @cli.command("profiles")
 @click.argument("name", required=False)
 def profiles_cmd(name) -> None:
@@ -50,10 +56,10 @@ def check_cmd(model, target, dt, integrator, reset, cuba_order, precision) -> No
     errors = [v for v in found if v.severity == "error"]
     for v in found:
         click.echo(v.line())
-    click.echo(f"{model}: {len(errors)} violation(s), {len(found) - len(errors)} warning(s) for {profile.name}"
-               + ("" if errors else " -- OK"))
+    summary = f"{model}: {len(errors)} violation(s), {len(found) - len(errors)} warning(s) for {profile.name}"
     if errors:
-        raise click.exceptions.Exit(1)
+        raise CheckFailed(summary)
+    click.echo(summary + " -- OK")
 
 
 @cli.command("report")
