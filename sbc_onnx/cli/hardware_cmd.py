@@ -7,8 +7,19 @@ from pathlib import Path
 import click
 
 from ..errors import SbcError
-from ..hardware import (E_AC_PJ, E_MAC_PJ, check_graph, compare_table, compress_for_target, energy_report,
-                        load_profile, plot_reports, profile_names, twin_path, write_deployment)
+from ..hardware import (
+    E_AC_PJ,
+    E_MAC_PJ,
+    check_graph,
+    compare_table,
+    compress_for_target,
+    energy_report,
+    load_profile,
+    plot_reports,
+    profile_names,
+    twin_path,
+    write_deployment,
+)
 from ..model_io import load_model
 from ..sim import Walker
 from . import cli
@@ -138,4 +149,4 @@ def compress_target(*, model, graph, calib, cfg, target, output, sparsity, bits,
             click.echo(f"{label:<8} {r.line()}")
 
 
-__all__ = ["compress_target", "twin_path", "SbcError"]
+__all__ = ["SbcError", "compress_target", "twin_path"]

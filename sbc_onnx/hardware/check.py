@@ -20,7 +20,7 @@ from ..graph import FlatGraph, flatten, node_shape
 from ..sim import SimConfig
 from ..sim.ops import WEIGHT_NODES
 from .deploy import PASS, SCALED_PARAMS, _paths_to_neurons, _sources_of
-from .fanout import layer_fanout, layer_fanin
+from .fanout import layer_fanin, layer_fanout
 from .profiles import Profile, load_profile
 
 NEURON_PARAMS = ("tau", "tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in")
@@ -103,8 +103,6 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
             if s is not None and not p.per_channel and s.size > 1 and np.ptp(s) > 1e-9 * s.max():
                 err("granularity", n, f"{s.size} different per-channel scales ({s.min():.4g}..{s.max():.4g}); "
                     f"{p.name} has one scale per layer ({p.scale_granularity})")
-            if how != "integer" and p.integer_neurons and integer_model is False:
-                pass  # float twin on a grid: thresholds are checked below
         b = getattr(node, "bias", None)
         if b is not None and np.size(b) and np.any(np.asarray(b) != 0):
             if not p.affine_bias:

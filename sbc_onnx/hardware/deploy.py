@@ -9,7 +9,8 @@ every input of N must come from a folded layer, and all layers feeding N must gi
 (otherwise `integerize` re-quantizes them to one common scale and says so).
 
 Integer model.  The folded scale is rounded to `profile.scale_mantissa_bits` significant bits
-(s = m * 2^e, m < 2^8), neuron parameters and biases are rounded to integers.  The float "twin" is the
+(s = m * 2^e, m < 2^8); neuron parameters and biases are rounded to integers on chips with integer
+neuron state (profile threshold_bits/state_bits), and kept as exact folded floats on float/analog chips.  The float "twin" is the
 exact dequantization of the integer model (weights s q, thresholds s theta_int, ...): with s = m 2^e every
 product and partial sum of an IF layer with integer inputs is exact in float32, so the twin and the integer
 model produce the same spikes bit for bit; the twin differs from the SBC output only by the scale rounding
@@ -219,7 +220,7 @@ class FoldedLayer:
     code_min: int
     code_max: int
     requantized: bool = False
-    threshold_int: tuple | None = None  # (min, max) of the integer thresholds of the fed neuron(s)
+    threshold: tuple | None = None  # (min, max) of the folded thresholds of the fed neuron(s)
     max_param_rounding: float = 0.0     # largest |p/s - round(p/s)| over thresholds/resets/leaks/biases
 
 
@@ -318,6 +319,9 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
             if v is None:
                 continue
             v = np.asarray(v, np.float64)
+            if not profile.integer_neurons:  # float / analog neuron state: keep the exact folded value
+                setattr(node, f, v)
+                continue
             r = np.round(v)
             worst = max(worst, float(np.abs(v - r).max(initial=0.0)))
             setattr(node, f, r.astype(_int_dtype(r)))
@@ -332,7 +336,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
                          "sbc_onnx.bits": int(profile.weight_bits), "sbc_onnx.target": profile.name}
         b = getattr(node, "bias", None)
         worst_b = 0.0
-        if b is not None and not np.isscalar(b):
+        if b is not None and not np.isscalar(b) and profile.integer_neurons:
             bv = np.asarray(b, np.float64)
             br = np.round(bv)
             worst_b = float(np.abs(bv - br).max(initial=0.0))
@@ -342,7 +346,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
         results.append(FoldedLayer(
             layer=layer, neurons=neurons, scale_min=float(s_round[layer].min()), scale_max=float(s_round[layer].max()),
             code_min=int(codes[layer].min()), code_max=int(codes[layer].max()), requantized=layer in requant,
-            threshold_int=(int(min(t.min() for t in thr)), int(max(t.max() for t in thr))) if thr else None,
+            threshold=(float(min(t.min() for t in thr)), float(max(t.max() for t in thr))) if thr else None,
             max_param_rounding=max([worst_b] + [rounding[n] for n in neurons])))
     for layer in layers:
         if layer not in fold:
@@ -388,13 +392,13 @@ class DeployReport:
     violations: list = field(default_factory=list)
 
     def table(self) -> str:
-        head = f"{'layer':<10} {'fed neuron(s)':<16} {'scale (folded)':<22} {'codes':<11} {'thr int':<12} {'round':>6}"
+        head = f"{'layer':<10} {'fed neuron(s)':<16} {'scale (folded)':<22} {'codes':<11} {'threshold':<12} {'round':>6}"
         lines = [f"target {self.profile}: {self.bits}-bit {self.grid} weights, scale {self.granularity}", head,
                  "-" * len(head)]
         for r in self.layers:
             sc = f"{r.scale_min:.4g}" if r.scale_min == r.scale_max else f"{r.scale_min:.3g}..{r.scale_max:.3g}"
-            thr = "-" if r.threshold_int is None else (
-                f"{r.threshold_int[0]}" if r.threshold_int[0] == r.threshold_int[1] else f"{r.threshold_int[0]}..{r.threshold_int[1]}")
+            thr = "-" if r.threshold is None else (
+                f"{r.threshold[0]:.6g}" if r.threshold[0] == r.threshold[1] else f"{r.threshold[0]:.6g}..{r.threshold[1]:.6g}")
             lines.append(f"{r.layer:<10} {','.join(r.neurons):<16} {sc:<22} {f'{r.code_min}..{r.code_max}':<11} "
                          f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized to a shared scale)" if r.requantized else ""))
         lines.append("round = largest |p/s - round(p/s)| over the folded thresholds, resets, leaks and biases "
@@ -425,8 +429,6 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, *, s
     profile = load_profile(profile)
     cfg = cfg or SimConfig()
     b, scheme, gran = target_settings(profile, bits)
-    if scheme == "symmetric_restricted" and b < profile.weight_bits:
-        pass  # fewer levels than the chip has: still inside its range
     new, rep = compress(graph, calib, sparsity=sparsity, bits=b, method=method, pattern=pattern, grid=scheme,
                         granularity=gran, cfg=cfg, **kwargs)
     missing = [n for n in flatten(new).nodes if flatten(new).kind(n) in WEIGHT_NODES and n not in rep.quant]

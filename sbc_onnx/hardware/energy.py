@@ -87,8 +87,8 @@ class EnergyReport:
     def table(self) -> str:
         head = (f"{'layer':<8} {'kind':<7} {'src':<8} {'nnz/size':>13} {'bits':>4} {'fan-out':>8} {'events/s':>10} "
                 f"{'SynOps/s':>11} {'MACs/s':>10} {'dense KiB':>9} {'CSR KiB':>8} {'mask KiB':>8}")
-        lines = [f"{self.model}: {self.n_samples} samples, {self.mean_steps:.1f} steps on average "
-                 "(/s = per sample)", head, "-" * len(head)]
+        lines = [(f"{self.model}: {self.n_samples} samples, {self.mean_steps:.1f} steps on average "
+                 "(/s = per sample)"), head, "-" * len(head)]
         for l in self.layers:
             lines.append(
                 f"{l.name:<8} {l.kind:<7} {','.join(l.sources)[:8]:<8} {f'{l.nonzero}/{l.weights}':>13} {l.bits:>4} "
@@ -118,12 +118,12 @@ def weight_bits(node) -> int:
         return int(np.asarray(meta["sbc_onnx.bits"]).reshape(-1)[0])
     if w.dtype.kind in "iu":
         m = int(np.abs(w).max(initial=0))
-        return max(2, int(math.ceil(math.log2(m + 1))) + 1)
+        return max(2, math.ceil(math.log2(m + 1)) + 1)
     g = infer_grid(w) if w.dtype == np.float32 else None
     if g is not None:
         q = np.asarray(g[0])
         m = max(int(-q.min(initial=0)) - 1, int(q.max(initial=0)))
-        return max(2, int(math.ceil(math.log2(m + 1))) + 1)
+        return max(2, math.ceil(math.log2(m + 1)) + 1)
     return 8 * w.dtype.itemsize
 
 

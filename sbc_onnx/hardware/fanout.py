@@ -66,10 +66,10 @@ def dense_macs_per_step(node) -> int:
     w = np.asarray(node.weight)
     if w.ndim == 2:
         return int(w.size)
-    w, nd, kernel, stride, dilation, pads, groups, in_shape, out_sp = _conv_geometry(node)
+    w, _nd, _kernel, _stride, _dilation, _pads, _groups, _in_shape, out_sp = _conv_geometry(node)
     return int(w.size * int(np.prod(out_sp)))
 
 
 def nonzero_macs_per_step(node) -> int:
     """Multiply-accumulates with non-zero weights that land inside the map (= sum of the fan-out)."""
-    return int(round(float(layer_fanout(node).sum())))
+    return round(float(layer_fanout(node).sum()))

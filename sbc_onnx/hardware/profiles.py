@@ -143,18 +143,18 @@ def _validate(d: dict[str, Any], origin: str) -> Profile:
 def int_profile(bits: int) -> Profile:
     """Generic integer target: N-bit symmetric weights, one scale per output neuron, 32-bit integer
     thresholds and state, every NIR node type, no size limits."""
-    return _validate(dict(
-        name=f"int{bits}", description=f"generic {bits}-bit integer weights, per-output-neuron scales, "
-        "32-bit integer thresholds/state, no chip limits", weight_bits=bits, weight_min=-(2 ** (bits - 1)),
-        weight_max=2 ** (bits - 1) - 1, scale_granularity="per_output_neuron", bias_bits=32, threshold_bits=32,
-        state_bits=32, sources=("generic profile (no chip)",)), f"int{bits}")
+    return _validate({
+        "name": f"int{bits}", "description": f"generic {bits}-bit integer weights, per-output-neuron scales, "
+        "32-bit integer thresholds/state, no chip limits", "weight_bits": bits, "weight_min": -(2 ** (bits - 1)),
+        "weight_max": 2 ** (bits - 1) - 1, "scale_granularity": "per_output_neuron", "bias_bits": 32, "threshold_bits": 32,
+        "state_bits": 32, "sources": ("generic profile (no chip)",)}, f"int{bits}")
 
 
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json")) + ["intN (N = 2..8)"]
 
 
-def load_profile(name_or_path: "str | Path | Profile") -> Profile:
+def load_profile(name_or_path: str | Path | Profile) -> Profile:
     """A built-in profile by name (loihi2, speck, spinnaker2, xylo-audio2, brainscales2, int2..int8)
     or a JSON file with the same fields."""
     if isinstance(name_or_path, Profile):
