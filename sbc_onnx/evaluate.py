@@ -56,34 +56,67 @@ def step_progress(bar, batch: int, steps: int):
     return lambda t: bar.update(batch / steps)
 
 
-def predict_batch(walker: Walker, x_tb: np.ndarray, readout: str = "count", on_step=None
-                  ) -> tuple[np.ndarray, dict, dict]:
-    """Predictions for one batch, plus the run's spike counts and some readout statistics."""
-    fg = walker.fg
-    src = _output_source(fg)
-    res = walker.run(x_tb, record_outputs=False, on_step=on_step)
-    out_name = fg.outputs[0]
-    final = res.outputs[out_name]
-    stats: dict[str, Any] = {}
+@dataclass
+class BatchOutputs:
+    """What a simulator engine returns for one batch; the readout is computed from it."""
+
+    counts: dict[str, np.ndarray]  # spiking node -> (B, *shape) spikes summed over time
+    final: np.ndarray | None = None  # output node's value at the last step (B, *shape)
+    source_v: np.ndarray | None = None  # membrane potential of the output's source after the last step
+
+
+def score_batch(readout: str, src: str, src_spiking: bool, outs: BatchOutputs) -> tuple[np.ndarray, int, int]:
+    """(predictions, tied samples, silent samples) of one batch under `readout`."""
     if readout == "potential":
-        if walker.ops[src].spiking:
+        if src_spiking:
             raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes "
-                           f"(use --readout count)")
-        scores = final.reshape(final.shape[0], -1)
-    else:
-        if src not in res.counts:
-            raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} is "
-                           f"{fg.kind(src)} (use --readout potential)")
-        counts = res.counts[src].reshape(final.shape[0], -1)
-        top = counts.max(axis=1, keepdims=True)
-        stats["ties"] = int(((counts == top).sum(axis=1) > 1).sum())
-        stats["silent"] = int((top[:, 0] == 0).sum())
-        scores = counts.astype(np.float64)
-        if readout == "count+potential":
-            v = res.states[src]["v"].reshape(final.shape[0], -1).astype(np.float64)
-            # squash v into (0, 0.5) so it only orders samples within an exact count tie
-            scores = scores + 0.5 * (1 / (1 + np.exp(-np.clip(v, -50, 50))))
-    return np.argmax(scores, axis=1), res.counts, stats
+                           "(use --readout count)")
+        return np.argmax(outs.final.reshape(outs.final.shape[0], -1), axis=1), 0, 0
+    if not src_spiking or src not in outs.counts:
+        raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} does not spike "
+                       "(use --readout potential)")
+    counts = outs.counts[src].reshape(outs.counts[src].shape[0], -1)
+    top = counts.max(axis=1, keepdims=True)
+    ties, silent = int(((counts == top).sum(axis=1) > 1).sum()), int((top[:, 0] == 0).sum())
+    scores = counts.astype(np.float64)
+    if readout == "count+potential":
+        v = outs.source_v.reshape(counts.shape[0], -1).astype(np.float64)
+        # squash v into (0, 0.5) so it only orders classes within an exact count tie
+        scores = scores + 0.5 * (1 / (1 + np.exp(-np.clip(v, -50, 50))))
+    return np.argmax(scores, axis=1), ties, silent
+
+
+def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, readout: str = "count",
+                    batch_size: int = 64, progress: bool = False) -> EvalResult:
+    """Accuracy loop shared by the engines: run_batch(x_tb, on_step) -> BatchOutputs."""
+    if readout not in READOUTS:
+        raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
+    src = _output_source(fg)
+    preds, labels = [], []
+    spike_sum: dict[str, float] = {}
+    neuron_steps: dict[str, int] = {}
+    ties = silent = 0
+    t0 = time.perf_counter()
+    bar = _bar(getattr(dataset, "n", None), progress)
+    for x_tb, y in dataset.batches(batch_size):
+        outs = run_batch(x_tb, step_progress(bar, len(y), x_tb.shape[0]))
+        p, t, s = score_batch(readout, src, src in spiking, outs)
+        preds.append(p)
+        labels.append(np.asarray(y))
+        ties, silent = ties + t, silent + s
+        for name, c in outs.counts.items():
+            spike_sum[name] = spike_sum.get(name, 0.0) + float(c.sum())
+            neuron_steps[name] = neuron_steps.get(name, 0) + c.size * x_tb.shape[0]
+    if bar is not None:
+        bar.close()
+    if not preds:
+        raise SbcError("the dataset is empty")
+    preds_a, labels_a = np.concatenate(preds), np.concatenate(labels)
+    rates = {n: spike_sum[n] / neuron_steps[n] for n in spiking if n in spike_sum}
+    return EvalResult(
+        correct=int((preds_a == labels_a).sum()), n=len(labels_a), predictions=preds_a, labels=labels_a,
+        firing_rates=rates, seconds=time.perf_counter() - t0, ties=ties, silent=silent,
+    )
 
 
 def evaluate(
@@ -95,35 +128,19 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = False,
 ) -> EvalResult:
-    """Run `graph` over `dataset` (anything with .batches(batch_size) yielding (x (T,B,...), y))."""
-    if readout not in READOUTS:
-        raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
+    """Run `graph` in the NumPy walker over `dataset` (.batches(batch_size) yielding (x (T,B,...), y))."""
     walker = graph if isinstance(graph, Walker) else Walker(graph if isinstance(graph, FlatGraph) else flatten(graph), cfg)
-    preds, labels = [], []
-    spike_sum: dict[str, float] = {}
-    neuron_steps: dict[str, int] = {}
-    ties = silent = 0
-    t0 = time.perf_counter()
-    bar = _bar(getattr(dataset, "n", None), progress)
-    for x_tb, y in dataset.batches(batch_size):
-        p, counts, stats = predict_batch(walker, x_tb, readout, step_progress(bar, len(y), x_tb.shape[0]))
-        preds.append(p)
-        labels.append(np.asarray(y))
-        ties += stats.get("ties", 0)
-        silent += stats.get("silent", 0)
-        for name, c in counts.items():
-            spike_sum[name] = spike_sum.get(name, 0.0) + float(c.sum())
-            neuron_steps[name] = neuron_steps.get(name, 0) + c.size * x_tb.shape[0]
-    if bar is not None:
-        bar.close()
-    if not preds:
-        raise SbcError("the dataset is empty")
-    preds_a, labels_a = np.concatenate(preds), np.concatenate(labels)
-    rates = {n: spike_sum[n] / neuron_steps[n] for n in walker.spiking if n in spike_sum}
-    return EvalResult(
-        correct=int((preds_a == labels_a).sum()), n=len(labels_a), predictions=preds_a, labels=labels_a,
-        firing_rates=rates, seconds=time.perf_counter() - t0, ties=ties, silent=silent,
-    )
+    fg = walker.fg
+    src, out = _output_source(fg), fg.outputs[0]
+
+    def run_batch(x_tb, on_step):
+        res = walker.run(x_tb, record_outputs=False, on_step=on_step)
+        v = res.states.get(src)
+        return BatchOutputs(counts=res.counts, final=res.outputs[out],
+                            source_v=v.get("v") if isinstance(v, dict) else None)
+
+    return evaluate_engine(run_batch, fg, walker.spiking, dataset, readout=readout, batch_size=batch_size,
+                           progress=progress)
 
 
 def _bar(total, enabled: bool):

@@ -213,7 +213,7 @@ def run_onnxruntime(session, x: np.ndarray | dict, names: list[str] | None = Non
 def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "count", batch_size: int = 64,
                          progress: bool = False):
     """Accuracy of an ONNX model of the convention run by onnxruntime (readouts as evaluate.py)."""
-    from .evaluate import READOUTS, EvalResult, _bar, _output_source
+    from .evaluate import READOUTS, BatchOutputs, _output_source, evaluate_engine
 
     if readout not in READOUTS:
         raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
@@ -222,17 +222,10 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
     fg = flatten(graph)
     src = _output_source(fg)
     out = fg.outputs[0]
-    kind = fg.kind(src)
-    spiking_kinds = ("LIF", "IF", "CubaLIF", "Threshold")
-    spiking = [n for n in fg.order if fg.kind(n) in spiking_kinds]
+    spiking = [n for n in fg.order if fg.kind(n) in ("LIF", "IF", "CubaLIF", "Threshold")]
     sess = ort_session(path)
     avail = {o.name for o in sess.get_outputs()}
     dtype = np.dtype(compute_dtype(model))
-    if readout == "potential" and kind in spiking_kinds:
-        raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes (use --readout count)")
-    if readout != "potential" and kind not in spiking_kinds:
-        raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} is {kind} "
-                       "(use --readout potential)")
     names = [f"{n}/count_final" for n in spiking if f"{n}/count_final" in avail]
     if readout == "potential":
         names.append(out)
@@ -240,44 +233,17 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
         if f"{src}/v_final" not in avail:
             raise SbcError(f"readout 'count+potential' needs the membrane potential of {src!r}")
         names.append(f"{src}/v_final")
-    preds, labels = [], []
-    spike_sum: dict[str, float] = {}
-    neuron_steps: dict[str, int] = {}
-    ties = silent = 0
-    t0 = time.perf_counter()
-    bar = _bar(getattr(dataset, "n", None), progress)
-    for x_tb, y in dataset.batches(batch_size):
-        x_tb = np.ascontiguousarray(x_tb, dtype=dtype)
-        res = run_onnxruntime(sess, {fg.inputs[0]: x_tb}, names)
-        b = x_tb.shape[1]
-        if readout == "potential":
-            scores = res[out][-1].reshape(b, -1)
-        else:
-            counts = res[f"{src}/count_final"].reshape(b, -1)
-            top = counts.max(axis=1, keepdims=True)
-            ties += int(((counts == top).sum(axis=1) > 1).sum())
-            silent += int((top[:, 0] == 0).sum())
-            scores = counts.astype(np.float64)
-            if readout == "count+potential":
-                v = res[f"{src}/v_final"].reshape(b, -1).astype(np.float64)
-                scores = scores + 0.5 * (1 / (1 + np.exp(-np.clip(v, -50, 50))))
-        preds.append(np.argmax(scores, axis=1))
-        labels.append(np.asarray(y))
-        for n in spiking:
-            c = res.get(f"{n}/count_final")
-            if c is not None:
-                spike_sum[n] = spike_sum.get(n, 0.0) + float(c.sum())
-                neuron_steps[n] = neuron_steps.get(n, 0) + c.size * x_tb.shape[0]
-        if bar is not None:
-            bar.update(len(y))
-    if bar is not None:
-        bar.close()
-    if not preds:
-        raise SbcError("the dataset is empty")
-    p, lab = np.concatenate(preds), np.concatenate(labels)
-    return EvalResult(correct=int((p == lab).sum()), n=len(lab), predictions=p, labels=lab,
-                      firing_rates={n: spike_sum[n] / neuron_steps[n] for n in spiking if n in spike_sum},
-                      seconds=time.perf_counter() - t0, ties=ties, silent=silent)
+
+    def run_batch(x_tb, on_step):
+        res = run_onnxruntime(sess, {fg.inputs[0]: np.ascontiguousarray(x_tb, dtype=dtype)}, names)
+        for t in range(x_tb.shape[0] if on_step is not None else 0):  # ORT runs the whole sequence at once
+            on_step(t)
+        counts = {n: res[f"{n}/count_final"] for n in spiking if f"{n}/count_final" in res}
+        return BatchOutputs(counts=counts, final=res[out][-1] if out in res else None,
+                            source_v=res.get(f"{src}/v_final"))
+
+    return evaluate_engine(run_batch, fg, spiking, dataset, readout=readout, batch_size=batch_size,
+                           progress=progress)
 
 
 __all__ = ["read_onnx", "write_onnx", "update_onnx", "evaluate_onnxruntime", "infer_grid", "dequantize",
