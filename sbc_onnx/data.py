@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SbcError
+from .errors import SbcError, existing_file
 
 __all__ = [
     "NMNIST_SENSOR",
@@ -327,11 +327,7 @@ class Dataset:
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read a dataset ``.npz`` (format in the module docstring); raises ``SbcError`` on any bad input."""
-    p = Path(path)
-    if not p.exists():
-        raise SbcError(f"dataset file not found: {p}")
-    if p.is_dir():
-        raise SbcError(f"dataset path is a directory, expected an .npz file: {p}")
+    p = existing_file(path, "dataset file")
     if not zipfile.is_zipfile(p):
         raise SbcError(f"{p} is not an .npz dataset (not a zip archive; write it with sbc-onnx data ... or np.savez)")
     try:

@@ -3,3 +3,15 @@
 
 class SbcError(Exception):
     """An error caused by the user's input (file, option, data), not by a bug."""
+
+
+def existing_file(path, what: str):
+    """Path of an existing regular file, else an SbcError naming what was expected."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise SbcError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise SbcError(f"{p} is a directory, expected {what}")
+    return p

@@ -19,7 +19,7 @@ import h5py
 import nir
 import numpy as np
 
-from .errors import SbcError
+from .errors import SbcError, existing_file
 from .graph import flatten, node_shape
 
 log = logging.getLogger("sbc_onnx")
@@ -29,11 +29,7 @@ _SHAPE_FIELDS = ("input_shape", "stride", "padding", "dilation", "groups", "kern
 
 
 def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
-    path = Path(path)
-    if not path.exists():
-        raise SbcError(f"file not found: {path}")
-    if path.is_dir():
-        raise SbcError(f"{path} is a directory, not a NIR file")
+    path = existing_file(path, "NIR file")
     if not h5py.is_hdf5(path):
         raise SbcError(f"{path} is not a NIR file (not HDF5)")
     _check_node_types(path)

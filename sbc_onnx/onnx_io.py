@@ -20,7 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from .errors import SbcError
+from .errors import SbcError, existing_file
 from .graph import flatten
 from .onnx_common import WEIGHT_FIELDS, WEIGHT_KINDS
 from .onnx_export import Quant, build_model, dequantize, nir_fields, set_metadata
@@ -29,11 +29,7 @@ from .sim.config import SimConfig
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    path = Path(path)
-    if not path.exists():
-        raise SbcError(f"file not found: {path}")
-    if path.is_dir():
-        raise SbcError(f"{path} is a directory, not an ONNX file")
+    path = existing_file(path, "ONNX file")
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
