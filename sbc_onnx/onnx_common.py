@@ -18,6 +18,7 @@ KEY_JSON = "nir.json."  # prefix: graph metadata values that are not strings (JS
 KEY_NODE_FIELD = "nir.field."  # node metadata_props: NIR structural fields (JSON)
 KEY_NODE_META = "nir.metadata"  # node metadata_props: the NIR node's own metadata (JSON)
 DT_TENSOR = "snn/dt"
+SUBGRAPHS_KEY = "nir_subgraphs"  # graph metadata: nested NIRGraph nodes {path: {"edges", "metadata"}}
 EDGE_ORDER_KEY = "nir_edge_order"  # graph metadata key (stored as nir.json.nir_edge_order)
 SIM_KEYS = ("dt", "integrator", "reset", "cuba_order")
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import SbcError
 from .graph import FlatGraph, flatten
-from .onnx_common import (CONVENTION, DOMAIN, EDGE_ORDER_KEY, DOMAIN_VERSION, DT_TENSOR, IR_VERSION, KEY_CONVENTION, KEY_DTYPE,
+from .onnx_common import (CONVENTION, DOMAIN, EDGE_ORDER_KEY, SUBGRAPHS_KEY, DOMAIN_VERSION, DT_TENSOR, IR_VERSION, KEY_CONVENTION, KEY_DTYPE,
                           KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META, OPSET, PARAM_FIELDS, SIM_KEYS, SPIKING,
                           encode, state_names)
 from .onnx_functions import build_functions
@@ -369,6 +369,9 @@ def build_model(graph: nir.NIRGraph, cfg: SimConfig, *, metadata: dict | None = 
                         f"'{DOMAIN}'. Convention: {CONVENTION} (sbc-onnx docs/onnx_convention.md).")
     meta = {KEY_CONVENTION: CONVENTION, KEY_DTYPE: cfg.dtype, **{k: str(v) for k, v in cfg.to_metadata().items()}}
     extra = {EDGE_ORDER_KEY: [list(e) for e in b.fg.edges]}
+    nested = subgraph_structure(graph)
+    if nested:  # the Scan runs the flattened graph; this lets the importer restore the nesting
+        extra[SUBGRAPHS_KEY] = nested
     for k, v in {**(graph.metadata or {}), **(metadata or {}), **extra}.items():
         if k in SIM_KEYS or k in (KEY_CONVENTION, KEY_DTYPE) or v is None:
             continue
@@ -378,6 +381,20 @@ def build_model(graph: nir.NIRGraph, cfg: SimConfig, *, metadata: dict | None = 
             meta[KEY_JSON + k] = encode(v)
     set_metadata(model, meta)
     return model
+
+
+def subgraph_structure(graph, prefix: str = "") -> dict[str, Any]:
+    """{dotted path of every nested NIRGraph node: its own edges and metadata}, plus "" for the top level
+    when there is any nesting (empty dict otherwise)."""
+    out: dict[str, Any] = {}
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            path = prefix + name
+            out[path] = {"edges": [list(e) for e in node.edges], "metadata": node.metadata or {}}
+            out.update(subgraph_structure(node, path + "."))
+    if out and not prefix:
+        out[""] = {"edges": [list(e) for e in graph.edges], "metadata": {}}
+    return out
 
 
 def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from .errors import SbcError
 from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
-                          EDGE_ORDER_KEY, KINDS, PARAM_FIELDS, SIM_KEYS, decode)
+                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, KINDS, PARAM_FIELDS, SIM_KEYS, decode)
 from .onnx_export import dequantize
 
 log = logging.getLogger("sbc_onnx")
@@ -149,11 +149,32 @@ def model_to_graph(model: onnx.ModelProto, path) -> nir.NIRGraph:
     order = meta.pop(EDGE_ORDER_KEY, None)
     if isinstance(order, list) and {tuple(e) for e in order} == set(edges) and len(order) == len(edges):
         edges = [tuple(e) for e in order]  # the source graph's edge order (decides back edges on cycles)
+    nested = meta.pop(SUBGRAPHS_KEY, None)
+    if isinstance(nested, dict) and "" in nested:
+        try:
+            return _nest(nodes, nested, "", meta)
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("%s: could not restore nested subgraphs (%s); the graph stays flat", path, e)
     try:
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
     except Exception as e:  # noqa: BLE001 - nir raises several types on type mismatch
         log.warning("%s: NIR type check failed (%s); graph built without type checking", path, e)
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
+
+
+def _nest(flat: dict[str, Any], nested: dict[str, Any], path: str, meta: dict) -> nir.NIRGraph:
+    """Rebuild the NIRGraph at `path` from flat dotted node names and the exported structure."""
+    prefix = path + "." if path else ""
+    children = {p[len(prefix):] for p in nested if p and p.startswith(prefix) and "." not in p[len(prefix):]}
+    nodes: dict[str, Any] = {}
+    for child in sorted(children):
+        nodes[child] = _nest(flat, nested, prefix + child, nested[prefix + child].get("metadata") or {})
+    for name, node in flat.items():
+        local = name[len(prefix):]
+        if name.startswith(prefix) and local.split(".")[0] not in children:
+            nodes[local] = node
+    edges = [tuple(e) for e in nested[path]["edges"]]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:

@@ -29,9 +29,15 @@ PAPER = ["nir_paper/01_lif/lif_norse.nir", "nir_paper/01_lif/lif_rockpool.nir", 
          "lava_dl_mnist/mnist_cubalif.nir"]
 
 
+def _structure(g: nir.NIRGraph):
+    return ({k: (_structure(v) if isinstance(v, nir.NIRGraph) else type(v).__name__) for k, v in g.nodes.items()},
+            sorted(map(tuple, g.edges)))
+
+
 def assert_exact_round_trip(g: nir.NIRGraph, g2: nir.NIRGraph) -> None:
     """Same nodes, edges and parameters, parameters also with the same dtype and shape."""
     assert diff_graphs(g, g2) == []
+    assert _structure(g) == _structure(g2)  # nested subgraphs come back nested, with their own edges
     fa, fb = flatten(g), flatten(g2)
     for name, na in fa.nodes.items():
         nb = fb.nodes[name]
