@@ -97,13 +97,6 @@ class LayerCalibration:
     conv: dict | None = None  # kernel, stride, pads, dilation for im2col
     filt: TimeFilter | None = None
     seconds: float = 0.0
-    x_sum: np.ndarray | None = None  # per-input sum of the raw input over rows (for bias correction)
-    x_rows: int = 0
-
-    @property
-    def mean_input(self) -> np.ndarray:
-        """Mean raw input per column per (sample, position, step)."""
-        return self.x_sum / max(self.x_rows, 1)
 
     @property
     def H(self) -> np.ndarray:
@@ -135,11 +128,6 @@ def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> La
         return LayerCalibration(name, kind, fed_neuron(fg, name), betas, HessianAccumulator(d, betas),
                                 groups=groups, conv=conv)
     return LayerCalibration(name, kind, fed_neuron(fg, name), betas, HessianAccumulator(w.shape[-1], betas))
-
-
-def _add_mean(cal: LayerCalibration, col_sum: np.ndarray, rows: int) -> None:
-    cal.x_sum = col_sum.astype(np.float64) if cal.x_sum is None else cal.x_sum + col_sum
-    cal.x_rows += rows
 
 
 def estimate_memory(fg: FlatGraph, layers: list[str], batch_size: int) -> int:
@@ -194,7 +182,6 @@ def calibrate(
                 cal.acc.add(rows.astype(np.float32), units)
                 xr = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
                 cal.acc.add_raw_sq(np.einsum("ij,ij->j", xr, xr))  # Wanda's ||x_j||^2, unfiltered
-                _add_mean(cal, xr.sum(axis=0), xr.shape[0])
             else:
                 zc = z.astype(np.float32)
                 cols_t, _ = im2col_t(zc, cal.conv["kernel"], cal.conv["stride"], cal.conv["pads"],
@@ -207,7 +194,6 @@ def calibrate(
                 else:
                     xc = cols_t
                 cal.acc.add_raw_sq(np.einsum("ij,ij->i", xc, xc, dtype=np.float64))
-                _add_mean(cal, xc.sum(axis=1, dtype=np.float64), xc.shape[1])
             cal.seconds += time.perf_counter() - t1
 
         return on_input

@@ -146,7 +146,6 @@ def compress(
     measure_damage: bool = True,
     progress: bool = False,
     calibration: Calibration | None = None,
-    bias_correction: bool = False,
 ) -> tuple[nir.NIRGraph, CompressionReport]:
     """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
 
@@ -156,9 +155,6 @@ def compress(
                 all layers see the dense model, the authors' choice).
     calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
                 share one calibration pass); its objective must match the method ("current" for obc).
-    bias_correction  also shift each layer's bias by (W - W_new) E[x] (E[x]: mean calibration input per
-                step), so the mean input current of every neuron is unchanged (layers without a bias
-                field are left alone). Changes biases as well as weights.
     """
     _check_args(sparsity, bits, method, allocation, grid, pattern)
     nm = parse_pattern(pattern)
@@ -234,8 +230,6 @@ def compress(
                      * scale.astype(W.dtype).reshape(-1, *[1] * (q.ndim - 1)))
             quant[name] = (q, scale, zero)
         node.weight = W_new
-        if bias_correction and getattr(node, "bias", None) is not None and lc.x_sum is not None:
-            node.bias = _corrected_bias(node.bias, W2, W_new.reshape(W2.shape), lc.mean_input, groups)
         for n_ in res_parts[0].notes + [n for r in res_parts for n in r.escalations]:
             notes.append(f"{name}: {n_}")
         fallback = "; ".join(sorted({r.fallback for r in res_parts if r.fallback})) or None
@@ -273,17 +267,6 @@ def compress(
     seconds["total"] = time.perf_counter() - t_start
     new.metadata = {**(new.metadata or {}), **compression_metadata(report)}
     return new, report
-
-
-def _corrected_bias(bias, W_old, W_new, mean_x, groups: int) -> np.ndarray:
-    """bias + (W_old - W_new) E[x], per group of a grouped conv (mean_x covers all input columns)."""
-    b = np.asarray(bias, dtype=np.float64).reshape(-1).copy()
-    og, dg = W_old.shape[0] // groups, W_old.shape[1]
-    for g in range(groups):
-        rows = slice(g * og, (g + 1) * og)
-        delta = np.asarray(W_old[rows], np.float64) - np.asarray(W_new[rows], np.float64)
-        b[rows] += delta @ mean_x[g * dg : (g + 1) * dg]
-    return b.reshape(np.shape(bias)).astype(np.asarray(bias).dtype)
 
 
 def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

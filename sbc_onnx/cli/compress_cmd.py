@@ -57,8 +57,6 @@ def write_json_atomic(obj, path: str) -> None:
               help="Collect each layer's Hessian with the already-compressed upstream layers.")
 @click.option("--exact-resolve", is_flag=True, help="Re-solve every row exactly on its kept weights "
               "after mask selection (sbc-fast, magnitude, wanda).")
-@click.option("--bias-correction", is_flag=True, help="Shift each layer's bias so every neuron's mean input "
-              "current on the calibration data is unchanged (changes biases too).")
 @click.option("--calib-limit", type=int, default=None, help="Use only the first N calibration samples.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
@@ -74,7 +72,7 @@ def write_json_atomic(obj, path: str) -> None:
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
 def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, allocation, lamp_p, grid, granularity,
-                 damp, sequential, exact_resolve, bias_correction, calib_limit, batch_size, report_path, eval_path, eval_limit,
+                 damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path, eval_limit,
                  readout, force, target, dt, integrator, reset, cuba_order, precision) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
@@ -92,7 +90,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
 
         return compress_target(model=model, graph=graph, calib=calib, cfg=cfg, target=target, output=output,
                                sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
-                               lamp_p=lamp_p, damp=damp, bias_correction=bias_correction, batch_size=batch_size,
+                               lamp_p=lamp_p, damp=damp, batch_size=batch_size,
                                eval_path=eval_path, eval_limit=eval_limit, readout=readout, walker=walker)
     what = ", ".join(x for x in (f"sparsity {sparsity}" if sparsity is not None else "",
                                  f"pattern {pattern}" if pattern else "", f"{bits} bits" if bits else "") if x)
@@ -100,7 +98,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
                f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); method {method}, {what}", err=True)
     new, report = compress(graph, calib, sparsity=sparsity, bits=bits, method=method, pattern=pattern,
                            allocation=allocation, lamp_p=lamp_p, grid=grid, granularity=granularity, cfg=cfg,
-                           sequential=sequential, rel_damp=damp, exact_resolve=exact_resolve, bias_correction=bias_correction,
+                           sequential=sequential, rel_damp=damp, exact_resolve=exact_resolve,
                            batch_size=batch_size, progress=True)
     click.echo(report.table())
     for note in report.notes:

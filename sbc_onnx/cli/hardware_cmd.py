@@ -119,13 +119,13 @@ def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_p
 
 
 def compress_target(*, model, graph, calib, cfg, target, output, sparsity, bits, method, pattern, allocation,
-                    lamp_p, damp, bias_correction, batch_size, eval_path, eval_limit, readout, walker) -> None:
+                    lamp_p, damp, batch_size, eval_path, eval_limit, readout, walker) -> None:
     """The `compress --target` path: profile grid, SBC, folding, integer model + float twin, check."""
     profile = load_profile(target)
     click.echo(f"[1/3] compressing {model} for {profile.summary()}", err=True)
     int_g, float_g, rep = compress_for_target(graph, calib, profile, sparsity=sparsity, bits=bits, method=method,
                                               pattern=pattern, cfg=cfg, allocation=allocation, lamp_p=lamp_p,
-                                              rel_damp=damp, bias_correction=bias_correction,
+                                              rel_damp=damp,
                                               batch_size=batch_size, progress=True)
     click.echo(rep.compression.table())
     click.echo(rep.table())
