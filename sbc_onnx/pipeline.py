@@ -169,7 +169,7 @@ def compress(
     objective = "current" if method == "obc" else "smp"
     mats = [_layer_matrix(fg.nodes[n]) for n in names]
     if sparsity:
-        counts = allocate([m for m in mats], sparsity, method=allocation, p=lamp_p)
+        counts = allocate(mats, sparsity, method=allocation, p=lamp_p)
     else:
         counts = [0] * len(names)
     log.info("expected peak memory for calibration: %.1f MiB",
@@ -230,12 +230,12 @@ def compress(
                      * scale.astype(W.dtype).reshape(-1, *[1] * (q.ndim - 1)))
             quant[name] = (q, scale, zero)
         node.weight = W_new
-        for n_ in res_parts[0].notes + [n for r in res_parts for n in r.escalations]:
-            notes.append(f"{name}: {n_}")
+        esc = [e for r in res_parts for e in r.escalations]
+        layer_notes = list(dict.fromkeys(n for r in res_parts for n in r.notes))  # groups repeat notes
+        notes.extend(f"{name}: {n}" for n in layer_notes + esc)
         fallback = "; ".join(sorted({r.fallback for r in res_parts if r.fallback})) or None
         if fallback:
             log.warning("layer %s fell back: %s", name, fallback)
-        esc = [e for r in res_parts for e in r.escalations]
         for e in esc:
             log.info("layer %s: %s", name, e)
         seconds["compression"] += time.perf_counter() - t0
@@ -246,7 +246,7 @@ def compress(
             objective_after=float(np.mean([r.objective_after for r in res_parts])),
             damp=max((r.damp for r in res_parts if r.damp is not None), default=None),
             seconds=float(sum(r.seconds for r in res_parts)), hessian_seconds=lc.seconds,
-            fallback=fallback, escalations=esc, notes=[n for r in res_parts for n in r.notes]))
+            fallback=fallback, escalations=esc, notes=layer_notes))
         if bar is not None:
             bar.update(1)
     if bar is not None:
