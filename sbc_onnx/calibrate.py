@@ -110,6 +110,7 @@ class Calibration:
     steps: int
     seconds: float
     objective: str = "smp"
+    input_norms: bool = True
     notes: list[str] = field(default_factory=list)
 
 
@@ -153,17 +154,19 @@ def calibrate(
     objective: str = "smp",
     batch_size: int = 32,
     progress: bool = False,
+    input_norms: bool = True,
 ) -> Calibration:
     """One pass over `dataset` collecting H for `layers` (default: every weight node).
 
-    objective "smp": M from the fed neuron (SBC); "current": M = I (OBC, the ANN method ported)."""
+    objective "smp": M from the fed neuron (SBC); "current": M = I (OBC, the ANN method ported).
+    input_norms: also collect the unfiltered per-input sums of squares (Wanda's ||x_j||^2)."""
     fg, cfg = walker.fg, walker.cfg
     names = layers if layers is not None else weight_nodes(fg)
     if not names:
         raise SbcError("the graph has no weight layers (Affine, Linear, Conv1d, Conv2d) to compress")
     cals = {n: _layer_setup(fg, n, cfg, objective) for n in names}
     t0 = time.perf_counter()
-    state: dict[str, Any] = {"valid": None, "first": False}
+    state: dict[str, Any] = {"valid": None}
 
     def observer(cal: LayerCalibration):
         def on_input(t: int, x: np.ndarray) -> None:
@@ -180,20 +183,20 @@ def calibrate(
                 rows = z.reshape(-1, z.shape[-1])
                 units = rows.shape[0] if t == 0 else 0
                 cal.acc.add(rows.astype(np.float32), units)
-                xr = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
-                cal.acc.add_raw_sq(np.einsum("ij,ij->j", xr, xr))  # Wanda's ||x_j||^2, unfiltered
+                if input_norms:
+                    xr = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+                    cal.acc.add_raw_sq(np.einsum("ij,ij->j", xr, xr))  # Wanda's ||x_j||^2, unfiltered
             else:
                 zc = z.astype(np.float32)
                 cols_t, _ = im2col_t(zc, cal.conv["kernel"], cal.conv["stride"], cal.conv["pads"],
                                      cal.conv["dilation"])
                 units = cols_t.shape[1] if t == 0 else 0
                 cal.acc.add(cols_t.T, units)
-                if cal.betas:
-                    xc, _ = im2col_t(np.asarray(x, np.float32), cal.conv["kernel"], cal.conv["stride"],
-                                     cal.conv["pads"], cal.conv["dilation"])
-                else:
-                    xc = cols_t
-                cal.acc.add_raw_sq(np.einsum("ij,ij->i", xc, xc, dtype=np.float64))
+                if input_norms:  # a second unfolding of the unfiltered input: only when Wanda needs it
+                    xc = cols_t if not cal.betas else im2col_t(
+                        np.asarray(x, np.float32), cal.conv["kernel"], cal.conv["stride"], cal.conv["pads"],
+                        cal.conv["dilation"])[0]
+                    cal.acc.add_raw_sq(np.einsum("ij,ij->i", xc, xc, dtype=np.float64))
             cal.seconds += time.perf_counter() - t1
 
         return on_input
@@ -217,7 +220,7 @@ def calibrate(
     if n_samples == 0:
         raise SbcError("the calibration dataset is empty")
     calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0,
-                        objective=objective)
+                        objective=objective, input_norms=input_norms)
     for cal in cals.values():
         live = int(np.count_nonzero(np.diag(cal.acc.H) > 0))
         units = cal.acc.n_units

@@ -184,6 +184,8 @@ def compress(
         if calibration.objective != objective:
             raise SbcError(f"the calibration was collected for the {calibration.objective!r} objective; "
                            f"method {method} needs {objective!r}")
+        if method == "wanda" and not calibration.input_norms:
+            raise SbcError("method wanda needs a calibration collected with input_norms=True")
         missing = [n for n in names if n not in calibration.layers]
         if missing:
             raise SbcError(f"the calibration has no Hessian for layer(s) {missing}")
@@ -191,7 +193,7 @@ def compress(
     elif not sequential:
         t0 = time.perf_counter()
         cal = calibrate(dense_walker, calib, layers=names, objective=objective, batch_size=batch_size,
-                        progress=progress)
+                        progress=progress, input_norms=method == "wanda")
         seconds["calibration"] += time.perf_counter() - t0
         calibs = {n: cal for n in names}
     notes: list[str] = []
@@ -203,13 +205,14 @@ def compress(
         if sequential:  # rebuild the walker so upstream layers already carry their compressed weights
             t0 = time.perf_counter()
             calibs[name] = calibrate(Walker(fg, cfg), calib, layers=[name], objective=objective,
-                                     batch_size=batch_size, progress=False)
+                                     batch_size=batch_size, progress=False, input_norms=method == "wanda")
             seconds["calibration"] += time.perf_counter() - t0
         lc = calibs[name].layers[name]
         t0 = time.perf_counter()
         W = np.asarray(node.weight)
         W2 = _layer_matrix(node)
-        H, sq = lc.H, lc.acc.sq_norms
+        H = lc.H
+        sq = lc.acc.sq_norms if method == "wanda" else None
         groups = lc.groups
         og, dg = W2.shape[0] // groups, W2.shape[1]
         parts, res_parts = [], []
@@ -219,7 +222,7 @@ def compress(
             k_g = int(round(k * (g + 1) / groups)) - int(round(k * g / groups))
             r = compress_layer(W2[rows], H[cols, cols], method=method, n_prune=k_g, pattern=nm, bits=bits,
                                grid_scheme=grid, granularity=granularity, rel_damp=rel_damp,
-                               sq_norms=sq[cols], exact_resolve=exact_resolve)
+                               sq_norms=None if sq is None else sq[cols], exact_resolve=exact_resolve)
             parts.append(r.W)
             res_parts.append(r)
         W_new = np.concatenate(parts, axis=0).reshape(W.shape).astype(W.dtype, copy=False)
