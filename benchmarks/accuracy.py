@@ -24,6 +24,7 @@ results come in. Run with OPENBLAS_NUM_THREADS=1 (set below unless already set) 
 BLAS spin-waits on a shared 2-core machine.
 
 Usage: python benchmarks/accuracy.py [--budget-min 60] [--quick] [--nets cubalif,nmnist,ifcnn] [--report-only]
+Several processes may run at once (one per core): they claim jobs and merge results under a file lock.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ OPTIONS = [
     ("sbc, sequential calibration", "sbc", {"sequential": True}),
     ("sbc-fast (default)", "sbc-fast", {}),
     ("sbc-fast + exact per-row re-solve", "sbc-fast", {"exact_resolve": True}),
+    ("sbc, OBS-score allocation (`--allocation obs`)", "sbc", {"allocation": "obs"}),
+    ("obc, OBS-score allocation (`--allocation obs`)", "obc", {"allocation": "obs"}),
+]
+# the same options at other sparsities: (sparsity, label, method, kwargs); the default there is the main grid's run
+OPTIONS_AT = [
+    (0.95, "sbc, OBS-score allocation, 95 %", "sbc", {"allocation": "obs"}),
+    (0.8, "sbc, OBS-score allocation, 80 %", "sbc", {"allocation": "obs"}),
 ]
 
 # Independent reference prototype (SparseGPT-style sweep, LAMP p=2, dense calibration on train 1-100) measured on
@@ -192,7 +200,8 @@ def grid_jobs(net, draws, sparsities, bits, prune_methods, quant_methods, nm=Tru
 
 
 def option_jobs(net, draws):
-    return [job(net, "option", m, d, sparsity=0.9, opts=o, label=lab) for d in draws for lab, m, o in OPTIONS]
+    return ([job(net, "option", m, d, sparsity=0.9, opts=o, label=lab) for d in draws for lab, m, o in OPTIONS]
+            + [job(net, "option", m, d, sparsity=s, opts=o, label=lab) for d in draws for s, lab, m, o in OPTIONS_AT])
 
 
 def ablation_jobs(net, ks, seeds, methods=("sbc", "obc")):
@@ -225,14 +234,18 @@ def plan(nets, quick=False) -> list[dict]:
         for n in ("nmnist", "ifcnn"):  # the rest of the grid, draw 0 then draws 1, 2
             if n in nets:
                 tiers.append(grid_jobs(n, [0], SPARSITIES, BITS, PRUNE_METHODS, QUANT_METHODS))
-        if "nmnist" in nets:  # pool has 5..14 recordings per class: 1 and 5 per class only
-            tiers.append(ablation_jobs("nmnist", [1, 5], DRAWS, methods=("sbc",)))
+        # pool has 5..14 recordings per class: "10 per class" takes all of the classes that have fewer
+        if "nmnist" in nets:
+            tiers.append(ablation_jobs("nmnist", [1, 5, 10], DRAWS, methods=("sbc",)))
         if "ifcnn" in nets:
-            tiers.append(ablation_jobs("ifcnn", [1, 10], DRAWS, methods=("sbc",)))
+            tiers.append(ablation_jobs("ifcnn", ABL_K, DRAWS, methods=("sbc",)))
         for n in ("nmnist", "ifcnn"):
             if n in nets:
                 tiers.append(option_jobs(n, [1, 2]) if n == "nmnist" else option_jobs(n, [0]))
                 tiers.append(grid_jobs(n, [1, 2], SPARSITIES, BITS, PRUNE_METHODS, QUANT_METHODS))
+        for n, ks in (("nmnist", [1, 5, 10]), ("ifcnn", ABL_K)):  # the obc side of the ablation
+            if n in nets:
+                tiers.append(ablation_jobs(n, ks, DRAWS, methods=("obc",)))
     seen, out = set(), []
     for t in tiers:
         for j in t:
@@ -272,6 +285,43 @@ def run_job(net: Net, j) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 def load_cache() -> dict:
     return json.loads(CACHE.read_text()) if CACHE.exists() else {}
+
+
+def save_result(key: str, r: dict) -> None:
+    """Merge one result into the cache file under an exclusive lock (several processes may run, e.g.
+    one per network with --nets), atomically."""
+    import fcntl
+
+    with open(CACHE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = load_cache()
+        cache[key] = r
+        tmp = CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=0))
+        tmp.replace(CACHE)
+
+
+def claim(key: str) -> bool:
+    """Several processes can share the job list: a job is run by whoever claims it first (claims of dead
+    processes expire).  False if it is already done or claimed by a live process."""
+    import fcntl
+
+    path = CACHE.with_suffix(".claims")
+    with open(CACHE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if key in load_cache():
+            return False
+        claims = json.loads(path.read_text()) if path.exists() else {}
+        pid = claims.get(key)
+        if pid and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                return False
+            except OSError:
+                pass
+        claims[key] = os.getpid()
+        path.write_text(json.dumps(claims))
+        return True
 
 
 def results_for(cache, net):
@@ -356,15 +406,17 @@ def net_section(cache, key, title, protocol) -> tuple[str, dict]:
     # options
     opt = [(j, v) for j, v in res if j["kind"] == "option"]
     if opt:
-        L += ["", "### Beyond the paper: options at 90 % sparsity", "",
+        L += ["", "### Beyond the paper: options (at 90 % sparsity unless the label says otherwise)", "",
               "Δ = paired difference to the default of the same method on the same draws (percentage points).", "",
               "| variant | accuracy % | Δ vs default | draws | compress s/run |", "|---|---|---|---|---|"]
-        for lab, m, o in OPTIONS:
-            rows = {json.dumps(j["draw"]): v for j, v in opt if j["method"] == m and j["opts"] == o}
+        for sp, lab, m, o in [(0.9, *x) for x in OPTIONS] + OPTIONS_AT:
+            rows = {json.dumps(j["draw"]): v for j, v in opt
+                    if j["method"] == m and j["opts"] == o and j["sparsity"] == sp}
             if not rows:
                 L.append(f"| {lab} | — | | | |")
                 continue
-            base = {json.dumps(j["draw"]): v for j, v in opt if j["method"] == m and j["opts"] == {}}
+            base = {json.dumps(j["draw"]): v for j, v in res if j["method"] == m and j["sparsity"] == sp
+                    and j["kind"] in ("option", "sparsity") and j["opts"] == {} and j["pattern"] is None}
             common = [d for d in rows if d in base]
             delta = [100 * (rows[d]["acc"] - base[d]["acc"]) for d in common]
             dtxt = (f"{np.mean(delta):+.1f}" + (f" ± {np.std(delta, ddof=1):.1f}" if len(delta) > 1 else "")
@@ -505,16 +557,17 @@ def main():
             print(f"budget reached after {el / 60:.1f} min; {len(todo) - i} jobs left (rerun to resume)", flush=True)
             break
         n = j["net"]
+        if job_key(j) in load_cache():
+            continue
         if n not in loaded:
             for k in list(loaded):  # keep one network (and its calibrations) in memory
                 del loaded[k]
             loaded[n] = Net(n)
         net = loaded[n]
+        if not claim(job_key(j)):  # done or being run by another process
+            continue
         r = run_job(net, j)
-        cache[job_key(j)] = r
-        tmp = CACHE.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=0))
-        tmp.replace(CACHE)
+        save_result(job_key(j), r)
         desc = f"{n} {j['kind']} {j['method']} s={j['sparsity']} b={j['bits']} p={j['pattern']} d={j['draw']} {j['opts'] or ''}"
         print(f"[{i + 1}/{len(todo)} {(time.perf_counter() - t_start) / 60:5.1f} min] {desc}: acc {100 * r['acc']:.1f} % "
               f"(compress {r.get('compress_s') or 0:.1f} s, eval {r['eval_s']:.1f} s)", flush=True)

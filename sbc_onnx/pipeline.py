@@ -16,7 +16,8 @@ import nir
 import numpy as np
 
 from .calibrate import Calibration, calibrate, estimate_memory, weight_nodes
-from .compress import METHODS, allocate, compress_layer
+from .compress import (METHODS, FactorizationError, allocate, allocate_by_scores, compress_layer,
+                       damped_inverse, obs_trace)
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import flatten
@@ -24,7 +25,7 @@ from .sim import SimConfig, Walker
 
 log = logging.getLogger("sbc_onnx")
 
-ALLOCATIONS = ("lamp", "uniform", "global")
+ALLOCATIONS = ("lamp", "uniform", "global", "obs")
 GRIDS = ("symmetric", "symmetric_restricted", "asymmetric")
 
 
@@ -151,6 +152,9 @@ def compress(
 
     method      sbc (ExactOBS + GPTQ with the spike-train Hessian), sbc-fast (SparseGPT-style sweep, same
                 objective), obc (same as sbc with the current Hessian, M = I), magnitude, wanda, rtn.
+    allocation  lamp (the paper's, exponent lamp_p), uniform, global (magnitude), obs (the k smallest
+                ExactOBS trace scores over all layers, each layer's divided by its dense objective
+                tr(W H W^T): one extra trace per layer; dense calibration and unstructured only).
     sequential  each layer's Hessian is collected with the already-compressed upstream layers (default:
                 all layers see the dense model, the authors' choice).
     calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
@@ -168,7 +172,10 @@ def compress(
         raise SbcError(f"unknown layer(s) {unknown}; weight layers are {weight_nodes(fg)}")
     objective = "current" if method == "obc" else "smp"
     mats = [_layer_matrix(fg.nodes[n]) for n in names]
-    if sparsity:
+    if allocation == "obs" and sparsity and (sequential or nm is not None):
+        raise SbcError("allocation obs needs the dense calibration of every layer up front and "
+                       "unstructured pruning (not --sequential, not --pattern)")
+    if sparsity and allocation != "obs":
         counts = allocate(mats, sparsity, method=allocation, p=lamp_p)
     else:
         counts = [0] * len(names)
@@ -196,6 +203,11 @@ def compress(
                         progress=progress, input_norms=method == "wanda")
         seconds["calibration"] += time.perf_counter() - t0
         calibs = {n: cal for n in names}
+    if sparsity and allocation == "obs":
+        t0 = time.perf_counter()
+        counts = allocate_by_scores([_obs_costs(W2, calibs[n].layers[n], rel_damp)
+                                     for n, W2 in zip(names, mats)], sparsity)
+        seconds["compression"] += time.perf_counter() - t0
     notes: list[str] = []
     reports: list[LayerReport] = []
     quant: dict[str, tuple] = {}
@@ -283,6 +295,26 @@ def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         zeros.append(np.broadcast_to(np.asarray(r.grid.zero, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
     q = np.concatenate(qs, axis=0).reshape(shape).astype(np.int32)
     return q, np.concatenate(scales), np.concatenate(zeros).astype(np.int32)
+
+
+def _obs_costs(W2, lc, rel_damp):
+    """ExactOBS trace scores of every weight of a layer (per group for grouped convolutions), divided by
+    the layer's dense objective tr(W H W^T): the relative output distortion of each greedy removal."""
+    H = np.asarray(lc.H, np.float64)
+    og, dg = W2.shape[0] // lc.groups, W2.shape[1]
+    out = []
+    energy = 0.0
+    for g in range(lc.groups):
+        cols, rows = slice(g * dg, (g + 1) * dg), slice(g * og, (g + 1) * og)
+        Wg, Hg = np.asarray(W2[rows], np.float64), H[cols, cols]
+        energy += float(np.einsum("ij,jk,ik->", Wg, Hg, Wg))
+        try:
+            Hinv, _, _ = damped_inverse(Hg, rel_damp, 1.0)
+            _, sc = obs_trace(Wg, Hinv)
+        except FactorizationError:  # the layer will fall back to magnitude: rank it by magnitude
+            sc = np.sort(Wg**2, axis=1)
+        out.append(sc)
+    return np.concatenate(out, axis=0) / (energy if energy > 0 else 1.0)
 
 
 def compression_metadata(report: CompressionReport) -> dict[str, Any]:

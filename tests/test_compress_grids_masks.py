@@ -117,3 +117,16 @@ def test_wanda_row_and_layer_scope():
     sq[3] = 0
     assert not wanda_mask(W, sq, 6, scope="row")[:, 3].any()
     assert check_nm(wanda_mask(W[:, :8], sq[:8], pattern=(2, 4)), (2, 4))
+
+
+def test_allocate_by_scores_is_the_global_k_smallest():
+    from sbc_onnx.compress import allocate_by_scores
+
+    rng = np.random.default_rng(3)
+    scores = [rng.random((4, 5)), rng.random(7) * 0.5, rng.random((2, 3)) * 2]
+    for sp in (0.0, 0.3, 0.55, 1.0):
+        counts = allocate_by_scores(scores, sp)
+        k = int(np.floor(sp * 33 + 1e-9))
+        assert sum(counts) == k
+        flat = sorted((v, li) for li, x in enumerate(scores) for v in np.ravel(x))[:k]
+        assert counts == [sum(1 for _, li in flat if li == j) for j in range(3)]

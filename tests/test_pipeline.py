@@ -117,6 +117,21 @@ def test_grouped_conv_is_compressed_per_group():
     assert rep.layers[0].objective_after < rep.layers[0].objective_before
 
 
+def test_obs_allocation_exact_budget_and_refuses_sequential():
+    rng = np.random.default_rng(6)
+    graph, _ = ALL["residual"](rng)
+    ds = _spikes(rng, 8, 30, 4)
+    cal = calibrate(sbc.Walker(graph, CFG), ds)
+    new, rep = sbc.compress(graph, ds, sparsity=0.7, allocation="obs", cfg=CFG, calibration=cal)
+    fg = flatten(new)
+    weights = [fg.nodes[r.name].weight for r in rep.layers]
+    total = sum(w.size for w in weights)
+    assert sum(w.size - np.count_nonzero(w) for w in weights) == int(0.7 * total)
+    assert rep.allocation == "obs"
+    with pytest.raises(sbc.SbcError, match="allocation obs"):
+        sbc.compress(graph, ds, sparsity=0.7, allocation="obs", cfg=CFG, sequential=True)
+
+
 def test_bad_arguments():
     rng = np.random.default_rng(5)
     graph, _ = ALL["sequential"](rng)

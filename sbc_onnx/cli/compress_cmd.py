@@ -46,7 +46,10 @@ def write_json_atomic(obj, path: str) -> None:
                    "objective, SparseGPT-style sweep; obc: current Hessian (M = I); magnitude, wanda, rtn.")
 @click.option("--pattern", default=None, help="N:M semi-structured sparsity along each row's inputs, e.g. 2:4.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="lamp", show_default=True,
-              help="How the overall sparsity is split across layers.")
+              help="How the overall sparsity is split across layers: lamp (the paper's), uniform, global "
+                   "(magnitude), obs (global k smallest ExactOBS trace scores, each divided by its layer's "
+                   "dense objective; costs one extra trace per layer; measured +0.4 to +2 points at 90 %, "
+                   "+3 to +10 at 95 % on the CNNs).")
 @click.option("--lamp-p", type=float, default=2.0, show_default=True, help="LAMP score exponent.")
 @click.option("--grid", type=click.Choice(GRIDS), default="symmetric", show_default=True,
               help="Quantization grid (symmetric: 2^b levels incl. the extra negative one, as the paper).")

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["lamp_scores", "allocate", "total_prune_count"]
+__all__ = ["lamp_scores", "allocate", "allocate_by_scores", "total_prune_count"]
 
 
 def total_prune_count(sizes, sparsity: float) -> int:
@@ -66,5 +66,21 @@ def allocate(weights, sparsity: float, method: str = "lamp", p: float = 2) -> li
     else:
         raise ValueError(f"unknown allocation method {method!r} (lamp, uniform, global)")
     chosen = np.argsort(scores, kind="stable")[:k]
+    layer_of = np.repeat(np.arange(len(sizes)), sizes)
+    return [int(c) for c in np.bincount(layer_of[chosen], minlength=len(sizes))]
+
+
+def allocate_by_scores(scores, sparsity: float) -> list[int]:
+    """Per-layer counts from per-weight costs comparable across layers (allocation "obs").
+
+    ``scores[l]`` holds one cost per weight of layer l (any shape); the k smallest over all layers are
+    pruned.  The pipeline passes ExactOBS trace scores (each weight's objective increase at the
+    moment the greedy trace removes it) divided by the layer's dense objective tr(W H W^T), i.e. the
+    relative output distortion each removal costs -- the same selection "sbc" makes inside a layer,
+    extended across layers.  Ties break stably by (layer order, index)."""
+    sizes = [int(np.size(x)) for x in scores]
+    k = total_prune_count(sizes, sparsity)
+    flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in scores]) if sizes else np.zeros(0)
+    chosen = np.argsort(flat, kind="stable")[:k]
     layer_of = np.repeat(np.arange(len(sizes)), sizes)
     return [int(c) for c in np.bincount(layer_of[chosen], minlength=len(sizes))]
