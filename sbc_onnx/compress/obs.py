@@ -4,11 +4,13 @@ identity-filter (current) Hessian.
 Step 1 (trace): every row greedily eliminates B_in weights per iteration with the group-OBS update,
 recording each weight's score w_p^2 / [H^-1]_pp at the moment it is eliminated.  Rows are batched
 (B_out rows share one (B_out, d, d) float32 stack of inverses, bounded by ``mem_budget``).
-Speed: the rank-B_in downdates  Hinv -= Hinv[:,P] Hinv[P,P]^-1 Hinv[P,:]  are kept *lazily* as
-A (d x r) and Bt (r x d) factors and flushed into the stack with one GEMM (sgemm, in place) every
-``flush`` ranks.  Between flushes the needed columns Hinv[:,P] are corrected with A @ Bt[:,P] and the
-diagonal is maintained incrementally, so the O(d_out d^3) work runs as GEMM instead of memory-bound
-rank-B_in updates.  Mathematically identical to the eager update.
+Speed: the rank-B_in downdates  Hinv -= Hinv[:,P] Hinv[P,P]^-1 Hinv[P,:]  are kept *lazily* (the rows
+Hinv[P,:] and the tiny inverses) and flushed into the stack with one sgemm per row every ``flush``
+ranks; between flushes the needed rows are corrected with one batched product and the diagonal is
+maintained incrementally.  At every flush the eliminated rows/columns are compacted away (OBC's
+shrinking active set), so the trace costs ~2/3 d^3 per row as GEMM instead of 2 d^3 of memory-bound
+rank-B_in updates.  Mathematically identical to the eager update (tests compare with it).
+Unstructured rows take the fast path (_trace_block); N:M uses the general loop in obs_trace.
 Global selection: the k smallest recorded scores of the layer; n_i = how many fall in row i.
 Step 2: from the ORIGINAL W and the float64 damped H, one exact group-OBS solve per row
   delta = -Hinv[:,P] Hinv[P,P]^-1 W[i,P]  ==  w_K = w0_K + H_KK^-1 H_KP w0_P  (masked least squares);
