@@ -244,9 +244,14 @@ def test_compress_layer_deterministic_exact_and_informative(method):
     assert check_nm(nm.mask, (2, 4))
 
 
-def test_masked_solve_batched_equals_per_row_solves():
-    """Both forms (P-side via Hinv, K-side via Hd), mixed row sizes, all-kept and all-pruned rows."""
+@pytest.mark.parametrize("big", [96, 5])
+def test_masked_solve_batched_equals_per_row_solves(big, monkeypatch):
+    """Both forms (P-side via Hinv, K-side via Hd), mixed row sizes, all-kept and all-pruned rows;
+    big=5 sends most rows through the per-row Cholesky path."""
+    from sbc_onnx.compress import obs
     from sbc_onnx.compress.obs import masked_solve
+
+    monkeypatch.setattr(obs, "BIG_SYSTEM", big)
 
     rng = np.random.default_rng(21)
     _, H = smp_rows(spikes(rng, 6, 12, 24), (0.8,))

@@ -28,10 +28,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg import blas
+from scipy.linalg import blas, lapack
 
 from .numerics import damped_hessian, damped_inverse
 
+BIG_SYSTEM = 96  # masked_solve: larger per-row systems are solved one by one with Cholesky
 CHUNK_BYTES = 4 << 20  # lazy factors of one row chunk (cache-resident during a flush period)
 
 __all__ = ["PruneResult", "prune_exact_obs", "exact_resolve", "obs_trace", "masked_solve"]
@@ -336,15 +337,26 @@ def _compact_flush(st, Hs, At, K, w, pen, perm, s, r, F):
 
 
 def _batched_sub_solve(A, sel, rhs_full, chunk_bytes=64 << 20):
-    """For every row i: solve A[S_i, S_i] x_i = rhs_full[i, S_i] with S_i = flatnonzero(sel[i]).
-    Rows are sorted by |S_i| and solved in chunks as stacked systems padded with identity blocks
-    (np.linalg.solve on (rows, m, m)).  Returns X (rows, d) with x_i scattered into S_i, 0 elsewhere."""
+    """For every row i: solve A[S_i, S_i] x_i = rhs_full[i, S_i] with S_i = flatnonzero(sel[i]) (A is
+    SPD: a damped Hessian or its inverse).  Systems larger than BIG_SYSTEM: one LAPACK dposv each.
+    The rest are sorted by |S_i| and solved in chunks as stacked systems padded with identity blocks
+    (np.linalg.solve on (rows, m, m): per-call overhead dominates small systems).  Returns X (rows, d) with x_i scattered into S_i, 0 elsewhere."""
     nr, d = sel.shape
     X = np.zeros((nr, d + 1))
     if nr == 0:
         return X[:, :d]
     sizes = sel.sum(1)
-    order = np.argsort(sizes, kind="stable")
+    big = sizes > BIG_SYSTEM
+    for i in np.flatnonzero(big):  # large systems: one Cholesky solve each (half the LU flops)
+        S = np.flatnonzero(sel[i])
+        G = A.take(S, axis=0).take(S, axis=1)
+        _, x, info = lapack.dposv(G, rhs_full[i, S], overwrite_a=1, overwrite_b=0)
+        if info != 0:  # not numerically positive definite: LU (or least squares) as the small path does
+            x = np.linalg.lstsq(A[np.ix_(S, S)], rhs_full[i, S], rcond=None)[0]
+        X[i, S] = x
+    small = np.flatnonzero(~big)
+    order = small[np.argsort(sizes[small], kind="stable")]
+    nr = order.size
     # per row, the selected indices first (ascending), then the rest
     idx_all = np.argsort(~sel, axis=1, kind="stable")
     s0 = 0
