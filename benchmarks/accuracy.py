@@ -246,6 +246,8 @@ def plan(nets, quick=False) -> list[dict]:
         for n, ks in (("nmnist", [1, 5, 10]), ("ifcnn", ABL_K)):  # the obc side of the ablation
             if n in nets:
                 tiers.append(ablation_jobs(n, ks, DRAWS, methods=("obc",)))
+        if "ifcnn" in nets:  # the options' spread on the IF CNN too
+            tiers.append(option_jobs("ifcnn", [1, 2]))
     seen, out = set(), []
     for t in tiers:
         for j in t:
@@ -443,6 +445,10 @@ def net_section(cache, key, title, protocol) -> tuple[str, dict]:
         s90 = fmt(stat(collect(res, "sparsity", "sbc", "sparsity", 0.9)))
         o90 = fmt(stat(collect(res, "sparsity", "obc", "sparsity", 0.9)))
         L += ["", f"For comparison, the main draws (80 % of the pool): sbc 90 % {s90}, obc 90 % {o90}."]
+        if key == "nmnist":
+            L += ["", "The calibration pool (train 1-100) holds 5-14 recordings per class: at 10 per class the "
+                  "smaller classes give all they have (89 recordings), and 50 per class cannot be drawn from it "
+                  "(train 101-500 is evaluation data)."]
     if key == "cubalif":
         L += ["", f"({REF_CUBA}; quoted from issue 4, not measured here.)"]
     # warnings
