@@ -226,11 +226,8 @@ def compress(
         H = lc.H
         sq = lc.acc.sq_norms if method == "wanda" else None
         groups = lc.groups
-        og, dg = W2.shape[0] // groups, W2.shape[1]
         parts, res_parts = [], []
-        for g in range(groups):  # grouped conv: each group has its own input block of H
-            cols = slice(g * dg, (g + 1) * dg)
-            rows = slice(g * og, (g + 1) * og)
+        for g, rows, cols in _group_blocks(W2.shape, groups):  # each group has its own block of H
             k_g = int(round(k * (g + 1) / groups)) - int(round(k * g / groups))
             r = compress_layer(W2[rows], H[cols, cols], method=method, n_prune=k_g, pattern=nm, bits=bits,
                                grid_scheme=grid, granularity=granularity, rel_damp=rel_damp,
@@ -297,15 +294,21 @@ def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, np.concatenate(scales), np.concatenate(zeros).astype(np.int32)
 
 
+def _group_blocks(shape, groups):
+    """(g, output rows, input columns) of each group of a (d_out, d_in/groups) layer matrix: a grouped
+    convolution's group g maps its own input block (of the Hessian) to its own output rows."""
+    og, dg = shape[0] // groups, shape[1]
+    for g in range(groups):
+        yield g, slice(g * og, (g + 1) * og), slice(g * dg, (g + 1) * dg)
+
+
 def _obs_costs(W2, lc, rel_damp):
     """ExactOBS trace scores of every weight of a layer (per group for grouped convolutions), divided by
     the layer's dense objective tr(W H W^T): the relative output distortion of each greedy removal."""
     H = np.asarray(lc.H, np.float64)
-    og, dg = W2.shape[0] // lc.groups, W2.shape[1]
     out = []
     energy = 0.0
-    for g in range(lc.groups):
-        cols, rows = slice(g * dg, (g + 1) * dg), slice(g * og, (g + 1) * og)
+    for _, rows, cols in _group_blocks(W2.shape, lc.groups):
         Wg, Hg = np.asarray(W2[rows], np.float64), H[cols, cols]
         energy += float(np.einsum("ij,jk,ik->", Wg, Hg, Wg))
         try:

@@ -60,14 +60,10 @@ def allocate(weights, sparsity: float, method: str = "lamp", p: float = 2) -> li
                 rest -= 1
         return [int(c) for c in counts]
     if method == "lamp":
-        scores = np.concatenate([lamp_scores(w, p).ravel() for w in weights]) if sizes else np.zeros(0)
-    elif method == "global":
-        scores = np.concatenate([np.abs(np.asarray(w, np.float64)).ravel() for w in weights])
-    else:
-        raise ValueError(f"unknown allocation method {method!r} (lamp, uniform, global)")
-    chosen = np.argsort(scores, kind="stable")[:k]
-    layer_of = np.repeat(np.arange(len(sizes)), sizes)
-    return [int(c) for c in np.bincount(layer_of[chosen], minlength=len(sizes))]
+        return allocate_by_scores([lamp_scores(w, p) for w in weights], sparsity)
+    if method == "global":
+        return allocate_by_scores([np.abs(np.asarray(w, np.float64)) for w in weights], sparsity)
+    raise ValueError(f"unknown allocation method {method!r} (lamp, uniform, global)")
 
 
 def allocate_by_scores(scores, sparsity: float) -> list[int]:
