@@ -8,12 +8,14 @@ to date with one in-place sgemv over the errors of the sub-block's earlier colum
 fixed), one in-place sgemm from the sub-block to the rest of its ``blocksize`` block, one in-place
 sgemm from the block to all trailing columns.  We store W^T (d_in, d_out) so a column of W is a
 contiguous row (a C-contiguous slice of W^T is an F-contiguous (d_out, k) matrix: BLAS works on it
-in place, no temporaries); the sweep runs in float32 with a few NumPy/BLAS calls per column.
+in place, no temporaries); the sweep runs in float32.  Pruning mode runs each sub-block's column loop
+in one compiled call (_prune_sub_block); quantization and N:M take a few NumPy/BLAS calls per column.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 from scipy.linalg import blas
 
 def _load_omatcopy():
@@ -113,6 +115,46 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     return loss
 
 
+@njit(cache=True, fastmath={"contract"})
+def _prune_sub_block(Wt, Err, UsT, C, j1, j2):
+    """Pruning-mode columns [j1, j2): column i is brought up to date left-looking over the errors of
+    the sub-block's earlier columns, then err_i = w_i * C_i (C = (1 - keep) / U_ii).  Compiled: the
+    NumPy form cost two calls per column (~4.5 us each, a sixth of the sweep at d = 1024)."""
+    n = Wt.shape[1]
+    for i in range(j1, j2):
+        w = Wt[i]
+        for l in range(j1, i):
+            u = UsT[i - j1, l - j1]
+            if u != 0.0:
+                e = Err[l]
+                for q in range(n):
+                    w[q] -= u * e[q]
+        ci = C[i - j1]
+        ei = Err[i]
+        for q in range(n):
+            ei[q] = w[q] * ci[q]
+
+
+def _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv):
+    """Columns [j1, j2) one by one (quantization, or N:M panels), left-looking inside each panel."""
+    for p1 in range(j1, j2, panel):
+        p2 = min(j2, p1 + panel)
+        if panel > 1 and p1 > j1:
+            _sub_gemm(Wt, U, Err, j1, p1, p1, p2, gemm)
+        lo = p1 if panel > 1 else j1
+        for i in range(p1, p2):
+            w = Wt[i]
+            if i > lo:
+                gemv(-1.0, Err[lo:i].T, UsT[i - j1, lo - j1:i - j1], beta=1.0, y=w, overwrite_y=1)
+            if fix is None:
+                np.multiply(w, C[i - j1], out=Err[i])
+            else:
+                q = Q[i - j1]
+                fix(i, w, q)
+                np.subtract(w, q, out=Err[i])
+                np.divide(Err[i], diag[i], out=Err[i])
+
+
 def _outer_block(Wt, U, Err, Q, loss, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv):
     dt = Wt.dtype
     for i1 in range(o1, o2, blocksize):
@@ -122,25 +164,14 @@ def _outer_block(Wt, U, Err, Q, loss, diag, fix, keep, o1, o2, blocksize, sub, p
         for j1 in range(i1, i2, sub):
             j2 = min(i2, j1 + sub)
             UsT = np.ascontiguousarray(U[j1:j2, j1:j2].T)  # row c - j1 = U[j1:j2, c]: contiguous
+            C = None
             if fix is None:
                 # err = (w - w keep) / U_ii = w * C, C = (1 - keep) / U_ii
                 C = np.divide(~keep[j1:j2], diag[j1:j2, None], dtype=dt)
-            for p1 in range(j1, j2, panel):
-                p2 = min(j2, p1 + panel)
-                if panel > 1 and p1 > j1:
-                    _sub_gemm(Wt, U, Err, j1, p1, p1, p2, gemm)
-                lo = p1 if panel > 1 else j1
-                for i in range(p1, p2):
-                    w = Wt[i]
-                    if i > lo:
-                        gemv(-1.0, Err[lo:i].T, UsT[i - j1, lo - j1:i - j1], beta=1.0, y=w, overwrite_y=1)
-                    if fix is None:
-                        np.multiply(w, C[i - j1], out=Err[i])
-                    else:
-                        q = Q[i - j1]
-                        fix(i, w, q)
-                        np.subtract(w, q, out=Err[i])
-                        np.divide(Err[i], diag[i], out=Err[i])
+            if fix is None and panel == 1:  # pruning: the whole sub-block in one compiled call
+                _prune_sub_block(Wt, Err, UsT, C, j1, j2)
+            else:
+                _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv)
             if fix is None:
                 Wt[j1:j2] *= keep[j1:j2]
             else:

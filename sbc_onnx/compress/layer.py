@@ -61,7 +61,7 @@ def relative_objective(W0, Ws, H) -> list[float]:
 
 def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None, grid_scheme="symmetric",
                    granularity="channel", rel_damp=0.01, max_damp=1.0, sq_norms=None, exact_resolve=False,
-                   wanda_scope="row", row_scale=None, mem_budget=1 << 30, blocksize=128) -> LayerResult:
+                   wanda_scope="row", row_scale=None, blocksize=128) -> LayerResult:
     """Compress one layer W (d_out, d_in) with Hessian H (d_in, d_in).
 
     method: "sbc"/"obc" (ExactOBS + GPTQ; obc = same code with the identity-filter H from the caller),
@@ -95,7 +95,7 @@ def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None,
         try:
             if method in ("sbc", "obc"):
                 r = prune_exact_obs(W0, H, k, rel_damp=rel_damp, max_damp=max_damp, pattern=pattern,
-                                    row_scale=row_scale, mem_budget=mem_budget)
+                                    row_scale=row_scale)
             elif method == "sbc-fast":
                 r = prune_sparsegpt(W0, H, k, pattern=pattern, blocksize=blocksize, rel_damp=rel_damp,
                                     max_damp=max_damp)
