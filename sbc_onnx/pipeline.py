@@ -16,8 +16,8 @@ import nir
 import numpy as np
 
 from .calibrate import Calibration, calibrate, estimate_memory, weight_nodes
-from .compress import (METHODS, FactorizationError, allocate, allocate_by_scores, compress_layer,
-                       damped_inverse, obs_trace)
+from .compress import (METHODS, FactorizationError, allocate, allocate_by_scores, compiled_on_disk,
+                       compress_layer, damped_inverse, obs_trace)
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import flatten
@@ -203,6 +203,10 @@ def compress(
                         progress=progress, input_norms=method == "wanda")
         seconds["calibration"] += time.perf_counter() - t0
         calibs = {n: cal for n in names}
+    if (method in ("sbc", "obc") and (sparsity or nm is not None)) or allocation == "obs":
+        if not compiled_on_disk():
+            log.info("compiling the ExactOBS kernels with numba (first run after an install or update, "
+                     "~10-25 s; cached afterwards)")
     if sparsity and allocation == "obs":
         t0 = time.perf_counter()
         counts = allocate_by_scores([_obs_costs(W2, calibs[n].layers[n], rel_damp)

@@ -11,6 +11,7 @@ from .hessian import HessianAccumulator, TimeFilter, filter_time, kernel_matrix
 from .layer import METHODS, LayerResult, compress_layer, relative_objective
 from .masks import check_nm, magnitude_mask, nm_mask, wanda_mask, wanda_scores
 from .numerics import FactorizationError, damped_inverse, upper_inverse_factor
+from ._obs_kernel import compiled_on_disk
 from .obs import PruneResult, exact_resolve, obs_trace, prune_exact_obs
 from .sparsegpt import prune_sparsegpt
 
@@ -20,4 +21,5 @@ __all__ = [
     "METHODS", "LayerResult", "compress_layer", "relative_objective", "check_nm", "magnitude_mask",
     "nm_mask", "wanda_mask", "wanda_scores", "FactorizationError", "damped_inverse",
     "upper_inverse_factor", "PruneResult", "exact_resolve", "prune_exact_obs", "prune_sparsegpt",
+    "compiled_on_disk",
 ]

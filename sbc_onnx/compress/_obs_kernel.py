@@ -1,4 +1,5 @@
-"""Compiled (numba) Step 1 of ExactOBS: the greedy per-row trace, one row at a time.
+"""Compiled (numba) loops of ExactOBS: Step 1, the greedy per-row trace, one row at a time
+(``trace_rows``), and Step 2's per-row masked solves (``sub_solve_rows``: gathered Cholesky systems).
 
 Per row, every iteration eliminates the ``bi`` alive weights of smallest score w_q^2 / [H^-1]_qq with one
 group-OBS update.  The rank-bi downdates  Hinv -= Hinv[:,P] K Hinv[P,:]  (K = Hinv[P,P]^-1) are kept
@@ -12,6 +13,9 @@ Compiled because at d <= 512 the NumPy version was bound by per-iteration call o
 iterations of ~30 array calls: 0.4 s for a 256 x 256 layer, ~9x the FLOP reference; see
 benchmarks/results/bench_compress.md).  A row's working set (s x s float32 block + 2 (flush + b_in) x s
 factors) stays in cache for d <= 512.
+
+Step 2 gathers each row's system and solves it by Cholesky.  The loop is compiled so that small
+systems do not pay a Python call each (the NumPy version stacked them, padded, by size).
 
 N:M patterns: ``m > 0`` limits every group idx // m to ``cap0[group]`` eliminations, at most one per
 group per iteration (so a capacity can never be exceeded); bi = min(b_in, groups with capacity left).
@@ -346,3 +350,13 @@ def sub_solve_rows(A, sel, rhs, X):
         for a in range(m):
             X[i, S[a]] = x[a]
     return np.flatnonzero(failed)
+
+
+def compiled_on_disk() -> bool:
+    """True when numba's on-disk cache holds an up-to-date trace kernel (then loading takes ~0.3 s; the
+    first run after an install or an update compiles the kernels, ~10-25 s).  Best effort: numba's cache
+    layout is not public API, so anything unexpected counts as cached (the message is only a courtesy)."""
+    try:
+        return bool(trace_rows._cache._cache_file._load_index())  # {} when missing or stale
+    except Exception:  # pragma: no cover - depends on numba internals
+        return True
