@@ -209,6 +209,7 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
     Gbuf = np.empty((b_in, b_in))
     Mbuf = np.empty((b_in, 2 * b_in))
     K = np.empty((b_in, b_in), np.float32)
+    dpos = np.empty(F, np.int64)  # positions eliminated since the last flush
     cap = cap0.copy()
     taken = np.zeros(cap0.shape[0], np.bool_)
     Hs = H0
@@ -234,11 +235,19 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
             hs = Hs[p]
             for q in range(s):
                 hj[q] = hs[q]
-            for t in range(r):
+            t = 0
+            while t + 4 <= r:  # four factor rows per pass: a quarter of the loads/stores of hj
+                a0, a1, a2, a3 = A[t, p], A[t + 1, p], A[t + 2, p], A[t + 3, p]
+                b0, b1, b2, b3 = Bt[t], Bt[t + 1], Bt[t + 2], Bt[t + 3]
+                for q in range(s):
+                    hj[q] -= (a0 * b0[q] + a1 * b1[q]) + (a2 * b2[q] + a3 * b3[q])
+                t += 4
+            while t < r:
                 a = A[t, p]
                 bt = Bt[t]
                 for q in range(s):
                     hj[q] -= a * bt[q]
+                t += 1
         G = Gbuf[:bi, :bi]
         for i in range(bi):
             for j in range(bi):
@@ -249,31 +258,51 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
             for i in range(bi):
                 acc += K[j, i] * w[P[i]]
             c[j] = acc
-        for j in range(bi):  # Bt rows = K HPt ; A rows = HPt
-            bt = Bt[r + j]
-            at = A[r + j]
-            hj = HPt[j]
+        for j in range(bi):
+            dpos[r + j] = P[j]
+        if bi == 1 and m == 0:  # one fused pass: factor rows, w, diagonal and scores
+            k00 = K[0, 0]
+            c0 = c[0]
+            h = HPt[0]
+            at = A[r]
+            bt = Bt[r]
             for q in range(s):
-                bt[q] = 0.0
-                at[q] = hj[q]
-            for i in range(bi):
-                kji = K[j, i]
-                hi = HPt[i]
+                hq = h[q]
+                bq = k00 * hq
+                at[q] = hq
+                bt[q] = bq
+                wq = w[q] - c0 * hq
+                w[q] = wq
+                dq = dcur[q] - hq * bq
+                dcur[q] = dq
+                sc[q] = wq * wq / dq
+        else:
+            for j in range(bi):  # Bt rows = K HPt ; A rows = HPt
+                bt = Bt[r + j]
+                at = A[r + j]
+                hj = HPt[j]
                 for q in range(s):
-                    bt[q] += kji * hi[q]
-        for j in range(bi):  # w -= HPt^T c ;  diag(Hinv) -= diag(HPt^T K HPt)
-            cj = c[j]
-            hj = HPt[j]
-            bt = Bt[r + j]
-            for q in range(s):
-                w[q] -= cj * hj[q]
-                dcur[q] -= hj[q] * bt[q]
+                    bt[q] = 0.0
+                    at[q] = hj[q]
+                for i in range(bi):
+                    kji = K[j, i]
+                    hi = HPt[i]
+                    for q in range(s):
+                        bt[q] += kji * hi[q]
+            for j in range(bi):  # w -= HPt^T c ;  diag(Hinv) -= diag(HPt^T K HPt)
+                cj = c[j]
+                hj = HPt[j]
+                bt = Bt[r + j]
+                for q in range(s):
+                    w[q] -= cj * hj[q]
+                    dcur[q] -= hj[q] * bt[q]
+            if m == 0:
+                for q in range(s):
+                    sc[q] = w[q] * w[q] / dcur[q]
         for j in range(bi):
             w[P[j]] = 0.0
-        if m == 0:
-            for q in range(s):  # dead positions keep +inf (their w is 0, dcur shrinks to ~0)
-                v = w[q] * w[q] / dcur[q]
-                sc[q] = v if not dead[q] else np.inf
+        for t in range(r + bi):  # eliminated since the last flush: never chosen again (their w is ~0)
+            sc[dpos[t]] = np.inf
         r += bi
         pos += bi
         if r >= flush and pos < n_elim:
