@@ -116,6 +116,23 @@ def exact_resolve(W0, H, mask, *, rel_damp=0.01, max_damp=1.0):
     return masked_solve(W0, Hd, np.asarray(mask, bool), Hinv), rd, esc
 
 
+def _smallest_per_row(scores, k):
+    """How many of the k smallest entries of ``scores`` (ties in row-major index order, as a stable
+    sort) fall in each row: a partition threshold, O(n) instead of a full argsort."""
+    flat = scores.ravel()
+    if k == 0:
+        return np.zeros(scores.shape[0], dtype=np.int64)
+    if k >= flat.size:
+        return np.full(scores.shape[0], scores.shape[1], dtype=np.int64)
+    v = np.partition(flat, k - 1)[k - 1]  # NaN sorts last, as in a sort
+    nan = np.isnan(v)
+    sel = ~np.isnan(flat) if nan else flat < v
+    need = k - int(np.count_nonzero(sel))
+    if need:  # ties at v, in index order
+        sel[np.flatnonzero(np.isnan(flat) if nan else flat == v)[:need]] = True
+    return sel.reshape(scores.shape).sum(1)
+
+
 def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, b_in=None,
                     row_scale=None, flush=64) -> PruneResult:
     """ExactOBS / SBC pruning of k weights of the layer (or an (n, m) N:M pattern)."""
@@ -134,11 +151,9 @@ def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, 
     else:
         if k is None or not 0 <= int(k) <= W0.size:
             raise ValueError(f"k must be in [0, {W0.size}], got {k}")
-        sel = np.argsort(scores.ravel(), kind="stable")[: int(k)]
-        counts = np.bincount(sel // order.shape[1], minlength=d_out)
-    mask = np.ones((d_out, d), dtype=bool)
-    for i in range(d_out):
-        mask[i, order[i, : counts[i]]] = False
+        counts = _smallest_per_row(scores, int(k))
+    mask = np.ones((d_out, d), dtype=bool)  # row i prunes the first counts[i] weights of its order
+    np.put_along_axis(mask, order, np.arange(order.shape[1])[None, :] >= counts[:, None], axis=1)
     Wn = masked_solve(W0, Hd, mask, Hinv)
     t3 = time.perf_counter()
     return PruneResult(Wn, mask, rd, esc, order, scores,
