@@ -206,7 +206,7 @@ def compress(
     if (method in ("sbc", "obc") and (sparsity or nm is not None)) or allocation == "obs":
         if not compiled_on_disk():
             log.info("compiling the ExactOBS kernels with numba (first run after an install or update, "
-                     "~10-25 s; cached afterwards)")
+                     "~15 s; cached afterwards)")
     if sparsity and allocation == "obs":
         t0 = time.perf_counter()
         counts = allocate_by_scores([_obs_costs(W2, calibs[n].layers[n], rel_damp)

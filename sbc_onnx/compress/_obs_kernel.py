@@ -383,7 +383,7 @@ def sub_solve_rows(A, sel, rhs, X):
 
 def compiled_on_disk() -> bool:
     """True when numba's on-disk cache holds an up-to-date trace kernel (then loading takes ~0.3 s; the
-    first run after an install or an update compiles the kernels, ~10-25 s).  Best effort: numba's cache
+    first run after an install or an update compiles the kernels, ~15 s).  Best effort: numba's cache
     layout is not public API, so anything unexpected counts as cached (the message is only a courtesy)."""
     try:
         return bool(trace_rows._cache._cache_file._load_index())  # {} when missing or stale
