@@ -231,11 +231,13 @@ def compress(
         sq = lc.acc.sq_norms if method == "wanda" else None
         groups = lc.groups
         parts, res_parts = [], []
+        shown = [0.0]  # share of this layer already added to the bar (the ExactOBS trace moves it)
         for g, rows, cols in _group_blocks(W2.shape, groups):  # each group has its own block of H
             k_g = int(round(k * (g + 1) / groups)) - int(round(k * g / groups))
             r = compress_layer(W2[rows], H[cols, cols], method=method, n_prune=k_g, pattern=nm, bits=bits,
                                grid_scheme=grid, granularity=granularity, rel_damp=rel_damp,
-                               sq_norms=None if sq is None else sq[cols], exact_resolve=exact_resolve)
+                               sq_norms=None if sq is None else sq[cols], exact_resolve=exact_resolve,
+                               on_rows=_layer_progress(bar, shown, g, groups))
             parts.append(r.W)
             res_parts.append(r)
         W_new = np.concatenate(parts, axis=0).reshape(W.shape).astype(W.dtype, copy=False)
@@ -264,7 +266,7 @@ def compress(
             seconds=float(sum(r.seconds for r in res_parts)), hessian_seconds=lc.seconds,
             fallback=fallback, escalations=esc, notes=layer_notes))
         if bar is not None:
-            bar.update(1)
+            bar.update(1 - shown[0])
     if bar is not None:
         bar.close()
     cal_any = next(iter(calibs.values()))
@@ -392,6 +394,20 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
         r.van_rossum = a["d"] / cells
         r.firing_rate_dense = a["sd"] / (cells * steps)
         r.firing_rate_compressed = a["sc"] / (cells * steps)
+
+
+def _layer_progress(bar, shown, g, groups):
+    """on_rows callback moving the layer bar within a layer: group g of ``groups`` is done to done/total
+    (at most 0.9 of the layer: the compensation follows the trace)."""
+    if bar is None:
+        return None
+
+    def on_rows(done, total):
+        frac = 0.9 * (g + done / max(total, 1)) / groups
+        if frac > shown[0]:
+            bar.update(frac - shown[0])
+            shown[0] = frac
+    return on_rows
 
 
 def _bar(total, enabled, desc):

@@ -339,3 +339,19 @@ def test_smallest_per_row_equals_stable_argsort_selection():
         k = int(rng.integers(0, r * c + 1))
         sel = np.argsort(S.ravel(), kind="stable")[:k]
         np.testing.assert_array_equal(_smallest_per_row(S, k), np.bincount(sel // c, minlength=r))
+
+
+def test_obs_trace_progress_in_row_chunks_changes_nothing():
+    from sbc_onnx.compress.obs import obs_trace
+
+    rng = np.random.default_rng(23)
+    d = 300  # 2^32 / d^3 -> chunks of 160 rows
+    _, H = smp_rows(spikes(rng, 10, 40, d, 0.1), (0.8,))
+    Hinv, _, _ = damped_inverse(H)
+    W = rng.standard_normal((200, d))
+    calls = []
+    o1, s1 = obs_trace(W, Hinv)
+    o2, s2 = obs_trace(W, Hinv, on_rows=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(s1, s2)
+    assert calls == [(160, 200), (200, 200)]

@@ -61,7 +61,7 @@ def relative_objective(W0, Ws, H) -> list[float]:
 
 def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None, grid_scheme="symmetric",
                    granularity="channel", rel_damp=0.01, max_damp=1.0, sq_norms=None, exact_resolve=False,
-                   wanda_scope="row", row_scale=None, blocksize=128) -> LayerResult:
+                   wanda_scope="row", row_scale=None, blocksize=128, on_rows=None) -> LayerResult:
     """Compress one layer W (d_out, d_in) with Hessian H (d_in, d_in).
 
     method: "sbc"/"obc" (ExactOBS + GPTQ; obc = same code with the identity-filter H from the caller),
@@ -70,6 +70,7 @@ def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None,
     n of every m inputs (overrides n_prune).  bits: None = no quantization.
     exact_resolve: after the mask is chosen (sbc-fast, magnitude, wanda), re-solve every row exactly
     on its kept inputs (sbc/obc already are exact per row).  row_scale: BN factor a_i (ExactOBS scores).
+    on_rows(done, total): progress of the ExactOBS trace (sbc/obc pruning), the long phase of big layers.
     """
     t_start = time.perf_counter()
     if method not in METHODS:
@@ -95,7 +96,7 @@ def compress_layer(W, H, *, method="sbc", n_prune=None, pattern=None, bits=None,
         try:
             if method in ("sbc", "obc"):
                 r = prune_exact_obs(W0, H, k, rel_damp=rel_damp, max_damp=max_damp, pattern=pattern,
-                                    row_scale=row_scale)
+                                    row_scale=row_scale, on_rows=on_rows)
             elif method == "sbc-fast":
                 r = prune_sparsegpt(W0, H, k, pattern=pattern, blocksize=blocksize, rel_damp=rel_damp,
                                     max_damp=max_damp)

@@ -45,9 +45,11 @@ def _b_in(d_in: int) -> int:
     return math.ceil(d_in / min(d_in, 256))
 
 
-def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, flush=64):
+def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, flush=64, on_rows=None):
     """Step 1 of ExactOBS.  Returns (order, scores) of shape (d_out, n_elim); n_elim = d_in, or the
-    per-row pattern count for N:M.  Runs in float32, one row at a time (compiled: _obs_kernel)."""
+    per-row pattern count for N:M.  Runs in float32, one row at a time (compiled: _obs_kernel).
+    on_rows(done, total): progress callback, called after every chunk of rows (a 2048 x 2048 layer
+    takes minutes)."""
     W = np.asarray(W, dtype=np.float64)
     d_out, d = W.shape
     b_in = _b_in(d) if b_in is None else int(b_in)
@@ -63,8 +65,13 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, flush=64):
     n_elim = int(cap0.sum()) if m else d
     order = np.empty((d_out, n_elim), dtype=np.int64)
     scores = np.empty((d_out, n_elim), dtype=np.float64)
-    trace_rows(H0, np.ascontiguousarray(W, dtype=np.float32), b_in, max(int(flush), b_in), m, cap0,
-               order, scores)
+    W32 = np.ascontiguousarray(W, dtype=np.float32)
+    step = d_out if on_rows is None else max(1, -(-(1 << 32) // (d * d * d)))  # ~0.1 s of rows a call
+    for r0 in range(0, d_out, step):
+        r1 = min(d_out, r0 + step)
+        trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])
+        if on_rows is not None:
+            on_rows(r1, d_out)
     if row_scale is not None:
         scores *= np.asarray(row_scale, np.float64)[:, None] ** 2
     return order, scores
@@ -134,15 +141,17 @@ def _smallest_per_row(scores, k):
 
 
 def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, b_in=None,
-                    row_scale=None, flush=64) -> PruneResult:
-    """ExactOBS / SBC pruning of k weights of the layer (or an (n, m) N:M pattern)."""
+                    row_scale=None, flush=64, on_rows=None) -> PruneResult:
+    """ExactOBS / SBC pruning of k weights of the layer (or an (n, m) N:M pattern).  on_rows: progress
+    callback of the trace (see obs_trace)."""
     W0 = np.asarray(W, dtype=np.float64)
     d_out, d = W0.shape
     t0 = time.perf_counter()
     Hinv, rd, esc = damped_inverse(H, rel_damp, max_damp)
     Hd, _ = damped_hessian(H, rd)
     t1 = time.perf_counter()
-    order, scores = obs_trace(W0, Hinv, b_in=b_in, pattern=pattern, row_scale=row_scale, flush=flush)
+    order, scores = obs_trace(W0, Hinv, b_in=b_in, pattern=pattern, row_scale=row_scale, flush=flush,
+                              on_rows=on_rows)
     t2 = time.perf_counter()
     if pattern is not None:
         counts = np.full(d_out, order.shape[1])
