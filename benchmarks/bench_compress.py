@@ -14,7 +14,7 @@ once above.  The compiled (numba) kernels are loaded or compiled once, on a tiny
 that one-off cost is printed first.  The Hessian row also gives ssyrk's own throughput on the same shape
 (one block of rows at that d): accumulation cannot beat the BLAS call it is made of.  "ssyrk" is the
 faster of SciPy's ssyrk and NumPy's Z Z^T (NumPy dispatches it to the syrk of its own bundled OpenBLAS,
-5-20 % faster here; the accumulator uses that one), so the fractions are against the best syrk available.
+7-18 % faster here; the accumulator uses that one), so the fractions are against the best syrk available.
 Noise: the machine is shared, so every phase is the best of --reps runs and the peaks are the best of
 the runs made before each size (fractions use the best peak seen so far).
 --threads N pins OPENBLAS_NUM_THREADS (default: the environment's).  On the shared 2-core machine 2

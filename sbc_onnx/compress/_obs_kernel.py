@@ -44,8 +44,8 @@ def _diag_inverse(G, K):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _small_inverse(G, M, K):
     """K <- inverse of the tiny float64 block G of Hinv (PD in exact arithmetic), as float32, by
-    Gauss-Jordan with partial pivoting on the scratch M (np.linalg allocates and costs ~4 us per call,
-    more than the rest of an iteration); _diag_inverse if a pivot vanishes or the result is not finite;
+    Gauss-Jordan with partial pivoting on the scratch M, no allocation (2 x 2: 0.10 us; np.linalg.inv
+    in numba 0.49 us); _diag_inverse if a pivot vanishes or the result is not finite;
     a non-finite block -> 0 (the weights are then removed without compensation)."""
     n = G.shape[0]
     if not np.all(np.isfinite(G)):

@@ -108,7 +108,7 @@ class HessianAccumulator:
     def _fold(self, Zb, cols: int = 256) -> None:
         """Zb^T Zb into the reused buffer, folded into the float64 total over the upper triangle only,
         column block by column block (half the traffic of a full add).  NumPy dispatches Z^T Z (C or
-        Fortran Z) to its BLAS's syrk and mirrors the triangle; its bundled OpenBLAS ran 5-20 % faster
+        Fortran Z) to its BLAS's syrk and mirrors the triangle; its bundled OpenBLAS ran 7-18 % faster
         here than SciPy's ssyrk on the same data.  The result is symmetric, so its transpose is the
         Fortran-ordered view that matches the total's layout (every piece a run of contiguous columns)."""
         if self._part is None or self._part.dtype != Zb.dtype:
