@@ -119,7 +119,7 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
 def _prune_sub_block(Wt, Err, UsT, C, j1, j2):
     """Pruning-mode columns [j1, j2): column i is brought up to date left-looking over the errors of
     the sub-block's earlier columns, then err_i = w_i * C_i (C = (1 - keep) / U_ii).  Compiled: the
-    NumPy form cost two calls per column (~4.5 us each, a sixth of the sweep at d = 1024)."""
+    NumPy form made two calls per column; at d = 1024 the sweep went from 23-27 ms to 20-21 ms."""
     n = Wt.shape[1]
     for i in range(j1, j2):
         w = Wt[i]
