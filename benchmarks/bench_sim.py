@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from sbc_onnx.data import load_dataset, load_nmnist
-from sbc_onnx.nir_io import read_nir
-from sbc_onnx.onnx_io import ort_session, run_onnxruntime, write_onnx
+from sbc_onnx.io.nir_io import read_nir
+from sbc_onnx.io.onnx_io import ort_session, run_onnxruntime, write_onnx
 from sbc_onnx.sim import SimConfig, Walker
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

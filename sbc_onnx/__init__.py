@@ -11,7 +11,7 @@
 from .data import Dataset, load_dataset, load_mnist, load_nmnist, save_dataset
 from .errors import SbcError
 from .evaluate import EvalResult, evaluate
-from .model_io import load_model, save_model, sim_config_for
+from .io.models import load_model, save_model, sim_config_for
 from .pipeline import CompressionReport, compress
 from .sim import SimConfig, Walker, simulate
 

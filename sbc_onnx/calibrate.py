@@ -29,61 +29,25 @@ from .evaluate import step_progress
 from .graph import FlatGraph
 from .sim import SimConfig, Walker
 from .sim.conv import as_tuple, conv_padding, im2col_t
-from .sim.ops import WEIGHT_NODES
 
 log = logging.getLogger("sbc_onnx")
 
-PASS_THROUGH = ("Scale", "SumPool2d", "AvgPool2d", "Flatten", "Delay", "Input", "Output")
-NEURONS = ("LIF", "LI", "IF", "I", "CubaLIF", "CubaLI")
-
-
-def weight_nodes(fg: FlatGraph) -> list[str]:
-    return [n for n in fg.order if fg.kind(n) in WEIGHT_NODES]
-
-
 def fed_neuron(fg: FlatGraph, name: str) -> str | None:
-    """The first neuron reached from `name` through stateless linear nodes (None if there is none)."""
-    seen, frontier = {name}, list(fg.succs[name])
-    found: list[str] = []
-    while frontier:
-        nxt = []
-        for n in frontier:
-            if n in seen:
-                continue
-            seen.add(n)
-            kind = fg.kind(n)
-            if kind in NEURONS:
-                found.append(n)
-            elif kind in PASS_THROUGH and not (kind == "Output" and n in fg.outputs):
-                nxt.extend(fg.succs[n])
-        frontier = nxt
-    if len(set(found)) > 1:
+    """The first neuron reached from `name` through pass-through nodes (None if there is none)."""
+    found = fg.fed_neurons(name)
+    if len(found) > 1:
         log.info("layer %s feeds several neurons (%s); its kernel uses %s", name, ", ".join(found), found[0])
     return found[0] if found else None
 
 
-def _mean_beta(tau, cfg: SimConfig, what: str) -> float:
-    tau = np.asarray(tau, dtype=np.float64).reshape(-1)
-    k = cfg.dt / tau if cfg.integrator == "euler" else -np.expm1(-cfg.dt / tau)
-    beta = 1.0 - k
-    if np.ptp(beta) > 1e-9 * max(1.0, float(np.abs(beta).max())):
-        log.info("%s: time constants differ across neurons; the SMP kernel uses their mean decay", what)
-    return float(beta.mean())
-
-
 def kernel_betas(fg: FlatGraph, layer: str, cfg: SimConfig, objective: str = "smp") -> tuple[float, ...]:
-    """Decays of the filter cascade M for `layer` (empty = identity)."""
+    """Decays of the filter cascade M for `layer` (empty = identity): the fed neuron's catalogue stages."""
     if objective == "current":
         return ()
     neuron = fed_neuron(fg, layer)
     if neuron is None:
         return ()
-    node, kind = fg.nodes[neuron], fg.kind(neuron)
-    if kind in ("IF", "I"):
-        return (1.0,)
-    if kind in ("LIF", "LI"):
-        return (_mean_beta(node.tau, cfg, neuron),)
-    return (_mean_beta(node.tau_syn, cfg, neuron), _mean_beta(node.tau_mem, cfg, neuron))
+    return fg.prim(neuron).kernel_betas(fg.nodes[neuron], cfg)
 
 
 @dataclass
@@ -118,7 +82,7 @@ def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> La
     node, kind = fg.nodes[name], fg.kind(name)
     w = np.asarray(node.weight)
     betas = kernel_betas(fg, name, cfg, objective)
-    if kind in ("Conv1d", "Conv2d"):
+    if fg.prim(name).conv:
         nd = w.ndim - 2
         kernel = tuple(w.shape[2:])
         stride, dilation = as_tuple(node.stride, nd), as_tuple(node.dilation, nd)
@@ -161,7 +125,7 @@ def calibrate(
     objective "smp": M from the fed neuron (SBC); "current": M = I (OBC, the ANN method ported).
     input_norms: also collect the unfiltered per-input sums of squares (Wanda's ||x_j||^2)."""
     fg, cfg = walker.fg, walker.cfg
-    names = layers if layers is not None else weight_nodes(fg)
+    names = layers if layers is not None else fg.weight_nodes()
     if not names:
         raise SbcError("the graph has no weight layers (Affine, Linear, Conv1d, Conv2d) to compress")
     cals = {n: _layer_setup(fg, n, cfg, objective) for n in names}
@@ -234,6 +198,3 @@ def calibrate(
             log.warning(msg)
     return calib
 
-
-def dead_inputs(H: np.ndarray) -> int:
-    return int(np.count_nonzero(np.diag(H) <= 0))

@@ -14,6 +14,7 @@ import nir
 import numpy as np
 
 from .errors import SbcError
+from .primitives import LINEAR, NEURON, PORT, WEIGHT, Primitive, lookup
 
 
 @dataclass
@@ -30,6 +31,82 @@ class FlatGraph:
 
     def kind(self, name: str) -> str:
         return type(self.nodes[name]).__name__
+
+    # ---- queries through the primitive catalogue ------------------------------------------------------
+    def prim(self, name: str) -> Primitive | None:
+        """Catalogue entry of node `name` (None for a kind outside the catalogue)."""
+        return lookup(self.nodes[name])
+
+    def role(self, name: str) -> str | None:
+        p = self.prim(name)
+        return None if p is None else p.role
+
+    def of_role(self, role: str) -> list[str]:
+        """Nodes with that role, in simulation order."""
+        return [n for n in self.order if self.role(n) == role]
+
+    def weight_nodes(self) -> list[str]:
+        return self.of_role(WEIGHT)
+
+    def neurons(self) -> list[str]:
+        return self.of_role(NEURON)
+
+    def spiking(self) -> list[str]:
+        """Nodes whose output is spikes (spiking neurons and Threshold), in simulation order."""
+        return [n for n in self.order if (p := self.prim(n)) is not None and p.spiking]
+
+    def passes_through(self, name: str) -> bool:
+        """A stateless-linear node the signal crosses unchanged in kind (Scale, pooling, Flatten, Delay,
+        the inner ports of a subgraph); the graph's own Input/Output nodes are ends, not pass-throughs."""
+        role = self.role(name)
+        return role == LINEAR or (role == PORT and name not in self.inputs and name not in self.outputs)
+
+    def paths_to_neurons(self, layer: str) -> tuple[list[list[str]], list[str]]:
+        """Paths layer -> ... -> neuron through pass-through nodes, and the other sinks reached (graph
+        outputs, weight layers, nodes of other roles)."""
+        paths, sinks = [], []
+        stack = [[layer, s] for s in self.succs[layer]]
+        while stack:
+            p = stack.pop()
+            n = p[-1]
+            if self.role(n) == NEURON:
+                paths.append(p)
+            elif self.passes_through(n) and n not in p[:-1]:
+                stack.extend(p + [s] for s in self.succs[n])
+            else:
+                sinks.append(n)
+        return paths, sinks
+
+    def fed_neurons(self, layer: str) -> list[str]:
+        """The neurons reached first from `layer` through pass-through nodes, nearest first."""
+        seen, frontier, found = {layer}, list(self.succs[layer]), []
+        while frontier:
+            nxt = []
+            for n in frontier:
+                if n in seen:
+                    continue
+                seen.add(n)
+                if self.role(n) == NEURON:
+                    found.append(n)
+                elif self.passes_through(n):
+                    nxt.extend(self.succs[n])
+            frontier = nxt
+        return list(dict.fromkeys(found))
+
+    def sources_of(self, name: str) -> set[str]:
+        """Nodes that feed `name` through pass-through nodes (weight layers, inputs, neurons, ...)."""
+        out, seen = set(), set()
+        stack = list(self.preds[name]) + list(self.back_preds[name])
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if self.passes_through(n):
+                stack.extend(self.preds[n] + self.back_preds[n])
+            else:
+                out.add(n)
+        return out
 
 
 def _flatten(graph: nir.NIRGraph, prefix: str, nodes: dict, edges: list) -> tuple[list[str], list[str]]:

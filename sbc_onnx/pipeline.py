@@ -15,7 +15,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from .calibrate import Calibration, calibrate, estimate_memory, weight_nodes
+from .calibrate import Calibration, calibrate, estimate_memory
 from .compress import (METHODS, FactorizationError, allocate, allocate_by_scores, compiled_on_disk,
                        compress_layer, damped_inverse, obs_trace)
 from .errors import SbcError
@@ -166,10 +166,10 @@ def compress(
     t_start = time.perf_counter()
     new = copy.deepcopy(graph)
     fg = flatten(new)
-    names = layers or weight_nodes(fg)
+    names = layers or fg.weight_nodes()
     unknown = [n for n in names if n not in fg.nodes]
     if unknown:
-        raise SbcError(f"unknown layer(s) {unknown}; weight layers are {weight_nodes(fg)}")
+        raise SbcError(f"unknown layer(s) {unknown}; weight layers are {fg.weight_nodes()}")
     objective = "current" if method == "obc" else "smp"
     mats = [_layer_matrix(fg.nodes[n]) for n in names]
     if allocation == "obs" and sparsity and (sequential or nm is not None):
@@ -357,13 +357,8 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
         return
     decay = {}
     for n in targets:
-        kind = type(dense.fg.nodes[n]).__name__
-        node = dense.fg.nodes[n]
-        tau = getattr(node, "tau", getattr(node, "tau_mem", None))
-        if kind in ("LIF", "CubaLIF") and tau is not None:
-            decay[n] = float(np.mean(1 - dense.cfg.dt / np.asarray(tau, dtype=np.float64)))
-        else:
-            decay[n] = 0.9
+        k = dense.fg.prim(n).decays(dense.fg.nodes[n], dense.cfg)[-1]  # the membrane stage
+        decay[n] = 0.9 if k is None else float(np.mean(1 - k))
     acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0} for n in targets}
 
     bar = _bar(getattr(dataset, "n", None), progress, "measuring spike damage")

@@ -1,4 +1,4 @@
-"""Framework bridges (converters/): snnTorch, Norse, legacy NIR writer, lava-dl netx.
+"""Framework bridges (sbc_onnx/bridges/): snnTorch, Norse, legacy NIR writer, lava-dl netx.
 
 The torch-based tests skip without the optional extra (torch, snntorch, nirtorch, norse); the netx and
 legacy-writer tests need only the core install. Acceptance (issue 6, part 5): snnTorch / Norse network ->
@@ -20,7 +20,7 @@ import nir
 import numpy as np
 import pytest
 
-from converters import netx_to_nir, write_nir_legacy
+from sbc_onnx.bridges import netx_to_nir, write_nir_legacy
 from sbc_onnx.sim import SimConfig, Walker
 
 T, B = 60, 6
@@ -145,7 +145,7 @@ def snn_mod():
     pytest.importorskip("torch")
     pytest.importorskip("snntorch")
     pytest.importorskip("nirtorch")
-    from converters import snntorch_bridge
+    from sbc_onnx.bridges import snntorch_bridge
 
     return snntorch_bridge
 
@@ -367,7 +367,7 @@ def norse_mod():
     pytest.importorskip("torch")
     pytest.importorskip("nirtorch")
     pytest.importorskip("norse")
-    from converters import norse_bridge
+    from sbc_onnx.bridges import norse_bridge
 
     return norse_bridge
 
@@ -608,8 +608,8 @@ def test_netx_rejects_non_netx(tmp_path):
 
 
 def test_converters_import_without_torch():
-    """`import converters` must not import torch (core install without the extra)."""
-    code = "import sys, converters; assert 'torch' not in sys.modules; print('ok')"
+    """`import sbc_onnx.bridges` must not import torch (core install without the extra)."""
+    code = "import sys, sbc_onnx.bridges; assert 'torch' not in sys.modules; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -8,7 +8,7 @@ import pytest
 import sbc_onnx as sbc
 from sbc_onnx.data import Dataset
 from sbc_onnx.evaluate import BatchOutputs, score_batch
-from sbc_onnx.onnx_io import evaluate_onnxruntime, write_onnx
+from sbc_onnx.io.onnx_io import evaluate_onnxruntime, write_onnx
 
 from topologies import ALL, DT
 

@@ -23,7 +23,7 @@ from sbc_onnx.hardware import (
 )
 from sbc_onnx.hardware.fanout import layer_fanout
 from sbc_onnx.hardware.profiles import PROFILE_DIR
-from sbc_onnx.nir_io import read_nir
+from sbc_onnx.io.nir_io import read_nir
 from sbc_onnx.sim import SimConfig, Walker
 
 PROFILES = ["loihi2", "speck", "spinnaker2", "xylo-audio2", "brainscales2"]

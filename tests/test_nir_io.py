@@ -12,7 +12,7 @@ import pytest
 
 from sbc_onnx.cli import main
 from sbc_onnx.graph import diff_graphs
-from sbc_onnx.nir_io import read_nir, write_nir
+from sbc_onnx.io.nir_io import read_nir, write_nir
 
 from topologies import ALL
 

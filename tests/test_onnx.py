@@ -15,9 +15,9 @@ from onnx import helper
 
 from sbc_onnx.errors import SbcError
 from sbc_onnx.graph import diff_graphs, flatten
-from sbc_onnx.model_io import load_model
-from sbc_onnx.onnx_export import dequantize
-from sbc_onnx.onnx_io import (evaluate_onnxruntime, infer_grid, ort_session, read_onnx, run_onnxruntime,
+from sbc_onnx.io.models import load_model
+from sbc_onnx.io.onnx_export import dequantize
+from sbc_onnx.io.onnx_io import (evaluate_onnxruntime, infer_grid, ort_session, read_onnx, run_onnxruntime,
                               update_onnx, write_onnx)
 from sbc_onnx.sim import SimConfig, Walker
 
@@ -146,7 +146,7 @@ def test_paper_graph_checker_and_exact_round_trip(data_dir, rel, tmp_path):
     assert SimConfig.from_metadata(g2.metadata) == cfg
     assert g2.metadata["source"] == rel and g2.metadata["note"] == 3
     # and back to NIR on disk, through the CLI's path
-    from sbc_onnx.nir_io import write_nir
+    from sbc_onnx.io.nir_io import write_nir
 
     write_nir(g2, tmp_path / "back.nir")
     assert_exact_round_trip(g, load_model(tmp_path / "back.nir"))

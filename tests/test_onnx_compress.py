@@ -8,8 +8,8 @@ import onnx
 from sbc_onnx.cli import main
 from sbc_onnx.data import Dataset, save_dataset
 from sbc_onnx.graph import diff_graphs
-from sbc_onnx.model_io import load_model
-from sbc_onnx.onnx_io import read_onnx, write_onnx
+from sbc_onnx.io.models import load_model
+from sbc_onnx.io.onnx_io import read_onnx, write_onnx
 from sbc_onnx.sim import SimConfig
 
 from test_onnx import _strip

@@ -7,7 +7,7 @@ import pytest
 
 from sbc_onnx.data import load_mnist, load_nmnist
 from sbc_onnx.evaluate import evaluate
-from sbc_onnx.nir_io import read_nir
+from sbc_onnx.io.nir_io import read_nir
 from sbc_onnx.sim import SimConfig, Walker
 
 

@@ -154,7 +154,7 @@ def test_unsupported_node_named():
 
 
 def test_braille_graphs_run(data_dir):
-    from sbc_onnx.nir_io import read_nir
+    from sbc_onnx.io.nir_io import read_nir
 
     for f in ("braille_noDelay_bias_zero.nir", "braille_noDelay_noBias_subtract.nir"):
         g = read_nir(data_dir / "nir_paper/03_rnn" / f)

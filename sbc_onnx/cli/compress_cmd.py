@@ -11,7 +11,7 @@ import click
 
 from ..compress import METHODS
 from ..errors import SbcError
-from ..model_io import load_model, model_format, save_model
+from ..io.models import load_model, model_format, save_model
 from ..pipeline import ALLOCATIONS, GRIDS, compress, compression_metadata
 from ..sim import Walker
 from . import cli

@@ -7,7 +7,7 @@ import os
 import click
 
 from ..errors import SbcError
-from ..model_io import load_model, model_format
+from ..io.models import load_model, model_format
 from . import cli
 from .model_cmd import make_config, setup_logging, sim_options
 
@@ -28,13 +28,13 @@ def convert(source, target, int_weights, dt, integrator, reset, cuba_order, prec
     cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
     meta = {**cfg.to_metadata(), "converted_from": os.path.basename(source)}
     if dst_fmt == "onnx":
-        from ..onnx_io import write_onnx
+        from ..io.onnx_io import write_onnx
 
         write_onnx(graph, target, cfg=cfg, metadata=meta, int_weights=int_weights)
     else:
         if int_weights:
             raise SbcError("--int-weights applies to ONNX output only")
-        from ..nir_io import write_nir
+        from ..io.nir_io import write_nir
 
         write_nir(graph, target, metadata=meta)
     click.echo(f"{source} ({src_fmt}, {os.path.getsize(source)} bytes) -> {target} ({dst_fmt}, "

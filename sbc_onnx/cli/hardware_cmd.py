@@ -20,7 +20,7 @@ from ..hardware import (
     twin_path,
     write_deployment,
 )
-from ..model_io import load_model
+from ..io.models import load_model
 from ..sim import Walker
 from . import cli
 from .model_cmd import load_data_for, make_config, setup_logging, sim_options

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import SbcError
 from ..graph import flatten, node_shape, param_count
-from ..model_io import load_model, model_format, sim_config_for
+from ..primitives import NEURON
+from ..io.models import load_model, model_format, sim_config_for
 from ..sim import Walker
 from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS
 from . import cli
@@ -78,9 +79,9 @@ def inspect(model: str) -> None:
         kind = type(node).__name__
         shape_in, shape_out = node_shape(node, "input"), node_shape(node, "output")
         info = ""
-        if kind in ("LIF", "IF", "CubaLIF", "LI", "CubaLI", "I"):
+        if fg.role(name) == NEURON:
             parts = []
-            for f in ("tau", "tau_syn", "tau_mem", "r", "v_threshold", "v_reset", "w_in"):
+            for f in fg.prim(name).params:
                 v = getattr(node, f, None)
                 if v is not None:
                     a = np.asarray(v, dtype=np.float64)
@@ -143,7 +144,7 @@ def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, in
             raise SbcError("the onnxruntime engine runs the discretization stored in the file "
                            f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
                            "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
-        from ..onnx_io import evaluate_onnxruntime
+        from ..io.onnx_io import evaluate_onnxruntime
 
         res = evaluate_onnxruntime(model, ds, readout=readout, batch_size=batch_size, progress=True)
     else:

@@ -15,15 +15,12 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
-from ..calibrate import NEURONS
 from ..graph import FlatGraph, flatten, node_shape
 from ..sim import SimConfig
-from ..sim.ops import WEIGHT_NODES
-from .deploy import PASS, SCALED_PARAMS, _paths_to_neurons, _sources_of
+from ..primitives import NEURON, WEIGHT, decay
 from .fanout import layer_fanin, layer_fanout
 from .profiles import Profile, load_profile
 
-NEURON_PARAMS = ("tau", "tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in")
 
 
 @dataclass
@@ -41,7 +38,7 @@ class Violation:
 def _codes(node) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Integer codes of a weight node and its per-channel scale: integer arrays as they are; float arrays
     via the node's sbc_onnx.scale metadata, else an inferred <= 8-bit grid. (None, None, why) if float."""
-    from ..onnx_io import infer_grid
+    from ..io.onnx_io import infer_grid
 
     w = np.asarray(node.weight)
     if w.dtype.kind in "iu":
@@ -84,8 +81,8 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
             if fg.kind(n) not in p.nir_nodes:
                 err("node-type", n, f"{fg.kind(n)} is not supported by the {p.name} toolchain "
                     f"(supported: {', '.join(x for x in p.nir_nodes if x not in ('Input', 'Output'))})")
-    weights = [n for n in fg.order if fg.kind(n) in WEIGHT_NODES]
-    neurons = [n for n in fg.order if fg.kind(n) in NEURONS]
+    weights = fg.weight_nodes()
+    neurons = fg.neurons()
     integer_model = any(np.asarray(fg.nodes[n].weight).dtype.kind in "iu" for n in weights)
 
     # weights: integer codes, range, granularity, bias
@@ -118,15 +115,15 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
 
     # neurons: integer parameters, widths, homogeneity, reset, decay
     for n in neurons:
-        node, kind = fg.nodes[n], fg.kind(n)
-        if p.integer_neurons and hasattr(node, "v_threshold"):
-            vals = {f: np.asarray(getattr(node, f)) for f in SCALED_PARAMS if getattr(node, f, None) is not None}
+        node, prim = fg.nodes[n], fg.prim(n)
+        if p.integer_neurons and prim.threshold:
+            vals = {f: np.asarray(getattr(node, f)) for f in prim.scaled_fields if getattr(node, f, None) is not None}
             nonint = [f for f, v in vals.items() if not _is_int_valued(v)]
             if nonint:
                 err("threshold-bits", n, f"{', '.join(nonint)} not integer; {p.name} stores integer neuron "
                     "parameters (fold the weight scales with `sbc-onnx compress --target`)")
             else:
-                thr = vals["v_threshold"]
+                thr = vals[prim.threshold]
                 if p.threshold_bits is not None:
                     lo, hi = p.int_range(p.threshold_bits, p.threshold_signed)
                     if thr.min() < lo or thr.max() > hi:
@@ -142,17 +139,14 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
         if p.v_reset_zero_only and getattr(node, "v_reset", None) is not None and np.any(np.asarray(node.v_reset) != 0):
             err("reset", n, f"v_reset is not 0; {p.name} resets to zero")
         if p.homogeneous_params:
-            het = [f for f in NEURON_PARAMS if getattr(node, f, None) is not None
+            het = [f for f in prim.params if getattr(node, f, None) is not None
                    and np.size(getattr(node, f)) > 1 and np.ptp(np.asarray(getattr(node, f), np.float64)) > 0]
             if het:
                 err("homogeneous", n, f"{', '.join(het)} differ across the layer's neurons; {p.name} has one "
                     "value per layer/population")
-        tau = getattr(node, "tau", getattr(node, "tau_mem", None))
-        if kind in ("LIF", "LI", "CubaLIF", "CubaLI") and tau is not None:
-            _check_decay(err, n, p, np.asarray(tau, np.float64), cfg, "tau")
-        if kind in ("CubaLIF", "CubaLI"):
-            _check_decay(err, n, p, np.asarray(node.tau_syn, np.float64), cfg, "tau_syn")
-    if any(fg.kind(n) in ("LIF", "IF", "CubaLIF") for n in neurons) and cfg.reset not in p.reset_modes:
+        for f in reversed(prim.tau_fields):  # membrane first
+            _check_decay(err, n, p, getattr(node, f), cfg, f)
+    if any(fg.prim(n).spiking for n in neurons) and cfg.reset not in p.reset_modes:
         err("reset", None, f"the model uses reset '{cfg.reset}' (graph metadata / --reset); {p.name} supports "
             f"{' and '.join(p.reset_modes)}")
 
@@ -160,7 +154,7 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
     fan_in: dict[str, np.ndarray] = {}
     for n in weights:
         fin = layer_fanin(fg.nodes[n])
-        for path in _paths_to_neurons(fg, n)[0]:
+        for path in fg.paths_to_neurons(n)[0]:
             fan_in[path[-1]] = fan_in.get(path[-1], 0) + int(fin.max(initial=0))
     if p.fan_in_max is not None:
         for n, v in fan_in.items():
@@ -168,7 +162,7 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
                 err("fan-in", n, f"a neuron receives up to {v} non-zero synapses; {p.name} allows {p.fan_in_max}")
     if p.fan_out_max is not None:
         for n in weights:
-            src = [s for s in _sources_of(fg, n) if fg.kind(s) in NEURONS or s in fg.inputs]
+            src = [s for s in fg.sources_of(n) if fg.role(s) == NEURON or s in fg.inputs]
             if not src:
                 continue
             fo = int(layer_fanout(fg.nodes[n]).max(initial=0))
@@ -181,9 +175,9 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
             stack = list(fg.succs[n])
             while stack:
                 m = stack.pop()
-                if fg.kind(m) in WEIGHT_NODES:
+                if fg.role(m) == WEIGHT:
                     dest.add(m)
-                elif fg.kind(m) in PASS and m not in fg.outputs:
+                elif fg.passes_through(m):
                     stack.extend(fg.succs[m])
             if len(dest) > p.fan_out_layers_max:
                 err("fan-out", n, f"sends to {len(dest)} layers ({', '.join(sorted(dest))}); {p.name} allows "
@@ -217,8 +211,8 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
                 err("outputs", n, f"{k} output neurons; {p.name} has {p.outputs_max}")
     if p.no_consecutive_weight_layers:
         for n in weights:
-            for m in _paths_to_neurons(fg, n)[1]:
-                if fg.kind(m) in WEIGHT_NODES:
+            for m in fg.paths_to_neurons(n)[1]:
+                if fg.role(m) == WEIGHT:
                     err("structure", n, f"feeds weight layer {m} directly; {p.name} needs a neuron between "
                         "two weight layers")
     if p.core_kernel_memory is not None:
@@ -226,8 +220,8 @@ def check_graph(graph: nir.NIRGraph, profile: Profile | str, cfg: SimConfig | No
     return out
 
 
-def _check_decay(err, n, p: Profile, tau: np.ndarray, cfg: SimConfig, what: str) -> None:
-    k = cfg.dt / tau if cfg.integrator == "euler" else -np.expm1(-cfg.dt / tau)
+def _check_decay(err, n, p: Profile, tau, cfg: SimConfig, what: str) -> None:
+    k = decay(tau, cfg)
     if p.decay == "fixed12":
         d = np.round(k * 4096)
         if np.any(d < 1) or np.any(d > 4095):
@@ -272,7 +266,7 @@ def _check_speck(err, fg: FlatGraph, p: Profile, weights: list[str]) -> None:
             fy, fx = out_shape[1], out_shape[2]
         else:  # dense layers run as a convolution whose kernel covers the whole input
             in_shape = node_shape(node, "input") or (w.shape[1],)
-            src = [s for s in _sources_of(fg, n)]
+            src = list(fg.sources_of(n))
             c, kh, kw = w.shape[1], 1, 1
             for s_ in src:  # Flatten after a (C, H, W) map: kernel H x W over C channels
                 shp = node_shape(fg.nodes[s_], "output") or ()

@@ -28,55 +28,18 @@ from typing import Any
 import nir
 import numpy as np
 
-from ..calibrate import NEURONS
 from ..errors import SbcError
 from ..graph import FlatGraph, flatten, node_shape
 from ..sim import SimConfig
-from ..sim.ops import WEIGHT_NODES, build_op
+from ..primitives import primitive
+from ..sim.ops import build_op
 from .profiles import Profile, load_profile
 
 log = logging.getLogger("sbc_onnx")
 
-PASS = ("Scale", "SumPool2d", "AvgPool2d", "Flatten", "Delay", "Input", "Output")
-SPIKING_NEURONS = ("LIF", "IF", "CubaLIF")
-SCALED_PARAMS = ("v_threshold", "v_reset", "v_leak")  # divided by s; r, tau, tau_syn, w_in are not
 
 
 # ---------------------------------------------------------------- graph helpers
-
-def _paths_to_neurons(fg: FlatGraph, layer: str) -> tuple[list[list[str]], list[str]]:
-    """Paths layer -> ... -> neuron through stateless nodes, and the other sinks reached (graph outputs,
-    weight layers, unsupported nodes)."""
-    paths, sinks = [], []
-    stack = [[layer, s] for s in fg.succs[layer]]
-    while stack:
-        p = stack.pop()
-        n = p[-1]
-        kind = fg.kind(n)
-        if kind in NEURONS:
-            paths.append(p)
-        elif kind in PASS and not (kind == "Output" and n in fg.outputs) and n not in p[:-1]:
-            stack.extend(p + [s] for s in fg.succs[n])
-        else:
-            sinks.append(n)
-    return paths, sinks
-
-
-def _sources_of(fg: FlatGraph, neuron: str) -> set[str]:
-    """Nodes that feed `neuron` through stateless nodes (weight layers, inputs, other neurons...)."""
-    out, seen = set(), set()
-    stack = list(fg.preds[neuron]) + list(fg.back_preds[neuron])
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if fg.kind(n) in PASS and n not in fg.inputs:
-            stack.extend(fg.preds[n] + fg.back_preds[n])
-        else:
-            out.add(n)
-    return out
-
 
 def _layer_out_scale(node, s: np.ndarray) -> np.ndarray:
     """Per-channel scale broadcast to the weight node's output shape."""
@@ -113,7 +76,7 @@ def neuron_scales(fg: FlatGraph, scales: dict[str, np.ndarray]) -> dict[str, tup
     if a layer reaches something other than a neuron, or if a neuron has an unscaled input."""
     out: dict[str, tuple[np.ndarray, list[str]]] = {}
     for layer, s in scales.items():
-        paths, sinks = _paths_to_neurons(fg, layer)
+        paths, sinks = fg.paths_to_neurons(layer)
         if sinks or not paths:
             what = ", ".join(f"{x} ({fg.kind(x)})" for x in sinks) or "nothing"
             raise SbcError(f"cannot fold the scale of layer {layer!r}: it reaches {what} instead of a neuron")
@@ -131,11 +94,11 @@ def neuron_scales(fg: FlatGraph, scales: dict[str, np.ndarray]) -> dict[str, tup
             else:
                 out[neuron] = (S, [layer])
     for neuron, (S, layers) in out.items():
-        extra = _sources_of(fg, neuron) - set(scales)
+        extra = fg.sources_of(neuron) - set(scales)
         if extra:
             raise SbcError(f"neuron {neuron!r} also receives input from {sorted(extra)}, which carries no "
                            "weight scale; folding would change its dynamics")
-        if fg.kind(neuron) not in SPIKING_NEURONS:
+        if not fg.prim(neuron).spiking:
             feeds_output = any(fg.kind(x) == "Output" for x in fg.succs[neuron]) and all(
                 fg.kind(x) == "Output" for x in fg.succs[neuron])
             if not feeds_output or np.ptp(S) > 1e-12 * np.abs(S).max():
@@ -179,7 +142,7 @@ def fold_scales(graph: nir.NIRGraph, scales: dict[str, np.ndarray], *, multiply:
             node.bias = op(np.asarray(b, np.float64), s if s.size > 1 else s[0])
     for neuron, (S, _) in nmap.items():
         node = fg.nodes[neuron]
-        for f in SCALED_PARAMS:
+        for f in fg.prim(neuron).scaled_fields:
             v = getattr(node, f, None)
             if v is None:
                 if f == "v_reset" and hasattr(node, "v_threshold"):
@@ -237,10 +200,10 @@ class IntegerModel:
 def _foldable(fg: FlatGraph, layers: list[str]) -> tuple[list[str], dict[str, str]]:
     ok, why = [], {}
     for layer in layers:
-        paths, sinks = _paths_to_neurons(fg, layer)
+        paths, sinks = fg.paths_to_neurons(layer)
         if sinks or not paths:
             why[layer] = "reaches " + (", ".join(sinks) if sinks else "no neuron")
-        elif any(fg.kind(p[-1]) not in SPIKING_NEURONS for p in paths):
+        elif any(not fg.prim(p[-1]).spiking for p in paths):
             why[layer] = "feeds a non-spiking neuron"
         else:
             ok.append(layer)
@@ -248,8 +211,8 @@ def _foldable(fg: FlatGraph, layers: list[str]) -> tuple[list[str], dict[str, st
     while changed:  # neurons with an input that is not a foldable layer block all their layers
         changed = False
         for layer in list(ok):
-            for p in _paths_to_neurons(fg, layer)[0]:
-                extra = _sources_of(fg, p[-1]) - set(ok)
+            for p in fg.paths_to_neurons(layer)[0]:
+                extra = fg.sources_of(p[-1]) - set(ok)
                 if extra:
                     ok.remove(layer)
                     why[layer] = f"neuron {p[-1]} also receives {sorted(extra)}"
@@ -280,7 +243,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
     # neurons fed by several layers need one scale: re-quantize those layers (RTN) to the largest scale
     groups: dict[str, list[str]] = {}
     for layer in fold:
-        for p in _paths_to_neurons(fg, layer)[0]:
+        for p in fg.paths_to_neurons(layer)[0]:
             groups.setdefault(p[-1], []).append(layer)
     for neuron, ls in groups.items():
         ls = sorted(set(ls))
@@ -314,7 +277,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
     for neuron in nmap:
         node = fi.nodes[neuron]
         worst = 0.0
-        for f in SCALED_PARAMS:
+        for f in fi.prim(neuron).scaled_fields:
             v = getattr(node, f, None)
             if v is None:
                 continue
@@ -341,7 +304,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
             br = np.round(bv)
             worst_b = float(np.abs(bv - br).max(initial=0.0))
             node.bias = br.astype(_int_dtype(br) if br.size else np.int32)
-        neurons = sorted({p[-1] for p in _paths_to_neurons(fi, layer)[0]})
+        neurons = sorted({p[-1] for p in fi.paths_to_neurons(layer)[0]})
         thr = [np.asarray(fi.nodes[n].v_threshold) for n in neurons if hasattr(fi.nodes[n], "v_threshold")]
         results.append(FoldedLayer(
             layer=layer, neurons=neurons, scale_min=float(s_round[layer].min()), scale_max=float(s_round[layer].max()),
@@ -371,7 +334,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
 def _cast_float32(graph: nir.NIRGraph) -> None:
     """Float64 parameters of the twin back to float32 (the exported dtype); exact for s' q values."""
     for node in flatten(graph).nodes.values():
-        for f in ("weight", "bias", *SCALED_PARAMS):
+        for f in ("weight", "bias", *primitive(node).scaled_fields):
             v = getattr(node, f, None)
             if isinstance(v, np.ndarray) and v.dtype.kind in "fiu":
                 setattr(node, f, v.astype(np.float32))
@@ -431,7 +394,7 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, *, s
     b, scheme, gran = target_settings(profile, bits)
     new, rep = compress(graph, calib, sparsity=sparsity, bits=b, method=method, pattern=pattern, grid=scheme,
                         granularity=gran, cfg=cfg, **kwargs)
-    missing = [n for n in flatten(new).nodes if flatten(new).kind(n) in WEIGHT_NODES and n not in rep.quant]
+    missing = [n for n in flatten(new).weight_nodes() if n not in rep.quant]
     if missing:
         raise SbcError(f"layers {missing} carry no integer codes after compression")
     im = integerize(new, rep.quant, profile)
@@ -460,7 +423,7 @@ def write_deployment(int_graph: nir.NIRGraph, float_graph: nir.NIRGraph, path: s
                      cfg: SimConfig | None = None) -> tuple[Path, Path]:
     """OUT.nir: integer weights + folded integer neuron parameters (node metadata: scale, bits);
     OUT.float.nir: the dequantized float twin."""
-    from ..nir_io import write_nir
+    from ..io.nir_io import write_nir
 
     p = Path(path)
     if p.suffix.lower() != ".nir":

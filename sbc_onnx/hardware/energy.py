@@ -21,11 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..calibrate import NEURONS
 from ..graph import flatten
 from ..sim import SimConfig, Walker
-from ..sim.ops import WEIGHT_NODES
-from .deploy import _sources_of
+from ..primitives import NEURON
 from .fanout import dense_macs_per_step, layer_fanout, nonzero_macs_per_step
 
 E_AC_PJ = 0.9
@@ -110,7 +108,7 @@ class EnergyReport:
 def weight_bits(node) -> int:
     """Bits per stored weight: metadata sbc_onnx.bits, else the integer width needed, else the smallest
     grid inferred from float weights, else the float width."""
-    from ..onnx_io import infer_grid
+    from ..io.onnx_io import infer_grid
 
     w = np.asarray(node.weight)
     meta = getattr(node, "metadata", None) or {}
@@ -143,7 +141,7 @@ def energy_report(graph, dataset, cfg: SimConfig | None = None, *, name: str = "
 
     fg = flatten(graph)
     walker = Walker(fg, cfg)
-    weights = [n for n in fg.order if fg.kind(n) in WEIGHT_NODES]
+    weights = fg.weight_nodes()
     fanout = {n: layer_fanout(fg.nodes[n]) for n in weights}
     events = {n: np.zeros(fanout[n].shape) for n in weights}
 
@@ -177,8 +175,8 @@ def energy_report(graph, dataset, cfg: SimConfig | None = None, *, name: str = "
     layers = []
     for n in weights:
         node = fg.nodes[n]
-        srcs = sorted(_sources_of(fg, n))
-        spike_in = all(fg.kind(s) in NEURONS for s in srcs) and not any(s in fg.inputs for s in srcs)
+        srcs = sorted(fg.sources_of(n))
+        spike_in = all(fg.role(s) == NEURON for s in srcs) and not any(s in fg.inputs for s in srcs)
         b = weight_bits(node)
         dense, csr, mask = memory_bits(node.weight, b)
         ev = float(events[n].sum()) / n_samples
@@ -192,7 +190,7 @@ def energy_report(graph, dataset, cfg: SimConfig | None = None, *, name: str = "
             mem_dense_bits=dense, mem_csr_bits=csr, mem_bitmask_bits=mask))
     # firing rate per neuron per (true) step; padded steps of ragged data carry no input
     rates = {n: spikes[n] / (cells[n] / n_samples * step_total) for n in walker.spiking if n in spikes
-             and fg.kind(n) in NEURONS}
+             and fg.role(n) == NEURON}
     acc = correct / n_samples if src in spikes and readout == "count" else None
     return EnergyReport(model=name, n_samples=n_samples, mean_steps=step_total / n_samples, e_ac_pj=e_ac,
                         e_mac_pj=e_mac, layers=layers, firing_rates=rates, accuracy=acc)

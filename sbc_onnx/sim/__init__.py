@@ -1,7 +1,7 @@
 """NumPy simulator for NIR graphs (knows nothing of compression)."""
 
 from .config import SimConfig
-from .ops import REGISTRY, SPIKING, WEIGHT_NODES
+from .ops import REGISTRY
 from .walker import RunResult, Walker, simulate
 
-__all__ = ["SimConfig", "Walker", "RunResult", "simulate", "REGISTRY", "SPIKING", "WEIGHT_NODES"]
+__all__ = ["SimConfig", "Walker", "RunResult", "simulate", "REGISTRY"]

@@ -1,14 +1,10 @@
-"""One NIR primitive = one small class: `init_state(x)` and `step(x, state) -> (y, state)`.
+"""The simulator step of each primitive: `init_state(x)` and `step(x, state) -> (y, state)`, in a registry.
 
 Inputs `x` are batched (B, *shape). State is created from the first input's shape, so no shape inference
-is needed. Neuron updates per step (k = dt/tau for Euler, 1 - exp(-dt/tau) for the exact integrator):
-
-    LIF      v = (1-k) v + k (v_leak + r I);  s = v > v_threshold;  reset v = v_reset | v -= v_threshold
-    LI       v as LIF, output v (no spikes)
-    IF       v = v + r I (per step, dt not used);  spike/reset as LIF
-    I        v = v + r I, output v
-    CubaLIF  I_syn = (1-ks) I_syn + ks w_in x;  v as LIF driven by I_syn (new or previous, cuba_order)
-    CubaLI   the same without spikes, output v
+is needed. Every neuron kind runs the one `Neuron` step built from its catalogue stages
+(sbc_onnx/primitives.py): per stage s = (1-k) s + k leak + k g drive (k = dt/tau for Euler,
+1 - exp(-dt/tau) for the exact integrator; s += g drive for an integrator), then threshold and reset
+(v = v_reset or v -= v_threshold) on the last stage.
 """
 
 from __future__ import annotations
@@ -19,12 +15,11 @@ import numpy as np
 import nir
 
 from ..errors import SbcError
+from ..primitives import NEURON, kinds, primitive
 from .config import SimConfig
 from .conv import as_tuple, conv_forward, conv_padding, sum_pool2d
 
 REGISTRY: dict[str, Callable[[Any, SimConfig], "Op"]] = {}
-SPIKING = ("LIF", "IF", "CubaLIF", "Threshold")
-WEIGHT_NODES = ("Affine", "Linear", "Conv1d", "Conv2d")
 
 
 def register(*names: str):
@@ -54,10 +49,9 @@ def _arr(v, cfg: SimConfig, default: float | None = None) -> np.ndarray:
 
 
 class Op:
-    spiking = False
-
     def __init__(self, node: Any, cfg: SimConfig):
         self.node, self.cfg = node, cfg
+        self.spiking = primitive(node).spiking
 
     def init_state(self, x: np.ndarray) -> Any:
         return None
@@ -147,8 +141,6 @@ class Flatten(Op):
 
 @register("Threshold")
 class Threshold(Op):
-    spiking = True
-
     def __init__(self, node, cfg):
         super().__init__(node, cfg)
         self.threshold = _arr(node.threshold, cfg)
@@ -183,101 +175,59 @@ class Delay(Op):
         return y, state
 
 
-def _decay(tau: np.ndarray, cfg: SimConfig) -> np.ndarray:
-    """Fraction k of the way to the target per step: dt/tau (Euler) or 1-exp(-dt/tau) (exact)."""
-    tau = np.asarray(tau, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        k = cfg.dt / tau if cfg.integrator == "euler" else -np.expm1(-cfg.dt / tau)
-    return k.astype(cfg.dtype)
-
-
-class _Membrane(Op):
-    """Shared leaky/non-leaky membrane with optional threshold and reset."""
-
-    leaky = True
-    has_threshold = True
+class Neuron(Op):
+    """Every neuron primitive: its catalogue stages integrated in order, then threshold and reset
+    (sbc_onnx/primitives.py). The arithmetic per stage is keep*s + leak_in + gain*drive."""
 
     def __init__(self, node, cfg):
         super().__init__(node, cfg)
-        r = _arr(node.r, cfg)
-        if self.leaky:
-            k = _decay(node.tau if hasattr(node, "tau") else node.tau_mem, cfg)
-            v_leak = _arr(node.v_leak, cfg)
-            self.keep, self.leak_in, self.gain = (1 - k), k * v_leak, k * r
-        else:
-            self.keep, self.leak_in, self.gain = None, None, r
-        if self.has_threshold:
-            self.threshold = _arr(node.v_threshold, cfg)
-            self.v_reset = _arr(getattr(node, "v_reset", None), cfg, 0.0)
-        self.spiking = self.has_threshold
+        self.prim = primitive(node)
+        self.stages = []  # (state name, keep | None, leak_in | None, gain)
+        for st, k in zip(self.prim.stages, self.prim.decays(node, cfg)):
+            g = _arr(getattr(node, st.gain, None) if st.gain else None, cfg, 1.0)
+            if k is None:
+                self.stages.append((st.state, None, None, g))
+            else:
+                k = k.astype(cfg.dtype)
+                leak = k * _arr(getattr(node, st.leak), cfg) if st.leak else None
+                self.stages.append((st.state, 1 - k, leak, k * g))
+        self.spiking = self.prim.spiking
+        if self.spiking:
+            self.threshold = _arr(getattr(node, self.prim.threshold), cfg)
+            self.v_reset = _arr(getattr(node, self.prim.reset, None), cfg, 0.0)
 
     def init_state(self, x):
-        shape = np.broadcast_shapes(x.shape, (1,) + np.shape(self.gain))
-        return {"v": np.zeros(shape, dtype=self.cfg.dtype)}
+        shape = np.broadcast_shapes(x.shape, (1,) + np.shape(self.stages[-1][3]))
+        return {name: np.zeros(shape, dtype=self.cfg.dtype) for name, *_ in self.stages}
 
-    def integrate(self, v, current):
-        if self.keep is None:
-            return v + self.gain * current
-        return self.keep * v + self.leak_in + self.gain * current
+    def step(self, x, state):
+        drive = x
+        last = len(self.stages) - 1
+        for j, (name, keep, leak_in, gain) in enumerate(self.stages):
+            old = state[name]
+            if keep is None:
+                new = old + gain * drive
+            elif leak_in is None:
+                new = keep * old + gain * drive
+            else:
+                new = keep * old + leak_in + gain * drive
+            state[name] = new
+            # the next stage is driven by this stage's new value, or last step's (NIR reference order)
+            drive = old if j < last and self.cfg.cuba_order == "previous_current" else new
+        return self.fire(state)
 
     def fire(self, state):
-        v = state["v"]
-        if not self.has_threshold:
+        name = self.stages[-1][0]
+        v = state[name]
+        if not self.spiking:
             return v.copy(), state
         s = v > self.threshold
         if self.cfg.reset == "to_v_reset":
-            state["v"] = np.where(s, self.v_reset, v)
+            state[name] = np.where(s, self.v_reset, v)
         else:
-            state["v"] = v - s * self.threshold
+            state[name] = v - s * self.threshold
         return s.astype(self.cfg.dtype), state
 
-    def step(self, x, state):
-        state["v"] = self.integrate(state["v"], x)
-        return self.fire(state)
 
-
-@register("LIF")
-class LIF(_Membrane):
-    pass
-
-
-@register("LI")
-class LI(_Membrane):
-    has_threshold = False
-
-
-@register("IF")
-class IF(_Membrane):
-    leaky = False
-
-
-@register("I")
-class Integrator(_Membrane):
-    leaky = False
-    has_threshold = False
-
-
-@register("CubaLIF")
-class CubaLIF(_Membrane):
-    def __init__(self, node, cfg):
-        super().__init__(node, cfg)
-        ks = _decay(node.tau_syn, cfg)
-        w_in = _arr(node.w_in, cfg, 1.0)
-        self.syn_keep, self.syn_gain = 1 - ks, ks * w_in
-
-    def init_state(self, x):
-        state = super().init_state(x)
-        state["i"] = np.zeros_like(state["v"])
-        return state
-
-    def step(self, x, state):
-        i_new = self.syn_keep * state["i"] + self.syn_gain * x
-        drive = i_new if self.cfg.cuba_order == "current_first" else state["i"]
-        state["i"] = i_new
-        state["v"] = self.integrate(state["v"], drive)
-        return self.fire(state)
-
-
-@register("CubaLI")
-class CubaLI(CubaLIF):
-    has_threshold = False
+for _kind in kinds(NEURON):
+    REGISTRY[_kind] = Neuron

@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import SbcError
-from .graph import FlatGraph, flatten
-from .onnx_common import (CONVENTION, DOMAIN, EDGE_ORDER_KEY, SUBGRAPHS_KEY, DOMAIN_VERSION, DT_TENSOR, IR_VERSION, KEY_CONVENTION, KEY_DTYPE,
-                          KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META, OPSET, PARAM_FIELDS, SIM_KEYS, SPIKING,
-                          encode, state_names)
+from ..errors import SbcError
+from ..graph import FlatGraph, flatten
+from ..primitives import NEURON, PARAM_FIELDS, primitive
+from .onnx_common import (CONVENTION, DOMAIN, EDGE_ORDER_KEY, SUBGRAPHS_KEY, DOMAIN_VERSION, DT_TENSOR, IR_VERSION,
+                          KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META, OPSET, SIM_KEYS, encode)
 from .onnx_functions import build_functions
-from .sim.config import SimConfig
-from .sim.conv import as_tuple, conv_padding
-from .sim.walker import Walker
+from ..sim.config import SimConfig
+from ..sim.conv import as_tuple, conv_padding
+from ..sim.walker import Walker
 
 Quant = dict[str, tuple[np.ndarray, np.ndarray, Any]]
 
@@ -207,27 +207,25 @@ class _Builder:
             s = self.node("Cast", [r], f"{n}/delay_steps", to=TensorProto.INT64)
             shp = self.const(f"{n}/idx_shape", [1, 1] + list(self.ins[n]), np.int64)
             return [self.node("Expand", [s, shp], f"{n}/idx")]
-        if kind in ("Input", "Output"):
+        prim = primitive(kind)
+        if prim.role != NEURON:
             return []
-        # neurons
         out = []
-        if kind.startswith("Cuba"):
-            ks = self.decay(n, p["tau_syn"], "syn")
-            one = self.const(f"{n}/one_s", 1.0, self.dtype)
-            out.append(self.node("Sub", [one, ks], f"{n}/syn_keep"))
-            w_in = c("w_in") if "w_in" in p else self.const(f"{n}/w_in_default", 1.0, self.dtype)
-            out.append(self.node("Mul", [ks, w_in], f"{n}/syn_gain"))
-        if kind in ("IF", "I"):
-            out.append(c("r", "gain"))
-        else:
-            k = self.decay(n, p["tau"] if "tau" in p else p["tau_mem"], "mem")
-            one = self.const(f"{n}/one", 1.0, self.dtype)
-            out.append(self.node("Sub", [one, k], f"{n}/keep"))
-            out.append(self.node("Mul", [k, c("v_leak")], f"{n}/leak_in"))
-            out.append(self.node("Mul", [k, c("r")], f"{n}/gain"))
-        if kind in ("LIF", "IF", "CubaLIF"):
-            out.append(c("v_threshold"))
-            out.append(c("v_reset") if "v_reset" in p else self.const(f"{n}/v_reset_default", 0.0, self.dtype))
+        for st in prim.stages:  # the constants of onnx_functions.stage_inputs, from the catalogue stage
+            pre = f"{n}/{st.prefix}"
+            g = c(st.gain, f"{st.prefix}g") if st.gain in p else self.const(f"{pre}g_default", 1.0, self.dtype)
+            if st.tau is None:
+                out.append(g)
+                continue
+            k = self.decay(n, p[st.tau], st.tag)
+            one = self.const(f"{n}/one_{st.tag}", 1.0, self.dtype)
+            out.append(self.node("Sub", [one, k], f"{pre}keep"))
+            if st.leak:
+                out.append(self.node("Mul", [k, c(st.leak)], f"{pre}leak_in"))
+            out.append(self.node("Mul", [k, g], f"{pre}gain"))
+        if prim.spiking:
+            out.append(c(prim.threshold))
+            out.append(c(prim.reset) if prim.reset in p else self.const(f"{n}/v_reset_default", 0.0, self.dtype))
         return out
 
     # ---- the Scan body -------------------------------------------------------------------------------
@@ -274,14 +272,14 @@ class _Builder:
                     nxt = f"{n}/x" if j == len(parts) - 2 else f"{n}/x{j + 1}"
                     self.body.append(helper.make_node("Add", [x, part], [nxt], name=nxt))
                     x = nxt
-            st = state_names(kind)
+            st = primitive(kind).state
             st_in = [f"{n}/{s}" for s in st]
             st_out = [f"{n}/{s}_next" for s in st]
             call = helper.make_node(kind, [x] + st_in + params, [f"{n}/y"] + st_out, name=n, domain=DOMAIN)
             attrs = {}
-            if kind in ("LIF", "IF", "CubaLIF"):
+            if primitive(kind).role == NEURON and primitive(kind).spiking:
                 attrs["subtract"] = int(self.cfg.reset == "subtract")
-            if kind.startswith("Cuba"):
+            if len(primitive(kind).stages) > 1:
                 attrs["previous_current"] = int(self.cfg.cuba_order == "previous_current")
             attrs.update(self.exec_attrs(n, node, kind))
             call.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
@@ -304,7 +302,7 @@ class _Builder:
                 else:
                     carry(f"{n}/{s}", f"{n}/{s}_next", self.states[n][s], f"{n}/{s}_final")
                     self.exposed.append((f"{n}/{s}_final", self.states[n][s]))
-            if kind in SPIKING:
+            if primitive(kind).spiking:
                 carry(f"{n}/count", f"{n}/count_next", self.outs[n], f"{n}/count_final")
                 self.body.append(helper.make_node("Add", [f"{n}/count", f"{n}/y"], [f"{n}/count_next"],
                                                   name=f"{n}/count_next"))

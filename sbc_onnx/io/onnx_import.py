@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import SbcError
+from ..errors import SbcError
 from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
-                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, KINDS, PARAM_FIELDS, SIM_KEYS, decode)
+                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, SIM_KEYS, decode)
+from ..primitives import CATALOGUE, PARAM_FIELDS
 from .onnx_export import dequantize
 
 log = logging.getLogger("sbc_onnx")
@@ -42,7 +43,7 @@ def check_convention(model: onnx.ModelProto, path) -> onnx.NodeProto:
         body = next(a.g for a in s.attribute if a.name == "body")
         for n in body.node:
             if n.domain == DOMAIN:
-                if n.op_type not in KINDS or (DOMAIN, n.op_type) not in local:
+                if n.op_type not in CATALOGUE or (DOMAIN, n.op_type) not in local:
                     unknown.add(_label(n))
             elif n.domain or n.op_type not in BODY_OPS:
                 unknown.add(_label(n))

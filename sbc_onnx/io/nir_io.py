@@ -19,8 +19,8 @@ import h5py
 import nir
 import numpy as np
 
-from .errors import SbcError, existing_file
-from .graph import flatten, node_shape
+from ..errors import SbcError, existing_file
+from ..graph import flatten, node_shape
 
 log = logging.getLogger("sbc_onnx")
 

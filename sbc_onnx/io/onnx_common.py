@@ -22,26 +22,7 @@ SUBGRAPHS_KEY = "nir_subgraphs"  # graph metadata: nested NIRGraph nodes {path: 
 EDGE_ORDER_KEY = "nir_edge_order"  # graph metadata key (stored as nir.json.nir_edge_order)
 SIM_KEYS = ("dt", "integrator", "reset", "cuba_order")
 
-# NIR fields stored as initializers `<node>.<field>` (every other init field is structural -> node metadata)
-PARAM_FIELDS = ("weight", "bias", "scale", "threshold", "delay", "tau", "tau_syn", "tau_mem", "r", "v_leak",
-                "v_threshold", "v_reset", "w_in")
 WEIGHT_FIELDS = ("weight", "bias")  # the fields `update_onnx` rewrites (of weight nodes)
-WEIGHT_KINDS = ("Affine", "Linear", "Conv1d", "Conv2d")
-NEURONS = ("LIF", "LI", "IF", "I", "CubaLIF", "CubaLI")
-SPIKING = ("LIF", "IF", "CubaLIF", "Threshold")
-KINDS = ("Input", "Output", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "SumPool2d", "AvgPool2d", "Flatten",
-         "Threshold", "Delay") + NEURONS
-
-
-def state_names(kind: str) -> tuple[str, ...]:
-    """Loop-carried state of one node, in the order of the function's state inputs/outputs."""
-    if kind in ("CubaLIF", "CubaLI"):
-        return ("i", "v")
-    if kind in NEURONS:
-        return ("v",)
-    if kind == "Delay":
-        return ("buf",)
-    return ()
 
 
 def encode(v: Any) -> str:

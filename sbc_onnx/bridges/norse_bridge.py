@@ -52,8 +52,8 @@ try:
     from norse.torch.module.lif_box import LIFBoxCell
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "converters.norse_bridge needs torch==2.13.0, nirtorch and norse 1.1.0 "
-        f"(pip install --no-deps norse==1.1.0; see converters/README.md): {e}"
+        "sbc_onnx.bridges.norse_bridge needs torch==2.13.0, nirtorch and norse 1.1.0 "
+        f"(pip install --no-deps norse==1.1.0; see sbc_onnx/bridges/README.md): {e}"
     ) from e
 
 __all__ = ["export_norse", "import_norse", "run_norse"]

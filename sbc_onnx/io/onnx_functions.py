@@ -1,6 +1,7 @@
 """The model-local functions of the convention: one FunctionProto per NIR primitive (domain `snn.nir`).
 
-Each function is one time step of one NIR node. Formulas mirror `sim/ops.py` operation by operation
+Each function is one time step of one NIR node; neuron functions are generated from the catalogue's
+stages (sbc_onnx/primitives.py). Formulas mirror `sim/ops.py` operation by operation
 (same operands, same association order) so that onnxruntime and the NumPy walker round identically.
 Per-node constants (keep = 1-k, leak_in = k*v_leak, gain = k*r, ...) are computed once outside the Scan.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
+from ..primitives import NEURON, Primitive, Stage, kinds, primitive
 from .onnx_common import DOMAIN, OPSET
 
 
@@ -32,15 +34,6 @@ def _fn(name, inputs, outputs, nodes, attributes=(), doc="") -> FunctionProto:
     return f
 
 
-def _membrane(leaky: bool, drive: str, out: str) -> list:
-    """v1 = keep*v + leak_in + gain*drive (leaky) or v + gain*drive, into tensor `out`."""
-    n = helper.make_node
-    if leaky:
-        return [n("Mul", ["keep", "v"], ["kv"]), n("Add", ["kv", "leak_in"], ["kvl"]),
-                n("Mul", ["gain", drive], ["gx"]), n("Add", ["kvl", "gx"], [out])]
-    return [n("Mul", ["gain", drive], ["gx"]), n("Add", ["v", "gx"], [out])]
-
-
 def _fire() -> list:
     """z = (v1 > thr); v_next = where(z, v_reset, v1)  or (attribute subtract=1)  v1 - z*thr."""
     n = helper.make_node
@@ -50,24 +43,45 @@ def _fire() -> list:
             n("Where", ["sub", "v_sub", "v_to"], ["v_next"])]
 
 
-def _neuron(kind: str) -> FunctionProto:
+def stage_inputs(stage: Stage) -> list[str]:
+    """The derived constants one neuron stage takes (see `_stage`), in function-input order."""
+    p = stage.prefix
+    if stage.tau is None:
+        return [p + "gain"]
+    return [p + "keep"] + ([p + "leak_in"] if stage.leak else []) + [p + "gain"]
+
+
+def _stage(stage: Stage, drive: str, out: str) -> list:
+    """out = keep*s + leak_in + gain*drive (leaky) or s + gain*drive (integrator): sim/ops.py's order."""
+    n, p, s = helper.make_node, stage.prefix, stage.state
+    gx = n("Mul", [p + "gain", drive], [f"{p}g{drive}"])
+    if stage.tau is None:
+        return [gx, n("Add", [s, gx.output[0]], [out])]
+    nodes = [n("Mul", [p + "keep", s], [f"{p}k{s}"])]
+    kept = nodes[-1].output[0]
+    if stage.leak:
+        nodes.append(n("Add", [kept, p + "leak_in"], [f"{p}k{s}l"]))
+        kept = nodes[-1].output[0]
+    return nodes + [gx, n("Add", [kept, gx.output[0]], [out])]
+
+
+def _neuron(prim: Primitive) -> FunctionProto:
+    """One step of a neuron primitive from its catalogue stages (inputs: x, states, per-stage constants,
+    then v_threshold, v_reset if it spikes; outputs: y or spikes z, then the next states)."""
     n = helper.make_node
-    leaky = kind not in ("IF", "I")
-    cuba = kind.startswith("Cuba")
-    spiking = kind in ("LIF", "IF", "CubaLIF")
-    ins, nodes, attrs = ["x"], [], []
-    if cuba:
-        ins += ["i", "v", "syn_keep", "syn_gain"]
-        nodes += [n("Mul", ["syn_keep", "i"], ["ki"]), n("Mul", ["syn_gain", "x"], ["gxs"]),
-                  n("Add", ["ki", "gxs"], ["i_next"]), *_flag("previous_current", "prev"),
-                  n("Where", ["prev", "i", "i_next"], ["drive"])]
-        attrs.append("previous_current")
-    else:
-        ins += ["v"]
-    ins += ["keep", "leak_in", "gain"] if leaky else ["gain"]
-    nodes += _membrane(leaky, "drive" if cuba else "x", "v1")
-    states = ["i_next", "v_next"] if cuba else ["v_next"]
-    if spiking:
+    stages = prim.stages
+    ins = ["x"] + [s.state for s in stages] + [c for s in stages for c in stage_inputs(s)]
+    nodes, attrs, drive = [], [], "x"
+    for j, st in enumerate(stages[:-1]):  # earlier stages feed the next with their new or previous value
+        nodes += _stage(st, drive, f"{st.state}_next")
+        if j == 0:
+            nodes += _flag("previous_current", "prev")
+            attrs.append("previous_current")
+        nodes.append(n("Where", ["prev", st.state, f"{st.state}_next"], [f"drive{j}"]))
+        drive = f"drive{j}"
+    nodes += _stage(stages[-1], drive, "v1")
+    states = [f"{s.state}_next" for s in stages]
+    if prim.spiking:
         ins += ["v_threshold", "v_reset"]
         nodes += _fire()
         outs = ["z"] + states
@@ -75,10 +89,7 @@ def _neuron(kind: str) -> FunctionProto:
     else:
         nodes += [n("Identity", ["v1"], ["v_next"]), n("Identity", ["v1"], ["y"])]
         outs = ["y"] + states
-    doc = {"LIF": "leaky integrate-and-fire", "LI": "leaky integrator (outputs v)",
-           "IF": "integrate-and-fire (v += r*I per step)", "I": "integrator (outputs v)",
-           "CubaLIF": "current-based LIF", "CubaLI": "current-based leaky integrator (outputs v)"}[kind]
-    return _fn(kind, ins, outs, nodes, attrs, doc)
+    return _fn(prim.kind, ins, outs, nodes, attrs, prim.doc)
 
 
 def build_functions() -> list[FunctionProto]:
@@ -123,5 +134,5 @@ def build_functions() -> list[FunctionProto]:
         n("GatherElements", ["buf_next", "idx"], ["g"], axis=0),
         n("Squeeze", ["g", "zero"], ["y"]),
     ], doc="y(t) = x(t - steps), steps = round(delay/dt) per element; zeros before t=0"))
-    fs += [_neuron(k) for k in ("LIF", "LI", "IF", "I", "CubaLIF", "CubaLI")]
+    fs += [_neuron(primitive(k)) for k in kinds(NEURON)]
     return fs

@@ -51,7 +51,7 @@ try:
     from snntorch.import_nir import _nir_to_snntorch_module, _replace_rnn_subgraph_with_nirgraph
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "converters.snntorch_bridge needs the optional extra: pip install 'sbc-onnx[torch]' "
+        "sbc_onnx.bridges.snntorch_bridge needs the optional extra: pip install 'sbc-onnx[torch]' "
         f"(torch==2.13.0, snntorch, nirtorch); {e}"
     ) from e
 

@@ -4,10 +4,10 @@ Torch-free (core install):
     netx_to_nir        lava-dl netx ``.net`` (HDF5) -> NIR graph (CubaLIF, fixed-point mapping)
     write_nir_legacy   write a NIR file that nir <= 1.0.4 consumers (sinabs, Rockpool) can read
 
-Torch-based (optional extra ``sbc-onnx[torch]`` plus Norse, see converters/README.md); imported lazily so
-that ``import converters`` works without torch:
-    export_snntorch, import_snntorch, run_snntorch   (converters.snntorch_bridge)
-    export_norse, import_norse, run_norse            (converters.norse_bridge)
+Torch-based (optional extra ``sbc-onnx[torch]`` plus Norse, see sbc_onnx/bridges/README.md); imported lazily so
+that ``import sbc_onnx.bridges`` works without torch:
+    export_snntorch, import_snntorch, run_snntorch   (sbc_onnx.bridges.snntorch_bridge)
+    export_norse, import_norse, run_norse            (sbc_onnx.bridges.norse_bridge)
 """
 
 from __future__ import annotations

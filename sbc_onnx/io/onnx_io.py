@@ -20,12 +20,13 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from .errors import SbcError, existing_file
-from .graph import flatten
-from .onnx_common import WEIGHT_FIELDS, WEIGHT_KINDS
+from ..errors import SbcError, existing_file
+from ..graph import flatten
+from ..primitives import WEIGHT, lookup
+from .onnx_common import WEIGHT_FIELDS
 from .onnx_export import Quant, build_model, dequantize, nir_fields, set_metadata
 from .onnx_import import compute_dtype, model_to_graph
-from .sim.config import SimConfig
+from ..sim.config import SimConfig
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
@@ -70,8 +71,10 @@ def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig |
     cfg = cfg or SimConfig.from_metadata(getattr(graph, "metadata", None))
     quant = dict(quant or {})
     if int_weights:
-        for name, node in flatten(graph).nodes.items():
-            if type(node).__name__ in WEIGHT_KINDS and name not in quant:
+        fg = flatten(graph)
+        for name in fg.weight_nodes():
+            node = fg.nodes[name]
+            if name not in quant:
                 grid = infer_grid(np.asarray(node.weight))
                 if grid is not None:
                     quant[name] = grid
@@ -135,7 +138,7 @@ def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: s
             raise SbcError(f"node {name!r} is {kind} in the graph but {type(src[name]).__name__} in the file")
         for f in nir_fields(node):
             v, old = getattr(node, f), getattr(src[name], f)
-            if kind in WEIGHT_KINDS and f in WEIGHT_FIELDS and v is not None:
+            if (p := lookup(kind)) is not None and p.role == WEIGHT and f in WEIGHT_FIELDS and v is not None:
                 _replace_weight(inits, f"{name}.{f}", np.asarray(v), np.asarray(old), source_path)
             elif not _same(v, old):
                 raise SbcError(f"node {name!r} field {f!r} differs from {source_path}; update_onnx rewrites "
@@ -209,7 +212,7 @@ def run_onnxruntime(session, x: np.ndarray | dict, names: list[str] | None = Non
 def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "count", batch_size: int = 64,
                          progress: bool = False):
     """Accuracy of an ONNX model of the convention run by onnxruntime (readouts as evaluate.py)."""
-    from .evaluate import READOUTS, BatchOutputs, _output_source, evaluate_engine
+    from ..evaluate import READOUTS, BatchOutputs, _output_source, evaluate_engine
 
     if readout not in READOUTS:
         raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
@@ -218,7 +221,7 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
     fg = flatten(graph)
     src = _output_source(fg)
     out = fg.outputs[0]
-    spiking = [n for n in fg.order if fg.kind(n) in ("LIF", "IF", "CubaLIF", "Threshold")]
+    spiking = fg.spiking()
     sess = ort_session(path)
     avail = {o.name for o in sess.get_outputs()}
     dtype = np.dtype(compute_dtype(model))

@@ -8,9 +8,9 @@ from typing import Any
 
 import nir
 
-from .errors import SbcError
+from ..errors import SbcError
 from .nir_io import read_nir, write_nir
-from .sim import SimConfig
+from ..sim import SimConfig
 
 FORMATS = (".nir", ".onnx")
 
