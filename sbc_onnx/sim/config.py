@@ -55,6 +55,11 @@ class SimConfig:
         return {META_KEYS[k]: (float(v) if k == "dt" else str(v)) for k, v in d.items()}
 
     @classmethod
+    def from_graph(cls, graph: Any, **overrides: Any) -> "SimConfig":
+        """The settings for `graph`: defaults, then its metadata, then explicit overrides (None = unset)."""
+        return cls.from_metadata(getattr(graph, "metadata", None), **overrides)
+
+    @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None, **overrides: Any) -> "SimConfig":
         """Defaults, then what the graph's metadata says, then explicit overrides (CLI options)."""
         values: dict[str, Any] = {}
