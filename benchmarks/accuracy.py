@@ -19,12 +19,25 @@ contribute all they have; the table states the real count).
 
 Jobs run in priority tiers (cheap CUBA-LIF first, then the core settings of the two expensive networks, options at
 90 %, extra draws, the rest of the grid, ablations) under a wall-clock budget (--budget-min); every finished job is
-cached in benchmarks/results/accuracy_cache.json, so a rerun resumes and fills the rest. Reports are rewritten as
-results come in. Run with OPENBLAS_NUM_THREADS=1 (set below unless already set) for determinism and because 2-thread
-BLAS spin-waits on a shared 2-core machine.
+cached (default $XDG_CACHE_HOME/sbc-onnx/accuracy_cache.json, else ~/.cache/sbc-onnx/; --cache PATH), so a rerun
+resumes and fills the rest. The cache is not part of the repository; the tables and plots written from it
+(benchmarks/results/accuracy_*.md, *.png) are. Reports are rewritten as results come in. Run with
+OPENBLAS_NUM_THREADS=1 (set below unless already set) for determinism and because 2-thread BLAS spin-waits on a
+shared 2-core machine.
 
 Usage: python benchmarks/accuracy.py [--budget-min 60] [--quick] [--nets cubalif,nmnist,ifcnn] [--report-only]
+                                     [--cache PATH] [--draws 0] [--compare] [--compare-cache PATH]
 Several processes may run at once (one per core): they claim jobs and merge results under a file lock.
+
+Reproducing the committed figures: `--draws 0` runs only the jobs of calibration draw 0 (and ablation seed 0, and
+the dense and calibration-free runs, which belong to draw 0), and does not rewrite the reports (a partial cache
+would blank the other cells). `--compare` then prints, for every such job, the accuracy and sparsity recorded in
+the old cache next to the new ones and exits 1 if any differs. The old cache is --compare-cache PATH, by default
+the last committed benchmarks/results/accuracy_cache.json in git history (it was committed until the cache moved
+out of the repository). Example, with a fresh cache:
+
+    python benchmarks/accuracy.py --cache /tmp/acc.json --draws 0 --budget-min 600
+    python benchmarks/accuracy.py --cache /tmp/acc.json --draws 0 --compare
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +65,15 @@ from sbc_onnx.calibrate import calibrate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RES = ROOT / "benchmarks" / "results"
-CACHE = RES / "accuracy_cache.json"
+OLD_CACHE = "benchmarks/results/accuracy_cache.json"  # where the cache lived while it was committed
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sbc-onnx" / "accuracy_cache.json"
+
+
+CACHE = default_cache()  # set from --cache in main()
 
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 BITS = [8, 4, 3, 2]
@@ -113,7 +135,7 @@ class Net:
         if key == "nmnist":
             d = DATA / "nmnist_small"
             self.graph = sbc.load_model(DATA / "nir_paper" / "02_cnn" / "cnn_sinabs.nir")
-            self.cfg = sbc.sim_config_for(self.graph)
+            self.cfg = sbc.SimConfig.from_graph(self.graph)
             train = sbc.load_nmnist(d / "train", d / "train500.txt")
             test = sbc.load_nmnist(d / "test", d / "test100.txt")
             self.pool = train.take(100)
@@ -124,7 +146,7 @@ class Net:
                              f"sim {self.cfg}")
         elif key == "cubalif":
             self.graph = sbc.load_model(DATA / "lava_dl_mnist" / "mnist_cubalif.nir")
-            self.cfg = sbc.sim_config_for(self.graph)
+            self.cfg = sbc.SimConfig.from_graph(self.graph)
             kw = dict(steps=32, encoding="analog", shape=(784,))
             self.pool = sbc.load_mnist(DATA / "mnist", start=5000, limit=1000, **kw)
             self.eval = sbc.load_mnist(DATA / "mnist", start=0, limit=2000, **kw)
@@ -133,7 +155,7 @@ class Net:
                              f"analog pixel/255 every step, T = 32, IF encoder inside the graph; sim {self.cfg}")
         elif key == "ifcnn":
             self.graph = sbc.load_model(DATA / "sinabs_mnist" / "mnist_cnn_if.nir")
-            self.cfg = sbc.sim_config_for(self.graph).with_(reset="subtract")
+            self.cfg = sbc.SimConfig.from_graph(self.graph).with_(reset="subtract")
             kw = dict(steps=100, encoding="bernoulli", seed=0)
             self.pool = sbc.load_mnist(DATA / "mnist", start=5000, limit=1000, **kw)
             self.eval = sbc.load_mnist(DATA / "mnist", start=0, limit=1000, **kw)
@@ -294,6 +316,7 @@ def save_result(key: str, r: dict) -> None:
     one per network with --nets), atomically."""
     import fcntl
 
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
     with open(CACHE.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cache = load_cache()
@@ -309,6 +332,7 @@ def claim(key: str) -> bool:
     import fcntl
 
     path = CACHE.with_suffix(".claims")
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
     with open(CACHE.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if key in load_cache():
@@ -516,7 +540,7 @@ def write_reports(protocols: dict, header: str):
             if pdat:
                 pds.append((TITLES[k][0], pdat))
         body = (f"# Accuracy after one-shot compression ({', '.join(TITLES[k][0] for k in keys)})\n\n"
-                f"Generated by `benchmarks/accuracy.py` from `{CACHE.name}`. {header}\n\n![plot]({png})\n\n"
+                f"Generated by `benchmarks/accuracy.py` from its result cache. {header}\n\n![plot]({png})\n\n"
                 + "\n".join(parts))
         (RES / fname).write_text(body)
         if pds:
@@ -537,24 +561,124 @@ PROTOCOL_TEXT = {
 }
 
 
+# ------------------------------------------------------------------------------------------------ draws, compare
+def draw_of(j) -> int | None:
+    """The calibration draw a job belongs to: its draw, its ablation seed; None for the dense run."""
+    d = j["draw"]
+    return d[2] if isinstance(d, list) else d
+
+
+def in_draws(j, draws: set[int] | None) -> bool:
+    return draws is None or draw_of(j) is None or draw_of(j) in draws
+
+
+def load_old_cache(path: str | None) -> tuple[dict, str]:
+    """The cache to compare with: a file, or the last version of the committed cache in git history."""
+    if path:
+        return json.loads(Path(path).read_text()), path
+
+    def show(rev):
+        r = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{OLD_CACHE}"], capture_output=True, text=True)
+        return r.stdout if r.returncode == 0 else None
+
+    last = subprocess.run(["git", "-C", str(ROOT), "rev-list", "-1", "HEAD", "--", OLD_CACHE],
+                          capture_output=True, text=True).stdout.strip()
+    for rev in ["HEAD"] + ([last, f"{last}^"] if last else []):
+        text = show(rev)
+        if text:
+            return json.loads(text), f"git {rev}:{OLD_CACHE}"
+    raise SystemExit(f"no committed {OLD_CACHE} found in git history; pass --compare-cache PATH")
+
+
+def describe(j) -> str:
+    def setting():
+        if j["sparsity"] is not None:
+            return f"{j['sparsity']:.0%}"
+        return j["pattern"] if j["pattern"] else f"{j['bits']} bits"
+
+    kind = j["kind"]
+    if kind == "dense":
+        what = "dense"
+    elif kind == "option":
+        what = f"option {j.get('label') or j['opts']} at {setting()}"
+    elif kind == "ablation":
+        what = f"ablation {j['draw'][1]}/class {setting()}"
+    else:
+        what = setting()
+    d = draw_of(j)
+    return f"{j['net']:8s} {j['method']:10s} {what}" + ("" if d is None else f" (draw {d})")
+
+
+def compare(draws: set[int] | None, old_path: str | None, nets: list[str]) -> int:
+    """Old vs new accuracy (and overall / per-layer sparsity) of every job of `draws` and `nets` in both caches;
+    returns the number of differences (jobs missing from the new cache are listed, not counted)."""
+    old, src = load_old_cache(old_path)
+    new = load_cache()
+    print(f"old: {src} ({len(old)} jobs)\nnew: {CACHE} ({len(new)} jobs)\n")
+    keys = sorted((k for k in old if in_draws(json.loads(k), draws) and json.loads(k)["net"] in nets),
+                  key=lambda k: describe(json.loads(k)))
+    same = differ = missing = 0
+    for k in keys:
+        j = json.loads(k)
+        label = next((lab for lab, m, o in OPTIONS if o == j["opts"] and m == j["method"]), None)
+        j["label"] = label
+        if k not in new:
+            missing += 1
+            print(f"  missing  {describe(j)}: old {100 * old[k]['acc']:.2f} %")
+            continue
+        o, n = old[k], new[k]
+        diffs = [f for f in ("acc", "overall_sparsity", "layer_sparsity", "n_calibration") if o.get(f) != n.get(f)]
+        mark = "same" if not diffs else "DIFFERS"
+        same += not diffs
+        differ += bool(diffs)
+        extra = f"  ({', '.join(diffs)} differ)" if diffs else ""
+        print(f"  {mark:8s} {describe(j)}: old {100 * o['acc']:.2f} %  new {100 * n['acc']:.2f} %{extra}")
+    extra_new = [k for k in new if k not in old and in_draws(json.loads(k), draws) and json.loads(k)["net"] in nets]
+    print(f"\n{same} identical, {differ} different, {missing} not in the new cache, "
+          f"{len(extra_new)} new jobs the old cache did not have")
+    return differ
+
+
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-min", type=float, default=60.0, help="stop starting new jobs after this many minutes")
     ap.add_argument("--quick", action="store_true", help="only the CUBA-LIF grid and the core tiers")
     ap.add_argument("--nets", default="cubalif,nmnist,ifcnn")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help=f"result cache (default {default_cache()}; $XDG_CACHE_HOME is honoured)")
+    ap.add_argument("--draws", default=None,
+                    help="comma-separated calibration draws to run (e.g. 0); the dense and calibration-free runs "
+                         "belong to draw 0, ablation seeds count as draws. Implies --no-report")
+    ap.add_argument("--no-report", action="store_true", help="do not rewrite benchmarks/results/accuracy_*.md/png")
+    ap.add_argument("--compare", "--compare-readme", action="store_true",
+                    help="print old vs new accuracy of every job (of --draws) present in both caches; exit 1 on "
+                         "any difference")
+    ap.add_argument("--compare-cache", default=None,
+                    help="the old cache for --compare (default: the last committed benchmarks/results/"
+                         "accuracy_cache.json in git history)")
     args = ap.parse_args()
+    global CACHE
+    CACHE = args.cache or default_cache()
+    draws = None if args.draws is None else {int(d) for d in args.draws.split(",") if d.strip()}
+    if args.compare:
+        sys.exit(1 if compare(draws, args.compare_cache, args.nets.split(",")) else 0)
+    report = not args.no_report and draws is None
     logging.basicConfig(level=logging.ERROR)
     header = (f"Machine: {os.cpu_count()} cores (shared), OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}. "
               "Jobs run in priority tiers under a wall-clock budget and are cached; cells marked — were not reached.")
     if args.report_only:
+        if not load_cache():
+            sys.exit(f"no results in {CACHE}: nothing to report (the tables were not touched)")
         write_reports(PROTOCOL_TEXT, header)
         return
     nets = args.nets.split(",")
-    jobs = plan(nets, quick=args.quick)
+    jobs = [j for j in plan(nets, quick=args.quick) if in_draws(j, draws)]
     cache = load_cache()
     todo = [j for j in jobs if job_key(j) not in cache]
-    print(f"{len(jobs)} jobs planned, {len(todo)} to run, budget {args.budget_min} min", flush=True)
+    print(f"{len(jobs)} jobs planned, {len(todo)} to run, budget {args.budget_min} min; cache {CACHE}", flush=True)
     t_start = time.perf_counter()
     loaded: dict[str, Net] = {}
     for i, j in enumerate(todo):
@@ -577,9 +701,10 @@ def main():
         desc = f"{n} {j['kind']} {j['method']} s={j['sparsity']} b={j['bits']} p={j['pattern']} d={j['draw']} {j['opts'] or ''}"
         print(f"[{i + 1}/{len(todo)} {(time.perf_counter() - t_start) / 60:5.1f} min] {desc}: acc {100 * r['acc']:.1f} % "
               f"(compress {r.get('compress_s') or 0:.1f} s, eval {r['eval_s']:.1f} s)", flush=True)
-        if (i + 1) % 5 == 0 or i + 1 == len(todo) or (i + 1 < len(todo) and todo[i + 1]["net"] != n):
+        if report and ((i + 1) % 5 == 0 or i + 1 == len(todo) or (i + 1 < len(todo) and todo[i + 1]["net"] != n)):
             write_reports(PROTOCOL_TEXT, header)
-    write_reports(PROTOCOL_TEXT, header)
+    if report:
+        write_reports(PROTOCOL_TEXT, header)
     print(f"done in {(time.perf_counter() - t_start) / 60:.1f} min", flush=True)
 
 

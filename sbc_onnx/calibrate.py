@@ -2,7 +2,7 @@
 
 For a weight node W feeding neuron N, the layer objective is the distance between spike trains, whose
 Hessian is H = 2 E[(M X)^T (M X)] with X the layer's input over time and M the causal leak kernel of N
-(sbc_spec.md §1). M X is a recursive filter, so it streams: z_t = beta z_{t-1} + x_t per stage.
+(docs/sbc_method.md §1.2-1.4). M X is a recursive filter, so it streams: z_t = beta z_{t-1} + x_t per stage.
 
   N is LIF / LI        beta = 1 - dt/tau (Euler) or exp(-dt/tau) (exact)
   N is IF / I          beta = 1 (cumulative sum)
@@ -171,7 +171,8 @@ def calibrate(
         from tqdm import tqdm
 
         bar = tqdm(total=getattr(dataset, "n", None), unit="sample", desc="calibrating", leave=False,
-                   dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
+                   dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
     n_samples, steps = 0, 0
     for batch in dataset.batches(batch_size, with_lengths=True):
         x_tb, y, lengths = batch

@@ -61,8 +61,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import SbcError, existing_file
+from .io.atomic import write_atomic
 
 __all__ = [
     "NMNIST_SENSOR",
@@ -404,13 +406,14 @@ def save_dataset(ds: Dataset, path: str | os.PathLike, *, compact: bool = True) 
     arrays["meta"] = np.array(json.dumps(ds.meta, sort_keys=True, default=_json_default))
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, p)
     except OSError as e:
         raise SbcError(f"cannot write dataset to {p}: {e}") from e
-    return p
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, savez would append ".npz" to it
+            np.savez_compressed(f, **arrays)
+
+    return write_atomic(p, write)
 
 
 def _json_default(o: Any) -> Any:
@@ -546,8 +549,6 @@ def load_nmnist(
     w, h = NMNIST_SENSOR
     frame = 2 * h * w
     # Pass 1: decode + bin each file to (flat index of each kept event, n_bins); events are small.
-    from tqdm import tqdm
-
     per_sample: list[np.ndarray] = []
     lengths = np.zeros(len(files), np.int64)
     n_events = n_kept = 0
@@ -682,8 +683,6 @@ def load_mnist(
     if encoding == "analog":
         meta["recipe"] = "pixel/255 at every step"
         return Dataset(sel[:, None].copy(), y, x_scale=1.0 / 255.0, repeat_steps=steps, ids=ids, meta=meta)
-    from tqdm import tqdm
-
     meta["seed"] = seed
     meta["recipe"] = (
         "rng = np.random.default_rng(seed) once; per image in order: rng.random((steps, *shape)) < pixel/255"

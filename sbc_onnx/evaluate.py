@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import SbcError
 from .graph import FlatGraph, flatten
@@ -41,7 +41,8 @@ class EvalResult:
         return f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n})"
 
 
-def _output_source(fg: FlatGraph) -> str:
+def output_source(fg: FlatGraph) -> str:
+    """The node feeding the graph's (first) output: the readout reads its spikes or potential."""
     out = fg.outputs[0]
     preds = fg.preds[out] + fg.back_preds[out]
     if len(preds) != 1:
@@ -49,11 +50,22 @@ def _output_source(fg: FlatGraph) -> str:
     return preds[0]
 
 
+def progress_bar(total: int | None, desc: str, enabled: bool = True):
+    """The package's progress bar on stderr, or None when not `enabled`. Counts are shown rounded, so the
+    fractional updates of `step_progress` move it smoothly."""
+    if not enabled:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
+
+
 def step_progress(bar, batch: int, steps: int):
     """on_step callback advancing a per-sample progress bar smoothly through a batch's time steps."""
     if bar is None:
         return None
-    return lambda t: bar.update(batch / steps)
+    step = batch / steps
+    # the float steps of a batch can add up to a hair more than its size; tqdm warns once n passes total
+    return lambda t: bar.update(min(step, bar.total - bar.n) if bar.total else step)
 
 
 @dataclass
@@ -91,13 +103,13 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
     """Accuracy loop shared by the engines: run_batch(x_tb, on_step) -> BatchOutputs."""
     if readout not in READOUTS:
         raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
-    src = _output_source(fg)
+    src = output_source(fg)
     preds, labels = [], []
     spike_sum: dict[str, float] = {}
     neuron_steps: dict[str, int] = {}
     ties = silent = 0
     t0 = time.perf_counter()
-    bar = _bar(getattr(dataset, "n", None), progress)
+    bar = progress_bar(getattr(dataset, "n", None), "simulating", progress)
     for x_tb, y in dataset.batches(batch_size):
         outs = run_batch(x_tb, step_progress(bar, len(y), x_tb.shape[0]))
         p, t, s = score_batch(readout, src, src in spiking, outs)
@@ -131,7 +143,7 @@ def evaluate(
     """Run `graph` in the NumPy walker over `dataset` (.batches(batch_size) yielding (x (T,B,...), y))."""
     walker = graph if isinstance(graph, Walker) else Walker(graph if isinstance(graph, FlatGraph) else flatten(graph), cfg)
     fg = walker.fg
-    src, out = _output_source(fg), fg.outputs[0]
+    src, out = output_source(fg), fg.outputs[0]
 
     def run_batch(x_tb, on_step):
         res = walker.run(x_tb, record_outputs=False, on_step=on_step)
@@ -141,19 +153,3 @@ def evaluate(
 
     return evaluate_engine(run_batch, fg, walker.spiking, dataset, readout=readout, batch_size=batch_size,
                            progress=progress)
-
-
-def _bar(total, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="sample", desc="simulating", leave=False, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
-
-
-def batches_from_arrays(x: np.ndarray, y: Iterable[int], batch_size: int):
-    """Helper for arrays shaped (N, T, ...): yields time-major float32 batches."""
-    y = np.asarray(list(y))
-    for i in range(0, len(y), batch_size):
-        yield np.ascontiguousarray(np.swapaxes(x[i : i + batch_size], 0, 1), dtype=np.float32), y[i : i + batch_size]

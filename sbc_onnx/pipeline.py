@@ -1,7 +1,9 @@
-"""`compress()`: calibrate, allocate the sparsity budget, compress every weight layer, measure the damage.
+"""`compress()`: plan -> calibrate -> allocate -> compress the layers -> report.
 
 Only weights change: the input graph is deep-copied, each weight node's `weight` is replaced by an array
-of the same shape and dtype, every other node and parameter is copied exactly.
+of the same shape and dtype, every other node, parameter and the graph metadata are copied exactly.
+Simulation settings and the compression provenance (`compression_metadata`) are stamped when the model
+is saved (`save_model(graph, path, cfg=cfg, metadata=compression_metadata(report))`).
 """
 
 from __future__ import annotations
@@ -14,20 +16,122 @@ from typing import Any
 
 import nir
 import numpy as np
+from tqdm import tqdm
 
-from .calibrate import Calibration, calibrate, estimate_memory
-from .compress import (METHODS, FactorizationError, allocate, allocate_by_scores, compiled_on_disk,
-                       compress_layer, damped_inverse, obs_trace)
+from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
+from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
+                       compress_groups, get_method, make_allocation, nm_pattern)
 from .errors import SbcError
 from .evaluate import step_progress
-from .graph import flatten
+from .graph import FlatGraph, flatten
 from .sim import SimConfig, Walker
 
 log = logging.getLogger("sbc_onnx")
 
-ALLOCATIONS = ("lamp", "uniform", "global", "obs")
-GRIDS = ("symmetric", "symmetric_restricted", "asymmetric")
+GRANULARITIES = ("channel", "tensor")
 
+
+# ---------------------------------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Plan:
+    """What compress() does, checked once when built (`Plan.build`).
+
+    method      sbc, sbc-fast, obc, magnitude, wanda, rtn (compress.METHODS)
+    allocation  how the sparsity is split across layers: lamp (exponent lamp_p), uniform, global, obs
+                (compress/allocation.py); obs needs the dense calibration (not sequential)
+    sequential  each layer's Hessian is collected with the already-compressed upstream layers (default:
+                all layers see the dense model, the authors' choice)
+    layers      the weight layers to compress (default: all)
+    """
+    method: Method
+    allocation: Allocation
+    sparsity: float | None = None
+    bits: int | None = None
+    pattern: tuple[int, int] | None = None
+    grid: str = "symmetric"
+    granularity: str = "channel"
+    sequential: bool = False
+    rel_damp: float = 0.01
+    exact_resolve: bool = False
+    layers: tuple[str, ...] | None = None
+
+    @classmethod
+    def build(cls, *, sparsity: float | None = None, bits: int | None = None, method: str | Method = "sbc",
+              pattern: str | tuple | None = None, allocation: str = "lamp", lamp_p: float = 2.0,
+              grid: str | None = None, granularity: str | None = None, sequential: bool = False,
+              rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None) -> Plan:
+        """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel."""
+        _check_choice(grid, SCHEMES, "grid")
+        _check_choice(granularity, GRANULARITIES, "granularity")
+        _check_budget(sparsity, bits, pattern)
+        plan = cls(method=_method(method), allocation=_allocation(allocation, lamp_p, rel_damp),
+                   sparsity=None if sparsity is None else float(sparsity), bits=None if bits is None else int(bits),
+                   pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
+                   sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
+                   layers=None if layers is None else tuple(layers))
+        if plan.allocation.needs_hessian and plan.sparsity and plan.sequential:
+            raise SbcError(f"allocation {plan.allocation.name} needs the dense calibration of every layer up "
+                           "front and unstructured pruning (not --sequential, not --pattern)")
+        return plan
+
+    @property
+    def prunes(self) -> bool:
+        return bool(self.sparsity) or self.pattern is not None
+
+    @property
+    def pattern_text(self) -> str | None:
+        return None if self.pattern is None else f"{self.pattern[0]}:{self.pattern[1]}"
+
+    @property
+    def runs_obs_trace(self) -> bool:
+        """Whether the compiled ExactOBS kernels run (pruning or allocation)."""
+        return (self.method.obs_trace and self.prunes) or (self.allocation.obs_trace and bool(self.sparsity))
+
+    def describe(self) -> str:
+        what = [f"sparsity {self.sparsity:g}" if self.sparsity is not None else "",
+                f"pattern {self.pattern_text}" if self.pattern else "", f"{self.bits} bits" if self.bits else ""]
+        return f"method {self.method.name}, " + ", ".join(x for x in what if x)
+
+
+def _check_choice(value, choices, what: str) -> None:
+    if value is not None and value not in choices:
+        raise SbcError(f"{what} must be one of {', '.join(choices)}")
+
+
+def _check_budget(sparsity, bits, pattern) -> None:
+    if sparsity is None and bits is None and pattern is None:
+        raise SbcError("nothing to do: give a sparsity, a bit width or an N:M pattern")
+    if sparsity is not None and not 0 <= sparsity < 1:
+        raise SbcError(f"sparsity must be in [0, 1), got {sparsity}")
+    if bits is not None and not 2 <= int(bits) <= 8:
+        raise SbcError(f"bits must be between 2 and 8, got {bits}")
+    if pattern is not None and sparsity is not None:
+        raise SbcError("give either --sparsity or --pattern, not both")
+
+
+def _method(method) -> Method:
+    try:
+        return get_method(method)
+    except ValueError:
+        raise SbcError(f"method must be one of {', '.join(METHODS)}") from None
+
+
+def _allocation(name, lamp_p, rel_damp) -> Allocation:
+    try:
+        return make_allocation(name, lamp_p=lamp_p, rel_damp=rel_damp)
+    except ValueError:
+        raise SbcError(f"allocation must be one of {', '.join(ALLOCATIONS)}") from None
+
+
+def _pattern(pattern) -> tuple[int, int] | None:
+    try:
+        return nm_pattern(pattern)
+    except ValueError as e:
+        raise SbcError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------- report
 
 @dataclass
 class LayerReport:
@@ -77,48 +181,62 @@ class CompressionReport:
     def table(self) -> str:
         head = (f"{'layer':<12} {'kind':<7} {'shape':<14} {'sparsity':>8} {'bits':>4} {'obj.base':>9} "
                 f"{'obj.'+self.method:>9} {'damp':>7} {'sec':>6} {'rate d/c':>13} {'VRD':>8}")
-        lines = [head, "-" * len(head)]
-        for r in self.layers:
-            rate = ("" if r.firing_rate_dense is None else
-                    f"{r.firing_rate_dense:.3f}/{r.firing_rate_compressed:.3f}")
-            lines.append(
-                f"{r.name:<12} {r.kind:<7} {'x'.join(map(str, r.shape)):<14} {r.sparsity:>8.3f} "
-                f"{r.bits if r.bits else '-':>4} {r.objective_before:>9.4f} {r.objective_after:>9.4f} "
-                f"{(f'{r.damp:.0e}' if r.damp is not None else '-'):>7} {r.seconds + r.hessian_seconds:>6.2f} "
-                f"{rate:>13} {(f'{r.van_rossum:.4f}' if r.van_rossum is not None else '-'):>8}"
-                + (f"  fallback: {r.fallback}" if r.fallback else ""))
+        lines = [head, "-" * len(head)] + [_table_row(r) for r in self.layers]
         lines.append(f"overall sparsity {self.overall_sparsity:.4f} over {len(self.layers)} layers; "
                      "obj = relative layer output error tr(dW H dW^T)/tr(W H W^T); base = magnitude/RTN")
         return "\n".join(lines)
 
 
-def parse_pattern(pattern: str | tuple | None) -> tuple[int, int] | None:
-    if pattern is None or isinstance(pattern, tuple):
-        return pattern
-    try:
-        n, m = (int(v) for v in str(pattern).split(":"))
-    except ValueError as e:
-        raise SbcError(f"pattern must look like N:M (e.g. 2:4), got {pattern!r}") from e
-    if not 0 < n < m:
-        raise SbcError(f"pattern N:M needs 0 < N < M, got {pattern!r}")
-    return n, m
+def _table_row(r: LayerReport) -> str:
+    rate = "" if r.firing_rate_dense is None else f"{r.firing_rate_dense:.3f}/{r.firing_rate_compressed:.3f}"
+    damp = f"{r.damp:.0e}" if r.damp is not None else "-"
+    vrd = f"{r.van_rossum:.4f}" if r.van_rossum is not None else "-"
+    return (f"{r.name:<12} {r.kind:<7} {'x'.join(map(str, r.shape)):<14} {r.sparsity:>8.3f} "
+            f"{r.bits if r.bits else '-':>4} {r.objective_before:>9.4f} {r.objective_after:>9.4f} "
+            f"{damp:>7} {r.seconds + r.hessian_seconds:>6.2f} {rate:>13} {vrd:>8}"
+            + (f"  fallback: {r.fallback}" if r.fallback else ""))
 
 
-def _check_args(sparsity, bits, method, allocation, grid, pattern):
-    if method not in METHODS:
-        raise SbcError(f"method must be one of {', '.join(METHODS)}")
-    if allocation not in ALLOCATIONS:
-        raise SbcError(f"allocation must be one of {', '.join(ALLOCATIONS)}")
-    if grid not in GRIDS:
-        raise SbcError(f"grid must be one of {', '.join(GRIDS)}")
-    if sparsity is None and bits is None and pattern is None:
-        raise SbcError("nothing to do: give a sparsity, a bit width or an N:M pattern")
-    if sparsity is not None and not 0 <= sparsity < 1:
-        raise SbcError(f"sparsity must be in [0, 1), got {sparsity}")
-    if bits is not None and not 2 <= int(bits) <= 8:
-        raise SbcError(f"bits must be between 2 and 8, got {bits}")
-    if pattern is not None and sparsity is not None:
-        raise SbcError("give either --sparsity or --pattern, not both")
+def compression_metadata(report: CompressionReport) -> dict[str, Any]:
+    """The provenance a compressed model's file records (the caller passes it to save_model)."""
+    meta = {"sbc_onnx.method": report.method, "sbc_onnx.allocation": report.allocation,
+            "sbc_onnx.overall_sparsity": float(report.overall_sparsity),
+            "sbc_onnx.n_calibration": int(report.n_calibration)}
+    if report.sparsity is not None:
+        meta["sbc_onnx.sparsity"] = float(report.sparsity)
+    if report.bits is not None:
+        meta["sbc_onnx.bits"] = int(report.bits)
+    if report.pattern is not None:
+        meta["sbc_onnx.pattern"] = report.pattern
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- compress
+
+def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimConfig | None = None,
+             calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
+             progress: bool = False, **options) -> tuple[nir.NIRGraph, CompressionReport]:
+    """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
+
+    plan        a `Plan`; or give its options as keywords instead (`Plan.build`: sparsity, bits, method,
+                pattern, allocation, lamp_p, grid, granularity, sequential, rel_damp, exact_resolve,
+                layers), e.g. compress(graph, calib, sparsity=0.9, method="sbc").
+    calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
+                share one calibration pass); its objective must match the method ("current" for obc).
+    """
+    if plan is None:
+        plan = Plan.build(**options)
+    elif options:
+        raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
+    run = _Compression(graph, calib, plan, cfg or SimConfig(), batch_size, progress)
+    run.calibrate(calibration)
+    budget = run.allocate()
+    run.compress_layers(budget)
+    report = run.report()
+    if measure_damage:
+        run.measure_damage(report)
+    report.seconds["total"] = time.perf_counter() - run.t_start
+    return run.new, report
 
 
 def _layer_matrix(node) -> np.ndarray:
@@ -126,165 +244,166 @@ def _layer_matrix(node) -> np.ndarray:
     return w.reshape(w.shape[0], -1) if w.ndim > 2 else w
 
 
-def compress(
-    graph: nir.NIRGraph,
-    calib,
-    *,
-    sparsity: float | None = None,
-    bits: int | None = None,
-    method: str = "sbc",
-    pattern: str | tuple | None = None,
-    allocation: str = "lamp",
-    lamp_p: float = 2.0,
-    grid: str = "symmetric",
-    granularity: str = "channel",
-    cfg: SimConfig | None = None,
-    sequential: bool = False,
-    rel_damp: float = 0.01,
-    exact_resolve: bool = False,
-    layers: list[str] | None = None,
-    batch_size: int = 32,
-    measure_damage: bool = True,
-    progress: bool = False,
-    calibration: Calibration | None = None,
-) -> tuple[nir.NIRGraph, CompressionReport]:
-    """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
-
-    method      sbc (ExactOBS + GPTQ with the spike-train Hessian), sbc-fast (SparseGPT-style sweep, same
-                objective), obc (same as sbc with the current Hessian, M = I), magnitude, wanda, rtn.
-    allocation  lamp (the paper's, exponent lamp_p), uniform, global (magnitude), obs (the k smallest
-                ExactOBS trace scores over all layers, each layer's divided by its dense objective
-                tr(W H W^T): one extra trace per layer; dense calibration and unstructured only).
-    sequential  each layer's Hessian is collected with the already-compressed upstream layers (default:
-                all layers see the dense model, the authors' choice).
-    calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
-                share one calibration pass); its objective must match the method ("current" for obc).
-    """
-    _check_args(sparsity, bits, method, allocation, grid, pattern)
-    nm = parse_pattern(pattern)
-    cfg = cfg or SimConfig()
-    t_start = time.perf_counter()
-    new = copy.deepcopy(graph)
-    fg = flatten(new)
-    names = layers or fg.weight_nodes()
+def _layer_names(fg: FlatGraph, layers) -> list[str]:
+    names = list(layers or fg.weight_nodes())
     unknown = [n for n in names if n not in fg.nodes]
     if unknown:
         raise SbcError(f"unknown layer(s) {unknown}; weight layers are {fg.weight_nodes()}")
-    objective = "current" if method == "obc" else "smp"
-    mats = [_layer_matrix(fg.nodes[n]) for n in names]
-    if allocation == "obs" and sparsity and (sequential or nm is not None):
-        raise SbcError("allocation obs needs the dense calibration of every layer up front and "
-                       "unstructured pruning (not --sequential, not --pattern)")
-    if sparsity and allocation != "obs":
-        counts = allocate(mats, sparsity, method=allocation, p=lamp_p)
-    else:
-        counts = [0] * len(names)
-    log.info("expected peak memory for calibration: %.1f MiB",
-             estimate_memory(fg, names, batch_size) / 2**20)
+    if not names:
+        raise SbcError("the graph has no weight layers to compress")
+    return names
 
-    seconds = {"calibration": 0.0, "compression": 0.0, "damage": 0.0}
-    dense_walker = Walker(flatten(graph), cfg)
-    calibs: dict[str, Calibration] = {}
-    if calibration is not None:
-        if sequential:
-            raise SbcError("a precomputed calibration cannot be used with sequential calibration")
-        if calibration.objective != objective:
-            raise SbcError(f"the calibration was collected for the {calibration.objective!r} objective; "
-                           f"method {method} needs {objective!r}")
-        if method == "wanda" and not calibration.input_norms:
-            raise SbcError("method wanda needs a calibration collected with input_norms=True")
-        missing = [n for n in names if n not in calibration.layers]
-        if missing:
-            raise SbcError(f"the calibration has no Hessian for layer(s) {missing}")
-        calibs = {n: calibration for n in names}
-    elif not sequential:
-        t0 = time.perf_counter()
-        cal = calibrate(dense_walker, calib, layers=names, objective=objective, batch_size=batch_size,
-                        progress=progress, input_norms=method == "wanda")
-        seconds["calibration"] += time.perf_counter() - t0
-        calibs = {n: cal for n in names}
-    if (method in ("sbc", "obc") and (sparsity or nm is not None)) or allocation == "obs":
-        if not compiled_on_disk():
+
+class _Compression:
+    """One compress() call: the copy being compressed, its calibrations, timings and layer reports."""
+
+    def __init__(self, graph, data, plan: Plan, cfg: SimConfig, batch_size: int, progress: bool):
+        self.t_start = time.perf_counter()
+        self.plan, self.data, self.cfg, self.batch_size, self.progress = plan, data, cfg, batch_size, progress
+        self.new = copy.deepcopy(graph)
+        self.fg = flatten(self.new)
+        self.names = _layer_names(self.fg, plan.layers)
+        self.dense = Walker(flatten(graph), cfg)
+        self.seconds = {"calibration": 0.0, "compression": 0.0, "damage": 0.0}
+        self.calibs: dict[str, Calibration] = {}
+        self.layers: list[LayerReport] = []
+        self.quant: dict[str, tuple] = {}
+        self.notes: list[str] = []
+
+    # ---- calibrate
+    def calibrate(self, given: Calibration | None) -> None:
+        """Every layer's Hessian from one pass over the dense model, or `given`; sequential plans
+        calibrate each layer just before it is compressed (`layer_calibration`)."""
+        log.info("expected peak memory for calibration: %.1f MiB",
+                 estimate_memory(self.fg, self.names, self.batch_size) / 2**20)
+        if given is not None:
+            self._check_given(given)
+            self.calibs = dict.fromkeys(self.names, given)
+        elif not self.plan.sequential:
+            self.calibs = dict.fromkeys(self.names, self._calibrate(self.dense, self.names, self.progress))
+        if self.plan.runs_obs_trace and not compiled_on_disk():
             log.info("compiling the ExactOBS kernels with numba (first run after an install or update, "
                      "~15 s; cached afterwards)")
-    if sparsity and allocation == "obs":
+
+    def _check_given(self, cal: Calibration) -> None:
+        method = self.plan.method
+        if self.plan.sequential:
+            raise SbcError("a precomputed calibration cannot be used with sequential calibration")
+        if cal.objective != method.objective:
+            raise SbcError(f"the calibration was collected for the {cal.objective!r} objective; "
+                           f"method {method.name} needs {method.objective!r}")
+        if method.input_norms and not cal.input_norms:
+            raise SbcError(f"method {method.name} needs a calibration collected with input_norms=True")
+        missing = [n for n in self.names if n not in cal.layers]
+        if missing:
+            raise SbcError(f"the calibration has no Hessian for layer(s) {missing}")
+
+    def _calibrate(self, walker: Walker, layers: list[str], progress: bool) -> Calibration:
         t0 = time.perf_counter()
-        counts = allocate_by_scores([_obs_costs(W2, calibs[n].layers[n], rel_damp)
-                                     for n, W2 in zip(names, mats)], sparsity)
-        seconds["compression"] += time.perf_counter() - t0
-    notes: list[str] = []
-    reports: list[LayerReport] = []
-    quant: dict[str, tuple] = {}
-    bar = _bar(len(names), progress, "compressing")
-    for name, k in zip(names, counts):
-        node = fg.nodes[name]
-        if sequential:  # rebuild the walker so upstream layers already carry their compressed weights
-            t0 = time.perf_counter()
-            calibs[name] = calibrate(Walker(fg, cfg), calib, layers=[name], objective=objective,
-                                     batch_size=batch_size, progress=False, input_norms=method == "wanda")
-            seconds["calibration"] += time.perf_counter() - t0
-        lc = calibs[name].layers[name]
+        cal = calibrate(walker, self.data, layers=layers, objective=self.plan.method.objective,
+                        batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
+        self.seconds["calibration"] += time.perf_counter() - t0
+        return cal
+
+    def layer_calibration(self, name: str) -> LayerCalibration:
+        if self.plan.sequential:  # a new walker: upstream layers already carry their compressed weights
+            self.calibs[name] = self._calibrate(Walker(self.fg, self.cfg), [name], progress=False)
+        return self.calibs[name].layers[name]
+
+    # ---- allocate
+    def allocate(self) -> Budget:
+        plan = self.plan
+        if not plan.sparsity:
+            return Budget([0] * len(self.names))
+        t0 = time.perf_counter()
+        budget = plan.allocation.allocate([self._stats(n) for n in self.names], plan.sparsity)
+        self.seconds["compression"] += time.perf_counter() - t0
+        if not plan.method.obs_trace:
+            budget.traces = []  # only ExactOBS pruning reuses the allocation's traces
+        return budget
+
+    def _stats(self, name: str) -> LayerStats:
+        W2 = _layer_matrix(self.fg.nodes[name])
+        if not self.plan.allocation.needs_hessian:
+            return LayerStats(W2)
+        lc = self.calibs[name].layers[name]
+        return LayerStats(W2, lc.H, lc.groups)
+
+    # ---- compress the layers
+    def compress_layers(self, budget: Budget) -> None:
+        bar = _bar(len(self.names), self.progress, "compressing")
+        for i, (name, k) in enumerate(zip(self.names, budget.counts)):
+            self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar))
+        if bar is not None:
+            bar.close()
+
+    def _compress_layer(self, name: str, k: int, traces, bar) -> LayerReport:
+        plan = self.plan
+        lc = self.layer_calibration(name)
+        node = self.fg.nodes[name]
         t0 = time.perf_counter()
         W = np.asarray(node.weight)
-        W2 = _layer_matrix(node)
-        H = lc.H
-        sq = lc.acc.sq_norms if method == "wanda" else None
-        groups = lc.groups
-        parts, res_parts = [], []
         shown = [0.0]  # share of this layer already added to the bar (the ExactOBS trace moves it)
-        for g, rows, cols in _group_blocks(W2.shape, groups):  # each group has its own block of H
-            k_g = int(round(k * (g + 1) / groups)) - int(round(k * g / groups))
-            r = compress_layer(W2[rows], H[cols, cols], method=method, n_prune=k_g, pattern=nm, bits=bits,
-                               grid_scheme=grid, granularity=granularity, rel_damp=rel_damp,
-                               sq_norms=None if sq is None else sq[cols], exact_resolve=exact_resolve,
-                               on_rows=_layer_progress(bar, shown, g, groups))
-            parts.append(r.W)
-            res_parts.append(r)
-        W_new = np.concatenate(parts, axis=0).reshape(W.shape).astype(W.dtype, copy=False)
-        if bits and all(r.q is not None for r in res_parts):
-            q, scale, zero = _stack_codes(res_parts, W.shape)
+        parts = compress_groups(
+            _layer_matrix(node), lc.H, lc.groups, k, method=plan.method, pattern=plan.pattern, bits=plan.bits,
+            grid_scheme=plan.grid, granularity=plan.granularity, rel_damp=plan.rel_damp,
+            sq_norms=lc.acc.sq_norms if plan.method.input_norms else None, exact_resolve=plan.exact_resolve,
+            traces=traces, on_rows=_layer_progress(bar, shown, lc.groups))
+        node.weight = self._new_weight(name, W, parts)
+        esc, layer_notes, fallback = self._log_layer(name, parts)
+        self.seconds["compression"] += time.perf_counter() - t0
+        if bar is not None:
+            bar.update(1 - shown[0])
+        W_new = node.weight
+        return LayerReport(
+            name=name, kind=self.fg.kind(name), shape=tuple(W.shape), neuron=lc.neuron,
+            kernel=_kernel_name(lc.betas), sparsity=float(1 - np.count_nonzero(W_new) / W_new.size),
+            bits=plan.bits, objective_before=float(np.mean([r.objective_before for r in parts])),
+            objective_after=float(np.mean([r.objective_after for r in parts])),
+            damp=max((r.damp for r in parts if r.damp is not None), default=None),
+            seconds=float(sum(r.seconds for r in parts)), hessian_seconds=lc.seconds,
+            fallback=fallback, escalations=esc, notes=layer_notes)
+
+    def _new_weight(self, name: str, W: np.ndarray, parts) -> np.ndarray:
+        W_new = np.concatenate([r.W for r in parts], axis=0).reshape(W.shape).astype(W.dtype, copy=False)
+        if self.plan.bits and all(r.q is not None for r in parts):
+            q, scale, zero = _stack_codes(parts, W.shape)
+            per_row = (-1,) + (1,) * (q.ndim - 1)
             # on the grid exactly in the weight's own float type, so integer exports reproduce it bit for bit
-            W_new = ((q - zero.reshape(-1, *[1] * (q.ndim - 1))).astype(W.dtype)
-                     * scale.astype(W.dtype).reshape(-1, *[1] * (q.ndim - 1)))
-            quant[name] = (q, scale, zero)
-        node.weight = W_new
-        esc = [e for r in res_parts for e in r.escalations]
-        layer_notes = list(dict.fromkeys(n for r in res_parts for n in r.notes))  # groups repeat notes
-        notes.extend(f"{name}: {n}" for n in layer_notes + esc)
-        fallback = "; ".join(sorted({r.fallback for r in res_parts if r.fallback})) or None
+            W_new = (q - zero.reshape(per_row)).astype(W.dtype) * scale.astype(W.dtype).reshape(per_row)
+            self.quant[name] = (q, scale, zero)
+        return W_new
+
+    def _log_layer(self, name: str, parts) -> tuple[list, list, str | None]:
+        esc = [e for r in parts for e in r.escalations]
+        layer_notes = list(dict.fromkeys(n for r in parts for n in r.notes))  # groups repeat notes
+        self.notes.extend(f"{name}: {n}" for n in layer_notes + esc)
+        fallback = "; ".join(sorted({r.fallback for r in parts if r.fallback})) or None
         if fallback:
             log.warning("layer %s fell back: %s", name, fallback)
         for e in esc:
             log.info("layer %s: %s", name, e)
-        seconds["compression"] += time.perf_counter() - t0
-        reports.append(LayerReport(
-            name=name, kind=fg.kind(name), shape=tuple(W.shape), neuron=lc.neuron,
-            kernel=_kernel_name(lc.betas), sparsity=float(1 - np.count_nonzero(W_new) / W_new.size), bits=bits,
-            objective_before=float(np.mean([r.objective_before for r in res_parts])),
-            objective_after=float(np.mean([r.objective_after for r in res_parts])),
-            damp=max((r.damp for r in res_parts if r.damp is not None), default=None),
-            seconds=float(sum(r.seconds for r in res_parts)), hessian_seconds=lc.seconds,
-            fallback=fallback, escalations=esc, notes=layer_notes))
-        if bar is not None:
-            bar.update(1 - shown[0])
-    if bar is not None:
-        bar.close()
-    cal_any = next(iter(calibs.values()))
-    notes.extend(cal_any.notes if not sequential else [n for c in calibs.values() for n in c.notes])
-    total = sum(np.asarray(fg.nodes[n].weight).size for n in names)
-    zeros = sum(np.asarray(fg.nodes[n].weight).size - np.count_nonzero(fg.nodes[n].weight) for n in names)
-    report = CompressionReport(
-        method=method, sparsity=sparsity, bits=bits, pattern=None if nm is None else f"{nm[0]}:{nm[1]}",
-        allocation=allocation, sim=cfg.to_metadata(), n_calibration=cal_any.n_samples, layers=reports,
-        overall_sparsity=zeros / total if total else 0.0, seconds=seconds, notes=notes, quant=quant)
-    if measure_damage:
+        return esc, layer_notes, fallback
+
+    # ---- report
+    def report(self) -> CompressionReport:
+        plan = self.plan
+        cals = list(self.calibs.values())
+        cal_notes = [n for c in cals for n in c.notes] if plan.sequential else cals[0].notes
+        weights = [np.asarray(self.fg.nodes[n].weight) for n in self.names]
+        total = sum(w.size for w in weights)
+        zeros = sum(w.size - np.count_nonzero(w) for w in weights)
+        return CompressionReport(
+            method=plan.method.name, sparsity=plan.sparsity, bits=plan.bits, pattern=plan.pattern_text,
+            allocation=plan.allocation.name, sim=self.cfg.to_metadata(), n_calibration=cals[0].n_samples,
+            layers=self.layers, overall_sparsity=zeros / total if total else 0.0, seconds=self.seconds,
+            notes=self.notes + list(cal_notes), quant=self.quant)
+
+    def measure_damage(self, report: CompressionReport) -> None:
         t0 = time.perf_counter()
-        measure_spike_damage(dense_walker, Walker(fg, cfg), calib, reports, batch_size=batch_size,
-                             progress=progress)
-        seconds["damage"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_start
-    new.metadata = {**(new.metadata or {}), **compression_metadata(report)}
-    return new, report
+        measure_spike_damage(self.dense, Walker(self.fg, self.cfg), self.data, report.layers,
+                             batch_size=self.batch_size, progress=self.progress)
+        self.seconds["damage"] = time.perf_counter() - t0
 
 
 def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -300,45 +419,6 @@ def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, np.concatenate(scales), np.concatenate(zeros).astype(np.int32)
 
 
-def _group_blocks(shape, groups):
-    """(g, output rows, input columns) of each group of a (d_out, d_in/groups) layer matrix: a grouped
-    convolution's group g maps its own input block (of the Hessian) to its own output rows."""
-    og, dg = shape[0] // groups, shape[1]
-    for g in range(groups):
-        yield g, slice(g * og, (g + 1) * og), slice(g * dg, (g + 1) * dg)
-
-
-def _obs_costs(W2, lc, rel_damp):
-    """ExactOBS trace scores of every weight of a layer (per group for grouped convolutions), divided by
-    the layer's dense objective tr(W H W^T): the relative output distortion of each greedy removal."""
-    H = np.asarray(lc.H, np.float64)
-    out = []
-    energy = 0.0
-    for _, rows, cols in _group_blocks(W2.shape, lc.groups):
-        Wg, Hg = np.asarray(W2[rows], np.float64), H[cols, cols]
-        energy += float(np.einsum("ij,jk,ik->", Wg, Hg, Wg))
-        try:
-            Hinv, _, _ = damped_inverse(Hg, rel_damp, 1.0)
-            _, sc = obs_trace(Wg, Hinv)
-        except FactorizationError:  # the layer will fall back to magnitude: rank it by magnitude
-            sc = np.sort(Wg**2, axis=1)
-        out.append(sc)
-    return np.concatenate(out, axis=0) / (energy if energy > 0 else 1.0)
-
-
-def compression_metadata(report: CompressionReport) -> dict[str, Any]:
-    meta = {"sbc_onnx.method": report.method, "sbc_onnx.allocation": report.allocation,
-            "sbc_onnx.overall_sparsity": float(report.overall_sparsity),
-            "sbc_onnx.n_calibration": int(report.n_calibration)}
-    if report.sparsity is not None:
-        meta["sbc_onnx.sparsity"] = float(report.sparsity)
-    if report.bits is not None:
-        meta["sbc_onnx.bits"] = int(report.bits)
-    if report.pattern is not None:
-        meta["sbc_onnx.pattern"] = report.pattern
-    return {**meta, **report.sim}
-
-
 def _kernel_name(betas) -> str:
     if not betas:
         return "identity"
@@ -347,57 +427,74 @@ def _kernel_name(betas) -> str:
     return "exp(" + ",".join(f"{b:.4g}" for b in betas) + ")"
 
 
+# ---------------------------------------------------------------------------------------------- spike damage
+
 def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[LayerReport], *,
                          batch_size: int = 32, progress: bool = False) -> None:
     """Per layer: firing rate of the fed neuron, dense and compressed, and the Van Rossum distance
     between their spike trains on the calibration data (kernel: the neuron's own leak; non-leaky
     neurons use tau = 10 steps), as squared distance per neuron per sample, summed over time."""
-    targets = {r.neuron: r for r in reports if r.neuron is not None and dense.ops[r.neuron].spiking}
+    targets = _spiking_targets(dense, reports)
     if not targets:
         return
-    decay = {}
-    for n in targets:
-        k = dense.fg.prim(n).decays(dense.fg.nodes[n], dense.cfg)[-1]  # the membrane stage
-        decay[n] = 0.9 if k is None else float(np.mean(1 - k))
-    acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0} for n in targets}
-
+    decay = {n: _van_rossum_decay(dense, n) for n in targets}
+    acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0, "steps": 1} for n in targets}
     bar = _bar(getattr(dataset, "n", None), progress, "measuring spike damage")
     for x_tb, y in dataset.batches(batch_size):
-        seqs: dict[str, dict[str, list]] = {n: {"d": [], "c": []} for n in targets}
-
-        def rec(n, which):
-            return lambda t, s: seqs[n][which].append(s.astype(bool))  # spikes: 1 byte each
-
-        dense.run(x_tb, on_output={n: rec(n, "d") for n in targets}, record_outputs=False,
-                  on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
-        comp.run(x_tb, on_output={n: rec(n, "c") for n in targets}, record_outputs=False,
-                 on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
+        seqs = {n: {"d": [], "c": []} for n in targets}
+        for walker, which in ((dense, "d"), (comp, "c")):
+            walker.run(x_tb, on_output={n: _recorder(seqs[n][which]) for n in targets}, record_outputs=False,
+                       on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
         for n in targets:
-            f = np.zeros_like(seqs[n]["d"][0], dtype=np.float64)
-            for sd, sc in zip(seqs[n]["d"], seqs[n]["c"]):
-                f = decay[n] * f + (sd.astype(np.int8) - sc.astype(np.int8))
-                acc[n]["d"] += float(np.sum(f * f))
-                acc[n]["sd"] += float(sd.sum())
-                acc[n]["sc"] += float(sc.sum())
-            acc[n]["cells"] += seqs[n]["d"][0].size
-            acc[n]["steps"] = len(seqs[n]["d"])
+            _accumulate_distance(acc[n], seqs[n]["d"], seqs[n]["c"], decay[n])
     if bar is not None:
         bar.close()
     for n, r in targets.items():
-        a = acc[n]
-        cells, steps = a["cells"], a.get("steps", 1)
-        r.van_rossum = a["d"] / cells
-        r.firing_rate_dense = a["sd"] / (cells * steps)
-        r.firing_rate_compressed = a["sc"] / (cells * steps)
+        r.van_rossum, r.firing_rate_dense, r.firing_rate_compressed = _damage(acc[n])
 
 
-def _layer_progress(bar, shown, g, groups):
-    """on_rows callback moving the layer bar within a layer: group g of ``groups`` is done to done/total
-    (at most 0.9 of the layer: the compensation follows the trace)."""
+def _spiking_targets(walker: Walker, reports: list[LayerReport]) -> dict[str, LayerReport]:
+    """{fed neuron: its layer's report} for the layers that feed a spiking neuron."""
+    return {r.neuron: r for r in reports if r.neuron is not None and walker.ops[r.neuron].spiking}
+
+
+def _van_rossum_decay(walker: Walker, neuron: str) -> float:
+    """The per-step decay of the distance filter: the neuron's membrane leak (0.9 if it has none)."""
+    k = walker.fg.prim(neuron).decays(walker.fg.nodes[neuron], walker.cfg)[-1]  # the membrane stage
+    return 0.9 if k is None else float(np.mean(1 - k))
+
+
+def _recorder(out: list):
+    return lambda t, s: out.append(s.astype(bool))  # spikes: 1 byte each
+
+
+def _damage(a: dict) -> tuple[float, float, float]:
+    """(Van Rossum distance per neuron per sample, dense rate, compressed rate) from the sums."""
+    cells, steps = a["cells"], a["steps"]
+    return a["d"] / cells, a["sd"] / (cells * steps), a["sc"] / (cells * steps)
+
+
+def _accumulate_distance(a: dict, dense: list, comp: list, decay: float) -> None:
+    """Add one batch: the filtered difference of the spike trains, squared and summed over time."""
+    f = np.zeros_like(dense[0], dtype=np.float64)
+    for sd, sc in zip(dense, comp):
+        f = decay * f + (sd.astype(np.int8) - sc.astype(np.int8))
+        a["d"] += float(np.sum(f * f))
+        a["sd"] += float(sd.sum())
+        a["sc"] += float(sc.sum())
+    a["cells"] += dense[0].size
+    a["steps"] = len(dense)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+def _layer_progress(bar, shown, groups):
+    """on_rows(g, done, total) callback moving the layer bar within a layer: group g of ``groups`` is
+    done to done/total (at most 0.9 of the layer: the compensation follows the trace)."""
     if bar is None:
         return None
 
-    def on_rows(done, total):
+    def on_rows(g, done, total):
         frac = 0.9 * (g + done / max(total, 1)) / groups
         if frac > shown[0]:
             bar.update(frac - shown[0])
@@ -408,7 +505,5 @@ def _layer_progress(bar, shown, g, groups):
 def _bar(total, enabled, desc):
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")

@@ -11,7 +11,7 @@ A neuron is a cascade of first-order stages, input -> ... -> membrane, each
 
 with k the per-step decay (`decay`), then an optional threshold on the last stage (spike, then reset).
 The SMP calibration kernel M of a neuron is the same cascade with unit gains, i.e. one recursive filter
-z_t = beta z_{t-1} + x_t per stage with beta = 1 - k (1 for an integrator): docs/sbc_method.md.
+z_t = beta z_{t-1} + x_t per stage with beta = 1 - k (1 for an integrator): docs/sbc_method.md §1.4.
 
 Adding a neuron primitive whose dynamics are such a cascade (the NIR class must exist in `nir`) is one
 `_declare(Primitive(...))` below plus its tests: the simulator step, the ONNX step function, the

@@ -82,3 +82,19 @@ def test_accumulator_fortran_rows_equal_c_rows(precision):
     tol = 1e-5 if precision == "float32" else 1e-12
     for acc in (a, b, c):
         np.testing.assert_allclose(acc.H, ref, rtol=tol, atol=tol)
+
+
+def test_compiled_on_disk_marker(tmp_path, monkeypatch):
+    """The "compiling the kernels" notice: False before both ExactOBS kernels ran once with this cache
+    folder, True afterwards (the project's own marker; numba's cache is not read)."""
+    from sbc_onnx.compress import _obs_kernel as k
+    from sbc_onnx.compress import compiled_on_disk, prune_exact_obs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(k, "_ran", set())
+    assert not compiled_on_disk()
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6))
+    prune_exact_obs(rng.standard_normal((3, 6)), 2 * X.T @ X / 40, 9)
+    assert compiled_on_disk()
+    assert [p.name[:18] for p in (tmp_path / "sbc-onnx").iterdir()] == ["numba-obs-kernels-"]

@@ -247,7 +247,15 @@ def test_gptq_keeps_mask_and_dead_inputs_are_rtn():
     g = make_grid(W, 4)
     q = quantize_gptq(W, H, g)
     np.testing.assert_allclose(q.W[:, [4, 9]], quantize(W, g)[:, [4, 9]])  # RTN of the original
-    assert np.all(q.W[:, [4, 9]] != 0) or np.any(quantize(W, g)[:, [4, 9]] == 0)
+    # pruned then quantized with the mask: a dead weight the budget keeps is never compensated into by
+    # either step, so it ends as the RTN of its original value (not zeroed for being silent)
+    p = prune_exact_obs(W, H, 12)
+    gm = make_grid(p.W, 4)
+    kept = p.mask[:, [4, 9]]
+    assert kept.any() and (~kept).any()  # the budget prunes some dead weights and keeps others
+    qm = quantize_gptq(p.W, H, gm, mask=p.mask)
+    np.testing.assert_allclose(qm.W[:, [4, 9]][kept], quantize(W, gm)[:, [4, 9]][kept])
+    assert np.count_nonzero(quantize(W, gm)[:, [4, 9]][kept]) > 0
     p = prune_exact_obs(W, H, 150)
     qm = quantize_gptq(p.W, H, make_grid(p.W, 4), mask=p.mask)
     assert np.all(qm.W[~p.mask] == 0)  # quantizing never un-prunes
@@ -321,10 +329,11 @@ def test_masked_solve_equals_per_row_solves():
         assert np.all(got[~mask] == 0)
 
 
-def test_smallest_per_row_equals_stable_argsort_selection():
-    """The layer-global selection (k smallest trace scores, ties in index order) by partition threshold
-    gives the same per-row counts as a stable argsort, with ties, +inf and NaN scores."""
-    from sbc_onnx.compress.obs import _smallest_per_row
+def test_select_smallest_equals_stable_argsort_selection():
+    """The one k-smallest selection (ExactOBS's layer-global mask, SparseGPT's blocks, magnitude masks,
+    allocations) by partition threshold selects exactly the first k of a stable argsort: ties in index
+    order, +inf and NaN scores, float32 and float64, any shape."""
+    from sbc_onnx.compress import select_smallest
 
     rng = np.random.default_rng(22)
     for t in range(400):
@@ -336,9 +345,16 @@ def test_smallest_per_row_equals_stable_argsort_selection():
             S[0, 0] = np.inf
         if t % 3 == 0:
             S[rng.random((r, c)) < 0.3] = np.nan
+        if t % 7 == 0:
+            S = S.astype(np.float32)
         k = int(rng.integers(0, r * c + 1))
-        sel = np.argsort(S.ravel(), kind="stable")[:k]
-        np.testing.assert_array_equal(_smallest_per_row(S, k), np.bincount(sel // c, minlength=r))
+        ref = np.zeros(r * c, bool)
+        ref[np.argsort(S.ravel(), kind="stable")[:k]] = True
+        got = select_smallest(S, k)
+        assert got.shape == S.shape
+        np.testing.assert_array_equal(got.ravel(), ref)
+    with pytest.raises(ValueError):
+        select_smallest(np.zeros(3), 4)
 
 
 def test_obs_trace_progress_in_row_chunks_changes_nothing():

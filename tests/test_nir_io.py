@@ -30,8 +30,9 @@ def test_round_trip_paper_graphs(data_dir, tmp_path, rel):
     g_orig = read_nir(data_dir / rel)
     assert diff_graphs(g_orig, g2) == []
     assert float(g2.metadata["dt"]) == 1e-4
-    for key, value in (g_orig.metadata or {}).items():  # metadata kept
-        assert key in g2.metadata
+    for key, value in (g_orig.metadata or {}).items():  # metadata kept, values too
+        if key != "dt":
+            assert np.array_equal(np.asarray(g2.metadata[key]), np.asarray(value)), key
 
 
 def test_rockpool_loaded_without_type_check_and_said(data_dir, caplog):
@@ -65,7 +66,8 @@ def test_no_zero_d_params_written(tmp_path):
     g.nodes["l"].output_type = {"output": np.array([3])}
     write_nir(g, tmp_path / "s.nir")
     back = nir.read(tmp_path / "s.nir")
-    assert back.nodes["l"].tau.shape == (3,)
+    for f, value in (("tau", 1e-3), ("r", 10.0), ("v_leak", 0.0), ("v_threshold", 1.0), ("v_reset", 0.0)):
+        np.testing.assert_array_equal(getattr(back.nodes["l"], f), np.full(3, value), err_msg=f)
 
 
 # ---- bad input: one line, non-zero exit, no traceback ------------------------------------------------

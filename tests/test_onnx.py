@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 import nir
@@ -16,8 +17,10 @@ from onnx import helper
 from sbc_onnx.errors import SbcError
 from sbc_onnx.graph import diff_graphs, flatten
 from sbc_onnx.io.models import load_model
-from sbc_onnx.io.onnx_export import dequantize
-from sbc_onnx.io.onnx_io import (evaluate_onnxruntime, infer_grid, ort_session, read_onnx, run_onnxruntime,
+from sbc_onnx.io.onnx_common import dequantize
+from sbc_onnx.io.onnx_functions import build_functions
+from sbc_onnx.compress.grids import infer_grid
+from sbc_onnx.io.onnx_io import (evaluate_onnxruntime, ort_session, read_onnx, run_onnxruntime,
                               update_onnx, write_onnx)
 from sbc_onnx.sim import SimConfig, Walker
 
@@ -119,7 +122,7 @@ def test_topology_checker_round_trip_and_ort_equals_walker(name, tmp_path):
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
         g2 = read_onnx(path)
         assert_exact_round_trip(g, g2)
-        cfg2 = SimConfig.from_metadata(g2.metadata, dtype=cfg.dtype)
+        cfg2 = SimConfig.from_graph(g2, dtype=cfg.dtype)
         assert cfg2 == cfg
         x = (rng.random((40, 3) + in_shape) < 0.4).astype(cfg.dtype)
         ref = Walker(g, cfg).run(x)
@@ -143,7 +146,7 @@ def test_paper_graph_checker_and_exact_round_trip(data_dir, rel, tmp_path):
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     g2 = read_onnx(path)
     assert_exact_round_trip(g, g2)
-    assert SimConfig.from_metadata(g2.metadata) == cfg
+    assert SimConfig.from_graph(g2) == cfg
     assert g2.metadata["source"] == rel and g2.metadata["note"] == 3
     # and back to NIR on disk, through the CLI's path
     from sbc_onnx.io.nir_io import write_nir
@@ -290,7 +293,8 @@ def test_update_onnx_changes_only_weight_initializers_and_metadata(data_dir, tmp
     meta_a = {p.key: p.value for p in a.metadata_props}
     meta_b = {p.key: p.value for p in b.metadata_props}
     assert {k: v for k, v in meta_b.items() if k in meta_a} == meta_a
-    assert meta_b["compression"] == "sparsity 0.5" and meta_b["level"] == "0.5"
+    assert meta_b["compression"] == "sparsity 0.5" and meta_b["nir.json.level"] == "0.5"
+    assert read_onnx(out).metadata["level"] == 0.5  # typed, as a file from write_onnx
     assert_exact_round_trip(g, read_onnx(out))
     onnx.checker.check_model(b, full_check=True)
     # non-weight parameters cannot be changed in place
@@ -337,3 +341,27 @@ def test_cli_convert_and_eval_engines(data_dir, tmp_path):
         assert r.exit_code == 0, r.output
         lines[engine] = [ln for ln in r.output.splitlines() if "accuracy" in ln or ln.startswith("  ")]
     assert lines["numpy"] == lines["onnxruntime"]  # same firing rates and accuracy
+
+
+def _doc_functions() -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """The step-function table of docs/onnx_convention.md: name -> (attributes, inputs, outputs)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs/onnx_convention.md").read_text()
+    row = re.compile(r"^\| ((?:`\w+`(?:, )?)+) ?(?:<([^>]*)>)? \| ([^|]*?) -> ([^|]*?) \|")
+    names = lambda text: [t.strip().split("=")[0] for t in text.split(",") if t.strip()]  # noqa: E731
+    table = {}
+    for line in doc.splitlines():
+        if m := row.match(line):
+            for kind in re.findall(r"`(\w+)`", m.group(1)):
+                table[kind] = (names(m.group(2) or ""), names(m.group(3)), names(m.group(4)))
+    return table
+
+
+def test_convention_doc_lists_every_step_function_as_generated():
+    """The functions are generated from the catalogue; the document must say what they take and give."""
+    doc = _doc_functions()
+    functions = {f.name: f for f in build_functions()}
+    assert sorted(doc) == sorted(functions)
+    for name, f in functions.items():
+        attrs, ins, outs = doc[name]
+        assert (ins, outs) == (list(f.input), list(f.output)), name
+        assert sorted(attrs) == sorted(f.attribute), name

@@ -30,8 +30,13 @@ def test_cli_compress_onnx_in_place(data_dir, tmp_path, capsys):
     changed = {t.name for t, u in zip(a.graph.initializer, b.graph.initializer) if t.raw_data != u.raw_data}
     assert changed == {"fc1.weight", "lif1.w_rec.weight", "fc2.weight"}
     meta = {p.key: p.value for p in b.metadata_props}
-    assert meta["sbc_onnx.method"] == "sbc" and meta["sbc_onnx.bits"] == "6"
+    # metadata encoded as write_onnx encodes it: strings as they are, numbers as JSON under nir.json.<key>
+    assert meta["sbc_onnx.method"] == "sbc" and meta["nir.json.sbc_onnx.bits"] == "6"
+    # the settings stay those baked into the file's time step, written once
+    assert [(p.key, p.value) for p in b.metadata_props if p.key in ("dt", "integrator", "reset", "cuba_order")] \
+        == [("dt", "0.0001"), ("integrator", "euler"), ("reset", "to_v_reset"), ("cuba_order", "current_first")]
     g_src, g_out = read_onnx(src), read_onnx(out)
+    assert g_out.metadata["sbc_onnx.bits"] == 6 and g_out.metadata["sbc_onnx.method"] == "sbc"
     assert set(diff_graphs(g_src, g_out)) == {"fc1.weight differs", "lif1.w_rec.weight differs", "fc2.weight differs"}
     w = np.concatenate([g_out.nodes[n].weight.ravel() for n in ("fc1", "lif1.w_rec", "fc2")])
     assert np.mean(w == 0) >= 0.6 - 1e-3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import nir
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 
 import sbc_onnx as sbc
+from sbc_onnx import pipeline
 from sbc_onnx.calibrate import calibrate, fed_neuron, kernel_betas
 from sbc_onnx.cli import main
-from sbc_onnx.compress import kernel_matrix
+from sbc_onnx.compress import LayerStats, compress_layer, group_blocks, kernel_matrix, make_allocation
 from sbc_onnx.data import Dataset
 from sbc_onnx.graph import diff_graphs, flatten
 
@@ -84,7 +86,7 @@ def test_quantized_weights_on_grid_and_codes_reported():
         assert np.all(q[w == 0] == zero[np.nonzero(w == 0)[0]])
 
 
-def test_precomputed_calibration_and_sequential():
+def test_precomputed_calibration_and_sequential(monkeypatch):
     rng = np.random.default_rng(3)
     graph, _ = ALL["residual"](rng)
     ds = _spikes(rng, 8, 30, 4)
@@ -94,10 +96,20 @@ def test_precomputed_calibration_and_sequential():
     assert diff_graphs(a, b) == []
     with pytest.raises(sbc.SbcError, match="objective"):
         sbc.compress(graph, ds, sparsity=0.6, cfg=CFG, method="obc", calibration=cal)
+    seen = []  # every calibration the sequential pass collects
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: seen.append(calibrate(*a, **k)) or seen[-1])
     c, _ = sbc.compress(graph, ds, sparsity=0.6, cfg=CFG, sequential=True)
-    # the first layer sees the same input either way; later layers see compressed upstream spikes
+    H = {n: c_.layers[n].H for c_ in seen for n in c_.layers}
+    assert [list(c_.layers) for c_ in seen] == [["a"], ["c"]]
+    # the first layer sees the same input either way ...
     fa, fc = flatten(a), flatten(c)
     assert np.array_equal(fa.nodes["a"].weight, fc.nodes["a"].weight)
+    np.testing.assert_array_equal(H["a"], cal.layers["a"].H)
+    # ... the downstream layer's Hessian is collected with the upstream layer already compressed
+    assert not np.allclose(H["c"], cal.layers["c"].H)
+    upstream = copy.deepcopy(graph)
+    upstream.nodes["a"].weight = fc.nodes["a"].weight
+    np.testing.assert_array_equal(H["c"], calibrate(sbc.Walker(upstream, CFG), ds, layers=["c"]).layers["c"].H)
 
 
 def test_grouped_conv_is_compressed_per_group():
@@ -115,6 +127,72 @@ def test_grouped_conv_is_compressed_per_group():
     new, rep = sbc.compress(g, ds, sparsity=0.5, cfg=CFG)
     assert np.count_nonzero(new.nodes["conv"].weight) == w.size // 2
     assert rep.layers[0].objective_after < rep.layers[0].objective_before
+
+
+def test_spike_damage_rates_and_van_rossum_distance():
+    """Firing rates are the walker's, dense and compressed; the Van Rossum distance is 0 for an unchanged
+    model and the filtered spike-train difference (kernel: the LIF's Euler leak) otherwise."""
+    rng = np.random.default_rng(7)
+    graph, _ = ALL["sequential"](rng)
+    ds = _spikes(rng, 8, 30, 4)
+    same, rep0 = sbc.compress(graph, ds, sparsity=0.0, cfg=CFG)
+    new, rep = sbc.compress(graph, ds, sparsity=0.7, cfg=CFG)
+    assert diff_graphs(graph, same) == []
+    x_tb, _ = next(ds.batches(32))
+
+    def spikes(g):
+        rec = {"l1": [], "l2": []}
+        sbc.Walker(g, CFG).run(x_tb, on_output={n: (lambda out: lambda t, s: out.append(s.copy()))(rec[n])
+                                                for n in rec})
+        return {n: np.stack(v).astype(np.float64) for n, v in rec.items()}  # (T, B, neurons)
+
+    dense, comp = spikes(graph), spikes(new)
+    beta = 1 - DT / 2e-3  # l1, l2: tau 2e-3, Euler
+    for r0, r in zip(rep0.layers, rep.layers):
+        n = r.neuron
+        assert r0.van_rossum == 0 and r0.firing_rate_compressed == r0.firing_rate_dense
+        assert r0.firing_rate_dense == pytest.approx(dense[n].mean()) == r.firing_rate_dense
+        assert r.firing_rate_compressed == pytest.approx(comp[n].mean())
+        f, dist = 0.0, 0.0
+        for d_t, c_t in zip(dense[n], comp[n]):
+            f = beta * f + (d_t - c_t)
+            dist += np.sum(f * f)
+        assert r.van_rossum == pytest.approx(dist / dense[n][0].size)
+    assert all(r.van_rossum > 0 for r in rep.layers)
+
+
+def test_obs_allocation_reuses_its_traces_exactly():
+    """The ExactOBS traces the obs allocation runs are handed to the layers' pruning: the weights equal
+    pruning every layer (every group of a grouped convolution) from scratch with the allocation's counts."""
+    rng = np.random.default_rng(6)
+    graph, _ = ALL["residual"](rng)
+    ds = _spikes(rng, 8, 30, 4)
+    conv = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([4, 6, 6])),
+        "conv": nir.Conv2d(input_shape=(6, 6), weight=rng.normal(size=(4, 2, 3, 3)), stride=1, padding=1,
+                           dilation=1, groups=2, bias=np.zeros(4)),
+        "if": nir.IF(r=np.ones((4, 6, 6)), v_threshold=np.ones((4, 6, 6)), v_reset=np.zeros((4, 6, 6))),
+        "output": nir.Output(np.array([4, 6, 6]))},
+        edges=[("input", "conv"), ("conv", "if"), ("if", "output")], type_check=False)
+    conv_ds = Dataset((rng.random((6, 10, 4, 6, 6)) < 0.3).astype(np.uint8), np.zeros(6, int))
+    for g, data in ((graph, ds), (conv, conv_ds)):
+        for method in ("sbc", "obc"):
+            objective = "current" if method == "obc" else "smp"
+            cal = calibrate(sbc.Walker(g, CFG), data, objective=objective)
+            new, rep = sbc.compress(g, data, sparsity=0.7, method=method, allocation="obs", cfg=CFG,
+                                    calibration=cal, measure_damage=False)
+            fg, fn = flatten(g), flatten(new)
+            names = [r.name for r in rep.layers]
+            mats = {n: np.asarray(fg.nodes[n].weight).reshape(len(fg.nodes[n].weight), -1) for n in names}
+            stats = [LayerStats(mats[n], cal.layers[n].H, cal.layers[n].groups) for n in names]
+            counts = make_allocation("obs").allocate(stats, 0.7).counts
+            for n, k in zip(names, counts):
+                groups = cal.layers[n].groups
+                for gi, rows, cols in group_blocks(mats[n].shape, groups):
+                    k_g = int(round(k * (gi + 1) / groups)) - int(round(k * gi / groups))
+                    ref = compress_layer(mats[n][rows], cal.layers[n].H[cols, cols], method=method, n_prune=k_g)
+                    got = np.asarray(fn.nodes[n].weight).reshape(mats[n].shape)[rows]
+                    np.testing.assert_array_equal(got, ref.W)
 
 
 def test_obs_allocation_exact_budget_and_refuses_sequential():
@@ -158,7 +236,9 @@ def test_cli_compress_cnn_sinabs_end_to_end(data_dir, tmp_path, capsys):
     assert diff_graphs(sbc.load_model(model), g, ignore_fields=("weight",)) == []
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["overall_sparsity"] >= 0.7 - 1e-4 and len(rep["layers"]) == 5  # floor(0.7 N) / N
-    assert all(lay["van_rossum"] is not None for lay in rep["layers"])
+    for lay in rep["layers"]:  # spike damage measured on the calibration data (values: test_spike_damage_...)
+        assert 0 < lay["firing_rate_dense"] < 1 and 0 <= lay["firing_rate_compressed"] < 1
+        assert lay["van_rossum"] > 0 or lay["firing_rate_compressed"] == lay["firing_rate_dense"]
     assert main(["eval", model, "--data", str(tmp_path / "test.npz")]) == 0
     dense_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["eval", str(out), "--data", str(tmp_path / "test.npz")]) == 0

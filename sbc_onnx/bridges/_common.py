@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-# Graph-metadata keys understood by sbc_onnx.sim.SimConfig.from_metadata.
-SIM_KEYS = ("dt", "integrator", "reset", "cuba_order")
+from ..sim.config import RESETS, SimConfig
 
 
 def full(value: Any, shape: tuple[int, ...], name: str = "parameter", dtype=np.float64) -> np.ndarray:
@@ -29,11 +28,11 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def sim_metadata(dt: float, reset: str, cuba_order: str = "current_first", **extra: Any) -> dict[str, Any]:
-    """Metadata recording how the exported graph must be stepped (see sbc_onnx/sim/config.py)."""
-    meta: dict[str, Any] = {"dt": float(dt), "integrator": "euler", "reset": reset, "cuba_order": cuba_order}
-    meta.update(extra)
-    return meta
+def sim_metadata(dt: float, reset: str, **extra: Any) -> dict[str, Any]:
+    """Graph metadata saying how an exported graph must be stepped: the bridges' mappings are exact for
+    forward Euler at `dt` with the synaptic current updated first (SimConfig's keys), plus `extra`."""
+    cfg = SimConfig(dt=dt, integrator="euler", reset=reset, cuba_order="current_first")
+    return {**cfg.to_metadata(), **extra}
 
 
 def meta_value(meta: dict | None, key: str, default: Any = None) -> Any:
@@ -70,8 +69,8 @@ def graph_reset(graph: Any, reset: str | None) -> str:
         raw = meta_value(getattr(graph, "metadata", None), "reset", "to_v_reset")
         raw = str(raw).strip().lower()
         reset = "subtract" if "subtract" in raw else "to_v_reset"
-    if reset not in ("to_v_reset", "subtract"):
-        raise ValueError(f"reset must be 'to_v_reset' or 'subtract', got {reset!r}")
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {', '.join(RESETS)}, got {reset!r}")
     return reset
 
 

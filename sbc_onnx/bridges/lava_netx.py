@@ -134,7 +134,7 @@ def netx_to_nir(path: str | os.PathLike, *, dt: float = 1e-4, encoder: bool = Fa
         nodes["output"] = nir.Output(output_type=np.array([n_in]))
         edges.append((prev, "output"))
     meta = sim_metadata(
-        dt, "to_v_reset", "current_first", source=f"lava-dl netx {path.name}",
+        dt, "to_v_reset", source=f"lava-dl netx {path.name}",
         synaptic_delay="Lava netx Dense delays each layer by one step; this graph has instantaneous synapses",
     )
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)

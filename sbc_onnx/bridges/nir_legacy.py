@@ -23,6 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..io.atomic import write_atomic
+
 __all__ = ["write_nir_legacy", "LEGACY_VERSION", "LEGACY_FIELDS"]
 
 LEGACY_VERSION = "1.0.4"
@@ -107,9 +109,10 @@ def _write_group(group: h5py.Group, d: dict[str, Any]) -> None:
 
 
 def write_nir_legacy(graph, path: str | os.PathLike) -> Path:
-    """Write `graph` (nir.NIRGraph, nir >= 1.0.5 in memory) as a file nir <= 1.0.4 can `nir.read`.
+    """Write `graph` (nir.NIRGraph, nir >= 1.0.5 in memory) atomically as a file nir <= 1.0.4 can `nir.read`.
 
-    Returns the path. Raises ValueError for what the old format cannot express (non-zero v_reset, CubaLI).
+    Returns the path. Raises ValueError for what the old format cannot express (non-zero v_reset, CubaLI),
+    before any file is touched.
     """
     dropped: list[str] = []
     d = _legacy_dict(graph.to_dict(), "", dropped)
@@ -118,14 +121,10 @@ def write_nir_legacy(graph, path: str | os.PathLike) -> Path:
             f"nir <= {LEGACY_VERSION} has no metadata on these nodes; dropped: {', '.join(dropped)}",
             stacklevel=2,
         )
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("version", data=LEGACY_VERSION, dtype=h5py.string_dtype())
             _write_group(f.create_group("node"), d)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return write_atomic(path, write)

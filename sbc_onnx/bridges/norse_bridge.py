@@ -193,7 +193,7 @@ def export_norse(
             warnings.warn(f"node {name!r}: Norse starts v at v_leak != 0, NIR simulators at 0: the first steps "
                           "differ", stacklevel=2)
     graph.infer_types()
-    graph.metadata = sim_metadata(dt, reset, "current_first", source=f"norse {norse.__version__}")
+    graph.metadata = sim_metadata(dt, reset, source=f"norse {norse.__version__}")
     return graph
 
 

@@ -219,7 +219,7 @@ def export_snntorch(
                 setattr(node, f, to_numpy(getattr(node, f)))
     graph.infer_types()
     graph.metadata = sim_metadata(
-        dt, reset, "current_first", source=f"snntorch {snn.__version__}",
+        dt, reset, source=f"snntorch {snn.__version__}",
         snntorch_reset_mechanism=mechanism, snntorch_reset_delay=int(delay),
     )
     return graph

@@ -1,36 +1,29 @@
-"""`sbc-onnx compress`: one-shot pruning and/or quantization of a NIR or ONNX model."""
+"""`sbc-onnx compress`: one-shot pruning and/or quantization of a NIR or ONNX model.
+
+One path: the options make a `Plan`; `--target` constrains it to what the chip stores (hardware/deploy.py)
+and adds the folding into an integer model and its float twin; every other option works the same way.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
 
-from ..compress import METHODS
+from ..compress import ALLOCATIONS, METHODS, SCHEMES
 from ..errors import SbcError
+from ..evaluate import evaluate
+from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
+from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
-from ..pipeline import ALLOCATIONS, GRIDS, compress, compression_metadata
-from ..sim import Walker
+from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
+from ..sim import SimConfig, Walker
 from . import cli
-from .model_cmd import load_data_for, make_config, print_eval, setup_logging, sim_options
+from .model_cmd import load_data_for, print_eval, setup_logging, sim_options
+from .output import write_json
 
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve() or (Path(b).exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
-def write_json_atomic(obj, path: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    os.replace(tmp, path)
+METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 
 
 @cli.command("compress")
@@ -41,19 +34,20 @@ def write_json_atomic(obj, path: str) -> None:
               help="Output model (.nir or .onnx; format by extension).")
 @click.option("--sparsity", type=float, default=None, help="Overall fraction of weights to prune, e.g. 0.9.")
 @click.option("--bits", type=click.IntRange(2, 8), default=None, help="Quantize weights to this many bits.")
-@click.option("--method", type=click.Choice(METHODS), default="sbc", show_default=True,
-              help="sbc: spike-train (SMP) Hessian, ExactOBS pruning + GPTQ quantization; sbc-fast: same "
-                   "objective, SparseGPT-style sweep; obc: current Hessian (M = I); magnitude, wanda, rtn.")
+@click.option("--method", type=click.Choice(list(METHODS)), default="sbc", show_default=True, help=METHOD_HELP + ".")
 @click.option("--pattern", default=None, help="N:M semi-structured sparsity along each row's inputs, e.g. 2:4.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="lamp", show_default=True,
               help="How the overall sparsity is split across layers: lamp (the paper's), uniform, global "
                    "(magnitude), obs (global k smallest ExactOBS trace scores, each divided by its layer's "
-                   "dense objective; costs one extra trace per layer; measured with sbc, mean of three draws: "
-                   "+0.3 to +0.6 points at 90 %, +0.2 to +5.1 at 95 %).")
+                   "dense objective; sbc and obc reuse the traces for their pruning). Results: "
+                   "benchmarks/results/.")
 @click.option("--lamp-p", type=float, default=2.0, show_default=True, help="LAMP score exponent.")
-@click.option("--grid", type=click.Choice(GRIDS), default="symmetric", show_default=True,
-              help="Quantization grid (symmetric: 2^b levels incl. the extra negative one, as the paper).")
-@click.option("--granularity", type=click.Choice(["channel", "tensor"]), default="channel", show_default=True)
+@click.option("--grid", type=click.Choice(SCHEMES), default=None,
+              help="Quantization grid (symmetric: 2^b levels incl. the extra negative one, as the paper) "
+                   "[default: symmetric, or the --target chip's].")
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default=None,
+              help="One quantization scale per output channel or per layer [default: channel, or the "
+                   "--target chip's].")
 @click.option("--damp", type=float, default=0.01, show_default=True,
               help="Relative Hessian damping (escalates x10 up to 1.0 on failure, then falls back).")
 @click.option("--sequential/--dense-calibration", default=False, show_default=True,
@@ -79,51 +73,98 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
                  readout, force, target, dt, integrator, reset, cuba_order, precision) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
-    model_format(output)  # fail early on an unknown extension
-    if _same_file(model, output):
-        raise SbcError("refusing to overwrite the input model; choose another output path")
-    if Path(output).exists() and not force:
-        raise SbcError(f"{output} exists; use --force to overwrite")
+    options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
+                   lamp_p=lamp_p, grid=grid, granularity=granularity, sequential=sequential, rel_damp=damp,
+                   exact_resolve=exact_resolve)
+    profile = load_profile(target) if target else None
+    plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
+    outputs = _output_paths(model, output, force, profile is not None)
     graph = load_model(model)
-    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                               dtype=precision)
     walker = Walker(graph, cfg)
     calib = load_data_for(walker, calib_path, calib_limit)
-    if target:  # hardware deployment path: sbc_onnx/hardware, cli/hardware_cmd.py
-        from .hardware_cmd import compress_target
-
-        return compress_target(model=model, graph=graph, calib=calib, cfg=cfg, target=target, output=output,
-                               sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
-                               lamp_p=lamp_p, damp=damp, batch_size=batch_size,
-                               eval_path=eval_path, eval_limit=eval_limit, readout=readout, walker=walker)
-    what = ", ".join(x for x in (f"sparsity {sparsity}" if sparsity is not None else "",
-                                 f"pattern {pattern}" if pattern else "", f"{bits} bits" if bits else "") if x)
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "
-               f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); method {method}, {what}", err=True)
-    new, report = compress(graph, calib, sparsity=sparsity, bits=bits, method=method, pattern=pattern,
-                           allocation=allocation, lamp_p=lamp_p, grid=grid, granularity=granularity, cfg=cfg,
-                           sequential=sequential, rel_damp=damp, exact_resolve=exact_resolve,
-                           batch_size=batch_size, progress=True)
+               f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); {plan.describe()}"
+               + (f"; target {profile.summary()}" if profile else ""), err=True)
+    if profile:
+        int_g, float_g, deploy = compress_for_target(graph, calib, profile, plan, cfg=cfg, batch_size=batch_size,
+                                                     progress=True)
+        report, models = deploy.compression, {"integer": int_g, "twin": float_g}
+    else:
+        new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True)
+        deploy, models = None, {"compressed": new}
+    _show(report, deploy)
+    _save(models, outputs, model, cfg, report, deploy)
+    if eval_path:
+        _evaluate(walker, models, load_data_for(walker, eval_path, eval_limit), readout, batch_size, report, deploy)
+    if report_path:
+        data = {**report.to_dict(), **({"target": deploy.to_dict()} if deploy else {})}
+        write_json(report_path, data)
+        click.echo(f"wrote report {report_path}", err=True)
+
+
+def _output_paths(model: str, output: str, force: bool, deployment: bool) -> list[Path]:
+    """The files the command will write (a deployment writes the integer model and its float twin),
+    checked before any work: known format, not the input, not overwritten without --force."""
+    paths = list(deployment_paths(output)) if deployment else [Path(output)]
+    model_format(output)  # fail early on an unknown extension
+    for p in paths:
+        if _same_file(model, p):
+            raise SbcError("refusing to overwrite the input model; choose another output path")
+        if p.exists() and not force:
+            raise SbcError(f"{p} exists; use --force to overwrite")
+    return paths
+
+
+def _same_file(a: str, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _show(report, deploy) -> None:
     click.echo(report.table())
-    for note in report.notes:
+    if deploy is not None:
+        click.echo(deploy.table())
+    for note in report.notes + (deploy.notes if deploy else []):
         click.echo(f"note: {note}", err=True)
     s = report.seconds
     click.echo(f"[2/3] calibration {s['calibration']:.1f} s, compression {s['compression']:.1f} s, "
                f"spike-damage measurement {s['damage']:.1f} s", err=True)
-    source = model if model_format(model) == "onnx" else None
-    out = save_model(new, output, cfg=cfg, source=source, metadata=compression_metadata(report))
-    click.echo(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
-    if eval_path:
-        from ..evaluate import evaluate
+    if deploy is not None:
+        errors = [v for v in deploy.violations if v.severity == "error"]
+        for v in deploy.violations:
+            click.echo(v.line())
+        click.echo(f"check against {deploy.profile}: {len(errors)} violation(s)" + ("" if errors else " -- OK"),
+                   err=True)
 
-        click.echo("[3/3] evaluating dense and compressed models", err=True)
-        test = load_data_for(walker, eval_path, eval_limit)
-        dense = evaluate(walker, test, readout=readout, batch_size=batch_size * 2, progress=True)
-        comp = evaluate(Walker(new, cfg), test, readout=readout, batch_size=batch_size * 2, progress=True)
-        report.accuracy_dense, report.accuracy_compressed = dense.accuracy, comp.accuracy
-        click.echo(f"dense      {dense.line()}")
-        click.echo(f"compressed {comp.line()}")
-        click.echo("compressed model:")
-        print_eval(comp)
-    if report_path:
-        write_json_atomic(report.to_dict(), report_path)
-        click.echo(f"wrote report {report_path}", err=True)
+
+def _save(models: dict, outputs: list[Path], model: str, cfg, report, deploy) -> None:
+    if deploy is not None:
+        a, b = write_deployment(models["integer"], models["twin"], outputs[0], cfg, deploy)
+        click.echo(f"wrote {a} (integer weights and neuron parameters, {a.stat().st_size / 1024:.1f} KiB) and {b} "
+                   f"(dequantized float twin, {b.stat().st_size / 1024:.1f} KiB)")
+        return
+    source = model if model_format(model) == "onnx" else None
+    out = save_model(models["compressed"], outputs[0], cfg=cfg, source=source, metadata=compression_metadata(report))
+    click.echo(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
+
+
+def _evaluate(walker: Walker, models: dict, test, readout: str, batch_size: int, report, deploy) -> None:
+    """Accuracy of the dense model and of every written model; the first written one is the report's
+    compressed accuracy (a deployment's integer model)."""
+    click.echo(f"[3/3] evaluating the {', '.join(['dense', *models])} models", err=True)
+    results = {"dense": evaluate(walker, test, readout=readout, batch_size=batch_size * 2, progress=True)}
+    for label, g in models.items():
+        results[label] = evaluate(Walker(g, walker.cfg), test, readout=readout, batch_size=batch_size * 2,
+                                  progress=True)
+    for label, r in results.items():
+        click.echo(f"{label:<10} {r.line()}")
+    first = next(iter(models))
+    report.accuracy_dense, report.accuracy_compressed = results["dense"].accuracy, results[first].accuracy
+    if deploy is not None:
+        deploy.accuracy_twin = results["twin"].accuracy
+    click.echo(f"{first} model:")
+    print_eval(results[first])

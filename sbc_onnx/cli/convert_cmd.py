@@ -6,10 +6,10 @@ import os
 
 import click
 
-from ..errors import SbcError
-from ..io.models import load_model, model_format
+from ..io.models import load_model, model_format, save_model
+from ..sim.config import SimConfig
 from . import cli
-from .model_cmd import make_config, setup_logging, sim_options
+from .model_cmd import setup_logging, sim_options
 
 
 @cli.command()
@@ -25,18 +25,10 @@ def convert(source, target, int_weights, dt, integrator, reset, cuba_order, prec
     setup_logging()
     src_fmt, dst_fmt = model_format(source), model_format(target)
     graph = load_model(source)
-    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
-    meta = {**cfg.to_metadata(), "converted_from": os.path.basename(source)}
-    if dst_fmt == "onnx":
-        from ..io.onnx_io import write_onnx
-
-        write_onnx(graph, target, cfg=cfg, metadata=meta, int_weights=int_weights)
-    else:
-        if int_weights:
-            raise SbcError("--int-weights applies to ONNX output only")
-        from ..io.nir_io import write_nir
-
-        write_nir(graph, target, metadata=meta)
+    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                               dtype=precision)
+    save_model(graph, target, cfg=cfg, metadata={"converted_from": os.path.basename(source)},
+               int_weights=int_weights)
     click.echo(f"{source} ({src_fmt}, {os.path.getsize(source)} bytes) -> {target} ({dst_fmt}, "
                f"{os.path.getsize(target)} bytes); dt={cfg.dt:g}, integrator={cfg.integrator}, reset={cfg.reset}, "
                f"cuba_order={cfg.cuba_order}")

@@ -1,4 +1,4 @@
-"""`sbc-onnx check`, `sbc-onnx report`, `sbc-onnx profiles`, and the `compress --target` path."""
+"""`sbc-onnx check`, `sbc-onnx report`, `sbc-onnx profiles` (`compress --target` is the compress command)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import SbcError
-from ..hardware import (
-    E_AC_PJ,
-    E_MAC_PJ,
-    check_graph,
-    compare_table,
-    compress_for_target,
-    energy_report,
-    load_profile,
-    plot_reports,
-    profile_names,
-    twin_path,
-    write_deployment,
-)
+from ..hardware import (E_AC_PJ, E_MAC_PJ, check_graph, compare_table, energy_report, load_profile, plot_reports,
+                        profile_names)
 from ..io.models import load_model
-from ..sim import Walker
+from ..sim import SimConfig, Walker
 from . import cli
-from .model_cmd import load_data_for, make_config, setup_logging, sim_options
+from .model_cmd import load_data_for, setup_logging, sim_options
+from .output import write_json
 
 
 class CheckFailed(click.ClickException):
@@ -62,7 +51,8 @@ def check_cmd(model, target, dt, integrator, reset, cuba_order, precision) -> No
     setup_logging()
     profile = load_profile(target)
     graph = load_model(model)
-    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                               dtype=precision)
     found = check_graph(graph, profile, cfg)
     errors = [v for v in found if v.severity == "error"]
     for v in found:
@@ -91,14 +81,16 @@ def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_p
     """Per-layer firing rates, non-zero fan-out, SynOps, energy proxy and weight memory of MODEL."""
     setup_logging()
     graph = load_model(model)
-    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                               dtype=precision)
     ds = load_data_for(Walker(graph, cfg), data_path, limit)
     click.echo(f"energy proxy E = E_AC x SynOps + E_MAC x first-layer MACs, E_AC = {e_ac} pJ, E_MAC = {e_mac} pJ; "
                "SynOps counted with the exact non-zero fan-out of every input position", err=True)
     reports = []
     if baseline:
         bg = load_model(baseline)
-        bcfg = make_config(bg, dt, integrator, reset, cuba_order, precision)
+        bcfg = SimConfig.from_graph(bg, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                                    dtype=precision)
         reports.append(energy_report(bg, ds, bcfg, name=Path(baseline).name, batch_size=batch_size, e_ac=e_ac,
                                      e_mac=e_mac, progress=True))
     reports.append(energy_report(graph, ds, cfg, name=Path(model).name, batch_size=batch_size, e_ac=e_ac,
@@ -112,41 +104,5 @@ def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_p
         plot_reports(reports, plot_path)
         click.echo(f"wrote {plot_path}", err=True)
     if json_path:
-        from .compress_cmd import write_json_atomic
-
-        write_json_atomic({"reports": [r.to_dict() for r in reports]}, json_path)
+        write_json(json_path, {"reports": [r.to_dict() for r in reports]})
         click.echo(f"wrote {json_path}", err=True)
-
-
-def compress_target(*, model, graph, calib, cfg, target, output, sparsity, bits, method, pattern, allocation,
-                    lamp_p, damp, batch_size, eval_path, eval_limit, readout, walker) -> None:
-    """The `compress --target` path: profile grid, SBC, folding, integer model + float twin, check."""
-    profile = load_profile(target)
-    click.echo(f"[1/3] compressing {model} for {profile.summary()}", err=True)
-    int_g, float_g, rep = compress_for_target(graph, calib, profile, sparsity=sparsity, bits=bits, method=method,
-                                              pattern=pattern, cfg=cfg, allocation=allocation, lamp_p=lamp_p,
-                                              rel_damp=damp,
-                                              batch_size=batch_size, progress=True)
-    click.echo(rep.compression.table())
-    click.echo(rep.table())
-    for note in rep.compression.notes + rep.notes:
-        click.echo(f"note: {note}", err=True)
-    a, b = write_deployment(int_g, float_g, output, cfg)
-    click.echo(f"wrote {a} (integer weights and neuron parameters, {a.stat().st_size / 1024:.1f} KiB) and {b} "
-               f"(dequantized float twin, {b.stat().st_size / 1024:.1f} KiB)")
-    errors = [v for v in rep.violations if v.severity == "error"]
-    for v in rep.violations:
-        click.echo(v.line())
-    click.echo(f"[2/3] check against {profile.name}: {len(errors)} violation(s)"
-               + ("" if errors else " -- OK"), err=True)
-    if eval_path:
-        from ..evaluate import evaluate
-
-        click.echo("[3/3] evaluating dense, integer and float twin", err=True)
-        test = load_data_for(walker, eval_path, eval_limit)
-        for label, g in (("dense", walker), ("integer", Walker(int_g, cfg)), ("twin", Walker(float_g, cfg))):
-            r = evaluate(g, test, readout=readout, batch_size=batch_size * 2, progress=True)
-            click.echo(f"{label:<8} {r.line()}")
-
-
-__all__ = ["SbcError", "compress_target", "twin_path"]

@@ -7,12 +7,14 @@ import logging
 import click
 import numpy as np
 
+from ..data import load_dataset
 from ..errors import SbcError
+from ..evaluate import evaluate
 from ..graph import flatten, node_shape, param_count
+from ..io.models import load_model, model_format
 from ..primitives import NEURON
-from ..io.models import load_model, model_format, sim_config_for
 from ..sim import Walker
-from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS
+from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS, SimConfig
 from . import cli
 
 
@@ -42,15 +44,8 @@ def sim_options(f):
     return f
 
 
-def make_config(graph, dt, integrator, reset, cuba_order, precision):
-    return sim_config_for(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                          dtype=precision)
-
-
 def load_data_for(walker: Walker, path: str, limit: int | None, start: int = 0):
     """Load a dataset and check it fits the graph's input (reshape when only the layout differs)."""
-    from ..data import load_dataset
-
     ds = load_dataset(path)
     if start or limit:
         ds = ds.take(limit, start=start)
@@ -130,7 +125,8 @@ def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, in
     """Simulate MODEL on a dataset; print firing rates and the accuracy."""
     setup_logging()
     graph = load_model(model)
-    cfg = make_config(graph, dt, integrator, reset, cuba_order, precision)
+    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                               dtype=precision)
     walker = Walker(graph, cfg)
     ds = load_data_for(walker, data_path, limit, start)
     click.echo(f"{model}: {ds.n} samples x {ds.steps} steps, dt={cfg.dt:g}, integrator={cfg.integrator}, "
@@ -138,18 +134,15 @@ def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, in
     if engine == "onnxruntime":
         if model_format(model) != "onnx":
             raise SbcError("--engine onnxruntime needs an .onnx model (convert with `sbc-onnx convert`)")
-        stored = sim_config_for(graph)
-        if any(v is not None and getattr(stored, k) != v
-               for k, v in (("dt", dt), ("integrator", integrator), ("reset", reset), ("cuba_order", cuba_order))):
+        stored = SimConfig.from_graph(graph)
+        if cfg.to_metadata() != stored.to_metadata():
             raise SbcError("the onnxruntime engine runs the discretization stored in the file "
                            f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
                            "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
-        from ..io.onnx_io import evaluate_onnxruntime
+        from ..io.onnx_io import evaluate_onnxruntime  # on first use: importing onnx is slow
 
         res = evaluate_onnxruntime(model, ds, readout=readout, batch_size=batch_size, progress=True)
     else:
-        from ..evaluate import evaluate
-
         res = evaluate(walker, ds, readout=readout, batch_size=batch_size, progress=True)
     print_eval(res)
 

@@ -10,7 +10,7 @@ downdate is applied to the alive block with one sgemm:  Hs <- Hs[alive, alive] -
 The trace then costs sum_s 2 r s^2 = 2/3 d^3 per row in GEMM, plus O(r d^2) in fused loops.
 
 Compiled because at d <= 512 the NumPy version was bound by per-iteration call overhead (d greedy
-iterations of ~30 array calls: 0.4 s for a 256 x 256 layer, ~9x the FLOP reference; see
+iterations of some thirty array calls each, far above the FLOP count; measurements in
 benchmarks/results/bench_compress.md).  A row's working set (s x s float32 block + 2 (flush + b_in) x s
 factors) stays in cache for d <= 512.
 
@@ -23,6 +23,13 @@ group per iteration (so a capacity can never be exceeded); bi = min(b_in, groups
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -31,8 +38,8 @@ from numba import njit
 def _diag_inverse(G, K):
     """K <- diag(1 / G_ii) (0 where G_ii <= 0): the fallback when a block of Hinv, PD in exact
     arithmetic, lost definiteness to float32 rounding.  It only shapes the trace (order and scores);
-    the compensation is solved again exactly in float64.  (np.linalg.pinv here doubled the kernel's
-    first-call compile time.)"""
+    the compensation is solved again exactly in float64.  (np.linalg.pinv here made the kernel's
+    first-call compilation much longer.)"""
     n = G.shape[0]
     for i in range(n):
         for j in range(n):
@@ -44,8 +51,8 @@ def _diag_inverse(G, K):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _small_inverse(G, M, K):
     """K <- inverse of the tiny float64 block G of Hinv (PD in exact arithmetic), as float32, by
-    Gauss-Jordan with partial pivoting on the scratch M, no allocation (2 x 2: 0.10 us; np.linalg.inv
-    in numba 0.49 us); _diag_inverse if a pivot vanishes or the result is not finite;
+    Gauss-Jordan with partial pivoting on the scratch M, no allocation (several times faster than
+    np.linalg.inv in numba for these tiny blocks); _diag_inverse if a pivot vanishes or the result is not finite;
     a non-finite block -> 0 (the weights are then removed without compensation)."""
     n = G.shape[0]
     if not np.all(np.isfinite(G)):
@@ -312,11 +319,16 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def trace_rows(H0, W, b_in, flush, m, cap0, order, scores):
-    """Run the trace for every row of W (float32, (d_out, d)) against the symmetric float32 H0 = H^-1;
-    fills order / scores (d_out, n_elim) in place."""
+def _trace_rows(H0, W, b_in, flush, m, cap0, order, scores):
     for i in range(W.shape[0]):
         _trace_row(H0, W[i], b_in, flush, m, cap0, order[i], scores[i])
+
+
+def trace_rows(H0, W, b_in, flush, m, cap0, order, scores) -> None:
+    """Run the trace for every row of W (float32, (d_out, d)) against the symmetric float32 H0 = H^-1;
+    fills order / scores (d_out, n_elim) in place."""
+    _trace_rows(H0, W, b_in, flush, m, cap0, order, scores)
+    _compiled("trace_rows")
 
 
 @njit(cache=True, error_model="numpy")
@@ -349,11 +361,17 @@ def _spd_solve(G, b):
     return b, False
 
 
-@njit(cache=True, error_model="numpy")
-def sub_solve_rows(A, sel, rhs, X):
+def sub_solve_rows(A, sel, rhs, X) -> np.ndarray:
     """For every row i: X[i, S] = A[S, S]^-1 rhs[i, S] with S = flatnonzero(sel[i]) (A: SPD float64,
     a damped Hessian or its inverse); X must be zero elsewhere on entry.  Returns the rows whose
     system was not numerically positive definite (left 0 for the caller's least squares)."""
+    failed = _sub_solve_rows(A, sel, rhs, X)
+    _compiled("sub_solve_rows")
+    return failed
+
+
+@njit(cache=True, error_model="numpy")
+def _sub_solve_rows(A, sel, rhs, X):
     nr, d = sel.shape
     S = np.empty(d, np.int64)
     failed = np.zeros(nr, np.bool_)
@@ -381,11 +399,46 @@ def sub_solve_rows(A, sel, rhs, X):
     return np.flatnonzero(failed)
 
 
+# ---- "is the compiled code on disk?" -------------------------------------------------------------------
+# numba (cache=True) keeps the compiled kernels beside this file and reloads them in later processes; only
+# the first run after an install or an update compiles, which takes long enough to deserve a notice.  The
+# project does not read numba's cache (its layout is not public API): after both kernels have run once,
+# it leaves its own marker in the user cache folder, named after everything that invalidates numba's
+# cache (this file's source, the numba and Python versions, the interpreter, the machine).
+_KERNELS = ("trace_rows", "sub_solve_rows")
+_ran: set[str] = set()
+
+
+def _marker() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    key = hashlib.sha256()
+    key.update(Path(__file__).read_bytes())
+    for part in (numba.__version__, sys.version, sys.executable, platform.machine(),
+                 os.environ.get("NUMBA_CACHE_DIR", "")):
+        key.update(b"\0" + part.encode())
+    return Path(base) / "sbc-onnx" / f"numba-obs-kernels-{key.hexdigest()[:20]}"
+
+
+def _compiled(name: str) -> None:
+    """Called after a kernel returned: it is compiled and (cache=True) saved, or was loaded from disk."""
+    if name in _ran:
+        return
+    _ran.add(name)
+    if _ran.issuperset(_KERNELS):
+        try:
+            path = _marker()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError:  # a read-only home: the notice is only a courtesy
+            pass
+
+
 def compiled_on_disk() -> bool:
-    """True when numba's on-disk cache holds an up-to-date trace kernel (then loading takes ~0.3 s; the
-    first run after an install or an update compiles the kernels, ~15 s).  Best effort: numba's cache
-    layout is not public API, so anything unexpected counts as cached (the message is only a courtesy)."""
+    """True when the ExactOBS kernels have been compiled (and cached on disk by numba) by an earlier run of
+    this installation, so loading them is quick; False before the first run after an install or an
+    update, which compiles them.  Best effort (a marker of the project's own, see above): deleting
+    numba's cache behind its back only costs the accuracy of the notice."""
     try:
-        return bool(trace_rows._cache._cache_file._load_index())  # {} when missing or stale
-    except Exception:  # pragma: no cover - depends on numba internals
+        return _marker().exists()
+    except OSError:
         return True

@@ -2,7 +2,7 @@
 
 For a fixed column order, eliminating column i (fixing it to q_i) is the OBS update
     err = (w_i - q_i) / U_ii ;  W[:, i+1:] -= err (outer) U[i, i+1:]
-(compression_methods.md §1.0).  Two-level lazy blocking, numerically the same updates regrouped:
+(docs/sbc_method.md §A.1).  Two-level lazy blocking, numerically the same updates regrouped:
 inside a sub-block of ``sub`` columns the updates are applied *left-looking* (column i is brought up
 to date with one in-place sgemv over the errors of the sub-block's earlier columns just before it is
 fixed), one in-place sgemm from the sub-block to the rest of its ``blocksize`` block, one in-place
@@ -18,8 +18,9 @@ import numpy as np
 from numba import njit
 from scipy.linalg import blas
 
+
 def _load_omatcopy():
-    """cblas_somatcopy of the OpenBLAS bundled with SciPy's wheels (5-10x faster than a NumPy
+    """cblas_somatcopy of the OpenBLAS bundled with SciPy's wheels (several times faster than a NumPy
     transpose of a large float32 matrix); None when it is not there (then NumPy tiles are used)."""
     try:
         import ctypes
@@ -49,8 +50,8 @@ _omatcopy = _load_omatcopy()
 
 def transpose(A, dtype=None):
     """C-contiguous transpose of a 2-D array (exact), optionally converted to ``dtype`` first.
-    NumPy's strided transpose of a large matrix is ~50x slower than a copy (it dominated the sweep at
-    d >= 2048): float32 goes through BLAS omatcopy, anything else through cache-sized NumPy tiles."""
+    NumPy's strided transpose of a large matrix is far slower than a copy (it dominated the sweep of
+    large layers): float32 goes through BLAS omatcopy, anything else through cache-sized NumPy tiles."""
     A = np.asarray(A)
     if dtype is not None and A.dtype != dtype:
         A = A.astype(dtype)
@@ -93,7 +94,7 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     the rest of its outer block, and each outer block updates the trailing columns with one sgemm of
     inner dimension ``outer`` (fewer passes over W, better GEMM efficiency; same math).
     Returns the per-row loss sum_i err_i^2 / 2 (OBS estimate of the objective increase, /2 as GPTQ)
-    if ``want_loss``, else None (its float64 pass per sub-block costs ~7 % of the sweep at d = 1024).
+    if ``want_loss``, else None (its float64 pass per sub-block is a noticeable share of the sweep).
     """
     d, n = Wt.shape
     if not Wt.flags.c_contiguous:
@@ -119,7 +120,7 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
 def _prune_sub_block(Wt, Err, UsT, C, j1, j2):
     """Pruning-mode columns [j1, j2): column i is brought up to date left-looking over the errors of
     the sub-block's earlier columns, then err_i = w_i * C_i (C = (1 - keep) / U_ii).  Compiled: the
-    NumPy form made two calls per column; at d = 1024 the sweep went from 23-27 ms to 20-21 ms."""
+    NumPy form paid two Python-level calls per column."""
     n = Wt.shape[1]
     for i in range(j1, j2):
         w = Wt[i]

@@ -1,8 +1,8 @@
-"""GPTQ quantization with a static order (spec §2.3) and RTN.
+"""GPTQ quantization with a static order (docs/sbc_method.md §2.3) and RTN.
 
 Order: pi = argsort(diag(H^-1)) ascending (stable), computed once; permuting the columns by pi and
-running the Cholesky (upper factor) sweep is identical to the spec's per-column loop with rank-1
-downdates of H^-1 (the sweep is the same math, lazily blocked for GEMM speed).
+running the Cholesky (upper factor) sweep is identical to §2.3's per-column loop with rank-1
+downdates of H^-1 (the sweep is the same math, lazily blocked for GEMM speed: §A.1).
 Grid: fixed from the ORIGINAL weights before compensation (passed in); each column is set to its
 clamped grid value when reached, so the result is on the grid (compensated values beyond the range
 are clamped: the paper's "out-of-range" limitation).
@@ -74,7 +74,7 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     def fix(i, w, out):
         np.divide(w, scale, out=out)
         np.rint(out, out=out)
-        np.maximum(out, lo, out=out)  # == np.clip, without its Python-level wrapper (~25 us/call)
+        np.maximum(out, lo, out=out)  # == np.clip, without the cost of its Python-level wrapper per call
         np.minimum(out, hi, out=out)
         np.multiply(out, SK[i], out=out)
 

@@ -76,6 +76,33 @@ def quantize(W: np.ndarray, grid: Grid) -> np.ndarray:
     return from_int(to_int(W, grid), grid).astype(out_dtype)
 
 
-def quantize_column(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
-    """Quantize one column vector (used inside the GPTQ sweep; scale/zero are per-row vectors)."""
-    return scale * (np.clip(np.round(w / scale) + zero, qmin, qmax) - zero)
+def infer_grid(w: np.ndarray, max_bits: int = 8):
+    """(q, scale, None) if every output channel of `w` lies on a symmetric integer grid of <= max_bits bits
+    (float32(q) * scale == w exactly); else None. Tries the coarsest grid first."""
+    w = np.asarray(w)
+    if w.dtype != np.float32 or w.size == 0:
+        return None
+    rows = w.reshape(w.shape[0], -1)
+    qs, scales = [], []
+    limit = 2 ** (max_bits - 1)
+    for row in rows:
+        amax = float(np.abs(row).max())
+        if amax == 0:
+            qs.append(np.zeros_like(row, dtype=np.int64))
+            scales.append(np.float32(1.0))
+            continue
+        found = None
+        for k in range(1, limit + 1):
+            s0 = np.float32(amax / k)  # amax = k * scale up to float32 rounding: try the neighbours too
+            for s in (s0, np.nextafter(s0, np.float32(0)), np.nextafter(s0, np.float32(np.inf))):
+                q = np.rint(row.astype(np.float64) / s)
+                if np.abs(q).max() <= limit and np.array_equal(q.astype(np.float32) * s, row):
+                    found = q.astype(np.int64), s
+                    break
+            if found:
+                break
+        if found is None:
+            return None
+        qs.append(found[0])
+        scales.append(found[1])
+    return np.stack(qs).reshape(w.shape), np.asarray(scales, dtype=np.float32), None

@@ -1,7 +1,7 @@
 """Streaming SMP Hessian: H = 2/N_units * sum_{units} (M X)^T (M X).
 
 X is one unit's input spike train (T x d_in; a unit is one sample at one spatial position for convs),
-M the causal leak kernel of the neuron the layer feeds (spec §1.2-1.4).  M X is computed *causally* and
+M the causal leak kernel of the neuron the layer feeds (docs/sbc_method.md §1.2-1.4).  M X is computed *causally* and
 streamed: z_t = beta z_{t-1} + x_t per beta of the cascade, so no T x T matrix is ever built.
 
 Constant prefactors of the kernel (1/tau, dt/tau, the surrogate slope c) only rescale H.  Damping is
@@ -75,7 +75,7 @@ class HessianAccumulator:
     Precision: filtered spikes are not integers, so float32 sums can drift.  We run syrk (NumPy's
     Z^T Z) on blocks of at most ``block_rows`` rows (bounded float32 rounding: relative error ~
     sqrt(block_rows) * 6e-8) and fold each block into a float64 total.  ``precision="float64"`` uses
-    float64 throughout (about 2x slower).  syrk = n d^2 FLOPs, half of a GEMM.
+    float64 throughout (slower).  syrk = n d^2 FLOPs, half of a GEMM.
     """
 
     def __init__(self, d: int, betas: tuple = (), *, precision: str = "float32", block_rows: int = 8192):
@@ -89,7 +89,6 @@ class HessianAccumulator:
         self._part = None  # float32/64 Z^T Z of one block, reused
         self._n_units = 0
         self._sq = np.zeros(self.d, dtype=np.float64)
-        self.n_rows = 0
 
     # -- accumulation -------------------------------------------------------------------------
     def add(self, Z: np.ndarray, n_units: int) -> None:
@@ -103,13 +102,12 @@ class HessianAccumulator:
         for r0 in range(0, Z.shape[0], self.block_rows):
             self._fold(np.asarray(Z[r0:r0 + self.block_rows], dtype=dt))
         self._n_units += int(n_units)
-        self.n_rows += Z.shape[0]
 
     def _fold(self, Zb, cols: int = 256) -> None:
         """Zb^T Zb into the reused buffer, folded into the float64 total over the upper triangle only,
         column block by column block (half the traffic of a full add).  NumPy dispatches Z^T Z (C or
-        Fortran Z) to its BLAS's syrk and mirrors the triangle; its bundled OpenBLAS ran 7-18 % faster
-        here than SciPy's ssyrk on the same data.  The result is symmetric, so its transpose is the
+        Fortran Z) to its BLAS's syrk and mirrors the triangle; its bundled OpenBLAS was faster here
+        than SciPy's ssyrk on the same data.  The result is symmetric, so its transpose is the
         Fortran-ordered view that matches the total's layout (every piece a run of contiguous columns)."""
         if self._part is None or self._part.dtype != Zb.dtype:
             self._part = np.empty((self.d, self.d), dtype=Zb.dtype)
@@ -144,7 +142,7 @@ class HessianAccumulator:
         d, S, b = self.d, self._S, 128
         H = np.empty((d, d))
         scale = 2.0 / self._n_units if self._n_units else 1.0
-        for i in range(0, d, b):  # cache-sized tiles: a whole-matrix strided transpose took 0.45 s at d = 4096
+        for i in range(0, d, b):  # cache-sized tiles: a whole-matrix strided transpose is slow for large d
             ie = min(d, i + b)
             t = np.triu(S[i:ie, i:ie]) * scale
             H[i:ie, i:ie] = t + np.triu(t, 1).T

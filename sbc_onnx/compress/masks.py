@@ -11,20 +11,53 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "prune_lowest", "row_counts_even", "mask_from_row_counts", "nm_mask", "nm_prune_count",
-    "magnitude_mask", "wanda_scores", "wanda_mask", "check_nm",
+    "select_smallest", "nm_pattern", "prune_lowest", "row_counts_even", "mask_from_row_counts", "nm_mask",
+    "nm_prune_count", "magnitude_mask", "wanda_scores", "wanda_mask", "check_nm",
 ]
+
+
+def select_smallest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Bool array shaped like ``scores``, True at its k smallest entries: exactly the first k of a stable
+    argsort of the flattened array (ties in row-major index order, NaN after everything).
+
+    Found by a partition threshold, O(n) instead of a sort's O(n log n): the k-th value, everything
+    below it, then the first ties at it in index order.  Compares in the scores' own float type."""
+    s = np.asarray(scores)
+    flat = s.ravel()
+    k = int(k)
+    if not 0 <= k <= flat.size:
+        raise ValueError(f"cannot select {k} of {flat.size} entries")
+    if k == 0 or k == flat.size:
+        return np.full(s.shape, k > 0)
+    v = np.partition(flat, k - 1)[k - 1]  # NaN sorts last, as in a sort
+    nan = bool(np.isnan(v))
+    sel = ~np.isnan(flat) if nan else flat < v
+    need = k - int(np.count_nonzero(sel))
+    if need:  # the first ties at v, in index order
+        sel[np.flatnonzero(np.isnan(flat) if nan else flat == v)[:need]] = True
+    return sel.reshape(s.shape)
+
+
+def nm_pattern(pattern) -> tuple[int, int] | None:
+    """The N:M pattern (n, m) from "N:M" or a pair, checked once for every caller: keep n of every m
+    consecutive inputs, 0 < n < m.  None (no pattern) passes through."""
+    if pattern is None:
+        return None
+    try:
+        n, m = (int(v) for v in (pattern.split(":") if isinstance(pattern, str) else pattern))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"pattern must look like N:M (e.g. 2:4), got {pattern!r}") from e
+    if not 0 < n < m:
+        raise ValueError(f"pattern N:M needs 0 < N < M, got {pattern!r}")
+    return n, m
 
 
 def prune_lowest(scores: np.ndarray, k: int) -> np.ndarray:
     """Mask pruning exactly the k lowest scores of the whole array (stable ties)."""
     s = np.asarray(scores, dtype=np.float64)
-    k = int(k)
-    if not 0 <= k <= s.size:
+    if not 0 <= int(k) <= s.size:
         raise ValueError(f"cannot prune {k} of {s.size} weights")
-    mask = np.ones(s.size, dtype=bool)
-    mask[np.argsort(s.ravel(), kind="stable")[:k]] = False
-    return mask.reshape(s.shape)
+    return ~select_smallest(s, k)
 
 
 def row_counts_even(scores: np.ndarray, k: int) -> np.ndarray:
@@ -61,9 +94,7 @@ def nm_prune_count(shape, pattern) -> int:
 
 def nm_mask(scores: np.ndarray, pattern) -> np.ndarray:
     """Keep the n highest scores in every group of m consecutive inputs of each row."""
-    n, m = (int(v) for v in pattern)
-    if not 0 < n <= m:
-        raise ValueError(f"N:M pattern needs 0 < n <= m, got {pattern}")
+    n, m = nm_pattern(pattern)
     s = np.asarray(scores, dtype=np.float64)
     rows, d = s.shape
     G = -(-d // m)

@@ -78,7 +78,7 @@ def damped_inverse(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0)
 def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):
     """(U, rel_damp_used, escalations): upper-triangular U with U^T U = (H + lambda I)^-1.
 
-    Flip trick (compression_methods.md §4.2): with J the index reversal, J H J = L L^T gives
+    Flip trick (docs/sbc_method.md §A.2): with J the index reversal, J H J = L L^T gives
     H^-1 = (J L^-1 J)^T (J L^-1 J) and J L^-1 J is upper triangular: potrf + trtri = 2/3 d^3 FLOPs
     instead of the 4/3 d^3 of SparseGPT's cholesky -> cholesky_inverse -> cholesky chain.
     """

@@ -1,4 +1,4 @@
-"""ExactOBS pruning (methods "sbc" and "obc"; spec §2.2).  "obc" is the same code fed the
+"""ExactOBS pruning (methods "sbc" and "obc"; docs/sbc_method.md §2.2).  "obc" is the same code fed the
 identity-filter (current) Hessian.
 
 Step 1 (trace): every row greedily eliminates B_in weights per iteration with the group-OBS update,
@@ -24,28 +24,41 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._obs_kernel import sub_solve_rows, trace_rows
+from .masks import nm_pattern, select_smallest
 from .numerics import damped_hessian, damped_inverse
 
 
-__all__ = ["PruneResult", "prune_exact_obs", "exact_resolve", "obs_trace", "masked_solve"]
+__all__ = ["PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
+           "masked_solve"]
 
 
 @dataclass
 class PruneResult:
     W: np.ndarray                    # float64 pruned + compensated weights
     mask: np.ndarray                 # bool, True = kept
-    damp: float                      # relative damping actually used
+    damp: float | None               # relative damping actually used (None: no Hessian solve, e.g. magnitude)
     escalations: list = field(default_factory=list)
     order: np.ndarray | None = None  # ExactOBS: per-row elimination order (d_out, n_elim)
     scores: np.ndarray | None = None  # ExactOBS: score of each eliminated weight, in that order
     seconds: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ObsTrace:
+    """Step 1 of ExactOBS for one layer, kept so that step 2 need not run it again (the "obs" allocation
+    ranks every layer by it before any layer is pruned)."""
+    order: np.ndarray                # (d_out, n_elim) elimination order of each row
+    scores: np.ndarray               # score of each eliminated weight, in that order
+    damp: float                      # the relative damping of the H^-1 it ran on
+    pattern: tuple[int, int] | None = None
 
 
 def _b_in(d_in: int) -> int:
     return math.ceil(d_in / min(d_in, 256))
 
 
-def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, flush=64, on_rows=None):
+def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
     """Step 1 of ExactOBS.  Returns (order, scores) of shape (d_out, n_elim); n_elim = d_in, or the
     per-row pattern count for N:M.  Runs in float32, one row at a time (compiled: _obs_kernel).
     on_rows(done, total): progress callback, called after every chunk of rows (a 2048 x 2048 layer
@@ -55,8 +68,9 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, flush=64, on_
     b_in = _b_in(d) if b_in is None else int(b_in)
     H0 = np.asarray(Hinv, dtype=np.float32)
     H0 = np.ascontiguousarray((H0 + H0.T) * np.float32(0.5))  # exactly symmetric (rows are read as columns)
+    pattern = nm_pattern(pattern)
     if pattern is not None:
-        n, m = (int(x) for x in pattern)
+        n, m = pattern
         cap0 = np.full(-(-d // m), m - n, dtype=np.int64)
         if d % m:
             cap0[-1] = max(0, d % m - n)
@@ -72,9 +86,14 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, row_scale=None, flush=64, on_
         trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])
         if on_rows is not None:
             on_rows(r1, d_out)
-    if row_scale is not None:
-        scores *= np.asarray(row_scale, np.float64)[:, None] ** 2
     return order, scores
+
+
+def trace_layer(W, H, *, rel_damp=0.01, max_damp=1.0, pattern=None, on_rows=None) -> ObsTrace:
+    """The ExactOBS trace of W on the damped inverse of H, as `prune_exact_obs` runs it."""
+    Hinv, rd, _ = damped_inverse(H, rel_damp, max_damp)
+    order, scores = obs_trace(W, Hinv, pattern=pattern, on_rows=on_rows)
+    return ObsTrace(order, scores, rd, nm_pattern(pattern))
 
 
 def _sub_solve(A, sel, rhs):
@@ -123,35 +142,24 @@ def exact_resolve(W0, H, mask, *, rel_damp=0.01, max_damp=1.0):
     return masked_solve(W0, Hd, np.asarray(mask, bool), Hinv), rd, esc
 
 
-def _smallest_per_row(scores, k):
-    """How many of the k smallest entries of ``scores`` (ties in row-major index order, as a stable
-    sort) fall in each row: a partition threshold, O(n) instead of a full argsort."""
-    flat = scores.ravel()
-    if k == 0:
-        return np.zeros(scores.shape[0], dtype=np.int64)
-    if k >= flat.size:
-        return np.full(scores.shape[0], scores.shape[1], dtype=np.int64)
-    v = np.partition(flat, k - 1)[k - 1]  # NaN sorts last, as in a sort
-    nan = np.isnan(v)
-    sel = ~np.isnan(flat) if nan else flat < v
-    need = k - int(np.count_nonzero(sel))
-    if need:  # ties at v, in index order
-        sel[np.flatnonzero(np.isnan(flat) if nan else flat == v)[:need]] = True
-    return sel.reshape(scores.shape).sum(1)
-
-
 def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, b_in=None,
-                    row_scale=None, flush=64, on_rows=None) -> PruneResult:
+                    flush=64, on_rows=None, trace: ObsTrace | None = None) -> PruneResult:
     """ExactOBS / SBC pruning of k weights of the layer (or an (n, m) N:M pattern).  on_rows: progress
-    callback of the trace (see obs_trace)."""
+    callback of the trace (see obs_trace).  trace: step 1 already run on this W and H (`trace_layer`
+    with the same damping), reused instead of running it again."""
     W0 = np.asarray(W, dtype=np.float64)
     d_out, d = W0.shape
+    pattern = nm_pattern(pattern)
     t0 = time.perf_counter()
     Hinv, rd, esc = damped_inverse(H, rel_damp, max_damp)
     Hd, _ = damped_hessian(H, rd)
     t1 = time.perf_counter()
-    order, scores = obs_trace(W0, Hinv, b_in=b_in, pattern=pattern, row_scale=row_scale, flush=flush,
-                              on_rows=on_rows)
+    if trace is None:
+        order, scores = obs_trace(W0, Hinv, b_in=b_in, pattern=pattern, flush=flush, on_rows=on_rows)
+    else:
+        if trace.damp != rd or trace.pattern != pattern or trace.order.shape[0] != d_out:
+            raise ValueError("the ExactOBS trace was run on another layer, damping or pattern")
+        order, scores = trace.order, trace.scores
     t2 = time.perf_counter()
     if pattern is not None:
         counts = np.full(d_out, order.shape[1])
@@ -160,7 +168,8 @@ def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, 
     else:
         if k is None or not 0 <= int(k) <= W0.size:
             raise ValueError(f"k must be in [0, {W0.size}], got {k}")
-        counts = _smallest_per_row(scores, int(k))
+        # the layer-global selection: the k smallest trace scores, counted per row
+        counts = select_smallest(scores, int(k)).sum(1)
     mask = np.ones((d_out, d), dtype=bool)  # row i prunes the first counts[i] weights of its order
     np.put_along_axis(mask, order, np.arange(order.shape[1])[None, :] >= counts[:, None], axis=1)
     Wn = masked_solve(W0, Hd, mask, Hinv)

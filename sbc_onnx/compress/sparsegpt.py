@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ._sweep import obs_sweep, transpose
-from .masks import nm_prune_count
+from .masks import nm_pattern, nm_prune_count, select_smallest
 from .numerics import upper_inverse_factor
 from .obs import PruneResult
 
@@ -39,10 +39,9 @@ def prune_sparsegpt(W, H, k=None, *, pattern=None, blocksize=128, sub=32, rel_da
     u2 = np.diag(U32).astype(np.float64) ** 2
     iu2 = (1.0 / u2).astype(np.float32)
 
+    pattern = nm_pattern(pattern)
     if pattern is not None:
-        n, m = (int(v) for v in pattern)
-        if not 0 < n <= m:
-            raise ValueError(f"N:M pattern needs 0 < n <= m, got {pattern}")
+        n, m = pattern
         if k is not None and int(k) != nm_prune_count(W0.shape, pattern):
             raise ValueError(f"k={k} disagrees with the {pattern} pattern count")
         sub = m * max(1, -(-sub // m))             # groups never straddle a rank-1 sub-block
@@ -69,18 +68,9 @@ def prune_sparsegpt(W, H, k=None, *, pattern=None, blocksize=128, sub=32, rel_da
             if kb:
                 s = Wt[i1:i2] * Wt[i1:i2]
                 s *= iu2[i1:i2, None]  # float32 scores: the selection is a ranking, no accumulation
-                flat = s.ravel()
                 keep = keepT[i1:i2].ravel()  # keepT rows are contiguous: ravel() is a view
-                if kb >= flat.size:
-                    keep[:] = False
-                    return
-                # O(n) selection of the kb smallest: the kb-th value by partition (2x faster than
-                # argpartition), everything below it, then the first ties in index order (deterministic)
-                v = np.partition(flat, kb - 1)[kb - 1]
-                sel = flat < v
-                need = kb - int(np.count_nonzero(sel))
-                if need:
-                    sel[np.flatnonzero(flat == v)[:need]] = True
+                # the kb smallest by a partition threshold (2x faster than argpartition), ties in index order
+                sel = select_smallest(s.ravel(), kb)
                 np.logical_and(keep, ~sel, out=keep)  # boolean-mask setitem was 30x slower
 
         fix = None  # pruning mode of the sweep: q = w * keepT[i]

@@ -21,22 +21,25 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nir
 import numpy as np
 
+from ..calibrate import Calibration
 from ..errors import SbcError
 from ..graph import FlatGraph, flatten, node_shape
-from ..sim import SimConfig
+from ..io.models import save_model
+from ..pipeline import CompressionReport, Plan, compress, compression_metadata
 from ..primitives import primitive
+from ..sim import SimConfig
 from ..sim.ops import build_op
+from .check import Violation, check_graph
 from .profiles import Profile, load_profile
 
 log = logging.getLogger("sbc_onnx")
-
 
 
 # ---------------------------------------------------------------- graph helpers
@@ -348,25 +351,35 @@ class DeployReport:
     bits: int
     granularity: str
     grid: str
-    compression: Any  # pipeline.CompressionReport
+    compression: CompressionReport
     layers: list[FoldedLayer]
     unfolded: list[str]
     notes: list[str]
-    violations: list = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    accuracy_twin: float | None = None  # the integer model's is compression.accuracy_compressed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The deployment's own part (the compression report is its own dict)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "compression"}
+        d["layers"] = [asdict(r) for r in self.layers]
+        d["violations"] = [asdict(v) for v in self.violations]
+        return d
 
     def table(self) -> str:
         head = f"{'layer':<10} {'fed neuron(s)':<16} {'scale (folded)':<22} {'codes':<11} {'threshold':<12} {'round':>6}"
         lines = [f"target {self.profile}: {self.bits}-bit {self.grid} weights, scale {self.granularity}", head,
-                 "-" * len(head)]
-        for r in self.layers:
-            sc = f"{r.scale_min:.4g}" if r.scale_min == r.scale_max else f"{r.scale_min:.3g}..{r.scale_max:.3g}"
-            thr = "-" if r.threshold is None else (
-                f"{r.threshold[0]:.6g}" if r.threshold[0] == r.threshold[1] else f"{r.threshold[0]:.6g}..{r.threshold[1]:.6g}")
-            lines.append(f"{r.layer:<10} {','.join(r.neurons):<16} {sc:<22} {f'{r.code_min}..{r.code_max}':<11} "
-                         f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized to a shared scale)" if r.requantized else ""))
+                 "-" * len(head)] + [_folded_row(r) for r in self.layers]
         lines.append("round = largest |p/s - round(p/s)| over the folded thresholds, resets, leaks and biases "
                      "(integer units)")
         return "\n".join(lines)
+
+
+def _folded_row(r: FoldedLayer) -> str:
+    sc = f"{r.scale_min:.4g}" if r.scale_min == r.scale_max else f"{r.scale_min:.3g}..{r.scale_max:.3g}"
+    thr = "-" if r.threshold is None else (
+        f"{r.threshold[0]:.6g}" if r.threshold[0] == r.threshold[1] else f"{r.threshold[0]:.6g}..{r.threshold[1]:.6g}")
+    return (f"{r.layer:<10} {','.join(r.neurons):<16} {sc:<22} {f'{r.code_min}..{r.code_max}':<11} "
+            f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized to a shared scale)" if r.requantized else ""))
 
 
 def target_settings(profile: Profile, bits: int | None = None) -> tuple[int, str, str]:
@@ -380,20 +393,47 @@ def target_settings(profile: Profile, bits: int | None = None) -> tuple[int, str
     return b, scheme, ("channel" if profile.per_channel else "tensor")
 
 
-def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, *, sparsity: float | None = None,
-                        bits: int | None = None, method: str = "sbc", pattern=None, cfg: SimConfig | None = None,
-                        **kwargs) -> tuple[nir.NIRGraph, nir.NIRGraph, DeployReport]:
-    """SBC with the profile's weight grid (bits, sign range, scale granularity), pruning if asked, then
-    scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl. the
-    profile check of the integer graph). kwargs go to `pipeline.compress` (allocation, rel_damp, ...)."""
-    from ..pipeline import compress
-    from .check import check_graph
+def target_plan(profile: Profile | str, *, bits: int | None = None, grid: str | None = None,
+                granularity: str | None = None, **options) -> Plan:
+    """The compression plan constrained by a chip: its weight width (or fewer bits), its grid and scale
+    granularity; every other option (Plan.build's keywords) as given."""
+    profile = load_profile(profile)
+    b, scheme, gran = target_settings(profile, bits)
+    plan = Plan.build(bits=b, grid=grid or scheme, granularity=granularity or gran, **options)
+    check_plan_fits(plan, profile)
+    return plan
 
+
+def check_plan_fits(plan: Plan, profile: Profile) -> None:
+    """SbcError unless the plan's weights can be stored by the chip: at most its bit width, its grid (or
+    the restricted symmetric one, a subset), per-channel scales only where the chip has them."""
+    if plan.bits is None or plan.bits > profile.weight_bits:
+        raise SbcError(f"{profile.name} stores {profile.weight_bits}-bit weights; the plan quantizes to "
+                       f"{plan.bits or 'no'} bits")
+    if plan.grid not in (profile.grid_scheme, "symmetric_restricted"):
+        raise SbcError(f"{profile.name} stores {profile.grid_scheme} integer weights; grid {plan.grid} does not fit")
+    if plan.granularity == "channel" and not profile.per_channel:
+        raise SbcError(f"{profile.name} has one weight scale per layer ({profile.scale_granularity}); "
+                       "granularity channel does not fit")
+
+
+def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan: Plan | None = None, *,
+                        cfg: SimConfig | None = None, calibration: Calibration | None = None, batch_size: int = 32,
+                        measure_damage: bool = True, progress: bool = False,
+                        **options) -> tuple[nir.NIRGraph, nir.NIRGraph, DeployReport]:
+    """`compress` under a plan the chip can store (`plan`, or `target_plan(profile, **options)`), then the
+    weight scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl.
+    the profile check of the integer graph)."""
     profile = load_profile(profile)
     cfg = cfg or SimConfig()
-    b, scheme, gran = target_settings(profile, bits)
-    new, rep = compress(graph, calib, sparsity=sparsity, bits=b, method=method, pattern=pattern, grid=scheme,
-                        granularity=gran, cfg=cfg, **kwargs)
+    if plan is None:
+        plan = target_plan(profile, **options)
+    elif options:
+        raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
+    else:
+        check_plan_fits(plan, profile)
+    new, rep = compress(graph, calib, plan, cfg=cfg, calibration=calibration, batch_size=batch_size,
+                        measure_damage=measure_damage, progress=progress)
     missing = [n for n in flatten(new).weight_nodes() if n not in rep.quant]
     if missing:
         raise SbcError(f"layers {missing} carry no integer codes after compression")
@@ -402,15 +442,9 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, *, s
     if cfg.reset not in profile.reset_modes:
         notes.append(f"the model is simulated with reset {cfg.reset}, which {profile.name} does not support "
                      f"({'/'.join(profile.reset_modes)})")
-    for k in ("sbc_onnx.method", "sbc_onnx.sparsity", "sbc_onnx.overall_sparsity", "sbc_onnx.n_calibration"):
-        if k in (new.metadata or {}):
-            im.int_graph.metadata[k] = new.metadata[k]
-            im.float_graph.metadata[k] = new.metadata[k]
-    for g in (im.int_graph, im.float_graph):
-        g.metadata.update(cfg.to_metadata())
-    report = DeployReport(profile=profile.name, bits=b, granularity=profile.scale_granularity, grid=scheme,
-                          compression=rep, layers=im.layers, unfolded=im.unfolded, notes=notes)
-    report.violations = check_graph(im.int_graph, profile, cfg)
+    report = DeployReport(profile=profile.name, bits=plan.bits, granularity=profile.scale_granularity,
+                          grid=plan.grid, compression=rep, layers=im.layers, unfolded=im.unfolded, notes=notes,
+                          violations=check_graph(im.int_graph, profile, cfg))
     return im.int_graph, im.float_graph, report
 
 
@@ -419,19 +453,22 @@ def twin_path(path: str | Path) -> Path:
     return p.with_name(p.stem + ".float" + p.suffix)
 
 
-def write_deployment(int_graph: nir.NIRGraph, float_graph: nir.NIRGraph, path: str | Path,
-                     cfg: SimConfig | None = None) -> tuple[Path, Path]:
-    """OUT.nir: integer weights + folded integer neuron parameters (node metadata: scale, bits);
-    OUT.float.nir: the dequantized float twin."""
-    from ..io.nir_io import write_nir
-
+def deployment_paths(path: str | Path) -> tuple[Path, Path]:
+    """(OUT.nir, OUT.float.nir) for an output path; SbcError unless it is a .nir path."""
     p = Path(path)
     if p.suffix.lower() != ".nir":
         raise SbcError("--target writes NIR (OUT.nir integer model + OUT.float.nir twin); give a .nir output "
                        "and convert the twin with `sbc-onnx convert` if you need ONNX")
-    meta = cfg.to_metadata() if cfg else None
-    tp = twin_path(p)
-    int_graph.metadata = {**(int_graph.metadata or {}), "sbc_onnx.twin": tp.name}
-    a = write_nir(int_graph, p, metadata=meta)
-    b = write_nir(float_graph, tp, metadata=meta)
+    return p, twin_path(p)
+
+
+def write_deployment(int_graph: nir.NIRGraph, float_graph: nir.NIRGraph, path: str | Path,
+                     cfg: SimConfig | None = None, report: DeployReport | None = None) -> tuple[Path, Path]:
+    """OUT.nir: integer weights + folded integer neuron parameters (node metadata: scale, bits);
+    OUT.float.nir: the dequantized float twin.  Both record the simulation settings `cfg` and, with a
+    `report`, the compression provenance."""
+    p, tp = deployment_paths(path)
+    meta = compression_metadata(report.compression) if report is not None else {}
+    a = save_model(int_graph, p, cfg=cfg, metadata={**meta, "sbc_onnx.twin": tp.name})
+    b = save_model(float_graph, tp, cfg=cfg, metadata=meta)
     return a, b

@@ -5,7 +5,7 @@ that position) x (non-zero fan-out of that position), with the exact convolution
 (taps landing inside the output map; no interior approximation).  Events are what the walker feeds the
 layer: spikes, or spike counts summed by a pooling node in between.  A layer fed by the graph input
 (frames / analog values, not spikes) is counted as dense MACs instead: its dense MAC count per step x
-steps.  Energy proxy (sbc_spec.md section 5):  E = E_AC * SynOps + E_MAC * MACs_first_layer, with
+steps.  Energy proxy (docs/sbc_method.md §5):  E = E_AC * SynOps + E_MAC * MACs_first_layer, with
 E_AC = 0.9 pJ and E_MAC = 4.6 pJ (45 nm, Horowitz) by default.
 
 Weight memory (weights only; scales and biases not counted), b bits per stored weight:
@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..graph import flatten
-from ..sim import SimConfig, Walker
+from ..evaluate import output_source, progress_bar
+from ..compress.grids import infer_grid
+from ..graph import FlatGraph, flatten
 from ..primitives import NEURON
+from ..sim import SimConfig, Walker
 from .fanout import dense_macs_per_step, layer_fanout, nonzero_macs_per_step
 
 E_AC_PJ = 0.9
@@ -108,7 +110,6 @@ class EnergyReport:
 def weight_bits(node) -> int:
     """Bits per stored weight: metadata sbc_onnx.bits, else the integer width needed, else the smallest
     grid inferred from float weights, else the float width."""
-    from ..io.onnx_io import infer_grid
 
     w = np.asarray(node.weight)
     meta = getattr(node, "metadata", None) or {}
@@ -133,67 +134,81 @@ def memory_bits(w: np.ndarray, b: int) -> tuple[int, int, int]:
     return n * b, csr, n + nnz * b
 
 
+@dataclass
+class _Activity:
+    """What one simulation pass over a dataset counted."""
+
+    events: dict[str, np.ndarray]  # weight layer -> events entering each input position, summed over samples
+    spikes: dict[str, float] = field(default_factory=dict)  # spiking node -> spikes
+    cells: dict[str, int] = field(default_factory=dict)  # spiking node -> neurons x samples
+    n_samples: int = 0
+    step_total: int = 0  # true (unpadded) steps, summed over samples
+    correct: int = 0  # samples whose output spike count peaks at the label
+
+    def add(self, counts: dict[str, np.ndarray], y, lens, src: str) -> None:
+        for n, c in counts.items():
+            self.spikes[n] = self.spikes.get(n, 0.0) + float(c.sum())
+            self.cells[n] = self.cells.get(n, 0) + int(np.prod(c.shape[1:]))
+        self.n_samples += len(y)
+        self.step_total += int(np.sum(lens))
+        if src in counts:
+            self.correct += int((counts[src].reshape(len(y), -1).argmax(axis=1) == np.asarray(y)).sum())
+
+
+def _event_counter(events: np.ndarray):
+    """on_input hook adding a layer's input (spikes, or counts after pooling) per position, over the batch."""
+    def count(t, x):
+        events[...] += np.asarray(x, np.float64).reshape((x.shape[0],) + events.shape).sum(axis=0)
+    return count
+
+
+def _simulate(walker: Walker, fanout: dict[str, np.ndarray], dataset, batch_size: int, src: str, bar) -> _Activity:
+    act = _Activity(events={n: np.zeros(f.shape) for n, f in fanout.items()})
+    hooks = {n: _event_counter(e) for n, e in act.events.items()}
+    for x_tb, y, lens in dataset.batches(batch_size, with_lengths=True):
+        res = walker.run(x_tb, on_input=hooks, record_outputs=False)
+        act.add(res.counts, y, lens, src)
+        if bar is not None:
+            bar.update(len(y))
+    return act
+
+
+def _layer_energy(fg: FlatGraph, n: str, fanout: np.ndarray, act: _Activity) -> LayerEnergy:
+    node = fg.nodes[n]
+    srcs = sorted(fg.sources_of(n))
+    spike_in = all(fg.role(s) == NEURON for s in srcs) and not any(s in fg.inputs for s in srcs)
+    b = weight_bits(node)
+    dense, csr, mask = memory_bits(node.weight, b)
+    events, n_samples = act.events[n], act.n_samples
+    return LayerEnergy(
+        name=n, kind=fg.kind(n), sources=srcs, spike_input=spike_in, weights=int(np.size(node.weight)),
+        nonzero=int(np.count_nonzero(node.weight)), bits=b, mean_fanout=float(fanout.mean()),
+        events_per_sample=float(events.sum()) / n_samples,
+        synops_per_sample=float((events * fanout).sum()) / n_samples if spike_in else 0.0,
+        macs_per_sample=0.0 if spike_in else dense_macs_per_step(node) * act.step_total / n_samples,
+        nz_macs_per_sample=0.0 if spike_in else nonzero_macs_per_step(node) * act.step_total / n_samples,
+        mem_dense_bits=dense, mem_csr_bits=csr, mem_bitmask_bits=mask)
+
+
 def energy_report(graph, dataset, cfg: SimConfig | None = None, *, name: str = "model", batch_size: int = 50,
                   e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ, readout: str = "count",
                   progress: bool = False) -> EnergyReport:
     """Simulate `graph` on `dataset` and count SynOps per weight layer (see module doc)."""
-    from ..evaluate import _output_source
-
     fg = flatten(graph)
     walker = Walker(fg, cfg)
-    weights = fg.weight_nodes()
-    fanout = {n: layer_fanout(fg.nodes[n]) for n in weights}
-    events = {n: np.zeros(fanout[n].shape) for n in weights}
-
-    def hook(n):
-        def f(t, x):
-            events[n] += np.asarray(x, np.float64).reshape((x.shape[0],) + fanout[n].shape).sum(axis=0)
-        return f
-
-    spikes: dict[str, float] = {}
-    cells: dict[str, int] = {}
-    n_samples, step_total, correct = 0, 0, 0
-    src = _output_source(fg)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=dataset.n, unit="sample", desc=f"simulating {name}", leave=False, dynamic_ncols=True)
-    for x_tb, y, lens in dataset.batches(batch_size, with_lengths=True):
-        res = walker.run(x_tb, on_input={n: hook(n) for n in weights}, record_outputs=False)
-        for n, c in res.counts.items():
-            spikes[n] = spikes.get(n, 0.0) + float(c.sum())
-            cells[n] = cells.get(n, 0) + int(np.prod(c.shape[1:]))
-        n_samples += len(y)
-        step_total += int(np.sum(lens))
-        if src in res.counts:
-            correct += int((res.counts[src].reshape(len(y), -1).argmax(axis=1) == np.asarray(y)).sum())
-        if bar is not None:
-            bar.update(len(y))
+    fanout = {n: layer_fanout(fg.nodes[n]) for n in fg.weight_nodes()}
+    src = output_source(fg)
+    bar = progress_bar(dataset.n, f"simulating {name}", progress)
+    act = _simulate(walker, fanout, dataset, batch_size, src, bar)
     if bar is not None:
         bar.close()
-    layers = []
-    for n in weights:
-        node = fg.nodes[n]
-        srcs = sorted(fg.sources_of(n))
-        spike_in = all(fg.role(s) == NEURON for s in srcs) and not any(s in fg.inputs for s in srcs)
-        b = weight_bits(node)
-        dense, csr, mask = memory_bits(node.weight, b)
-        ev = float(events[n].sum()) / n_samples
-        syn = float((events[n] * fanout[n]).sum()) / n_samples
-        layers.append(LayerEnergy(
-            name=n, kind=fg.kind(n), sources=srcs, spike_input=spike_in, weights=int(np.size(node.weight)),
-            nonzero=int(np.count_nonzero(node.weight)), bits=b, mean_fanout=float(fanout[n].mean()),
-            events_per_sample=ev, synops_per_sample=syn if spike_in else 0.0,
-            macs_per_sample=0.0 if spike_in else dense_macs_per_step(node) * step_total / n_samples,
-            nz_macs_per_sample=0.0 if spike_in else nonzero_macs_per_step(node) * step_total / n_samples,
-            mem_dense_bits=dense, mem_csr_bits=csr, mem_bitmask_bits=mask))
+    layers = [_layer_energy(fg, n, f, act) for n, f in fanout.items()]
     # firing rate per neuron per (true) step; padded steps of ragged data carry no input
-    rates = {n: spikes[n] / (cells[n] / n_samples * step_total) for n in walker.spiking if n in spikes
-             and fg.role(n) == NEURON}
-    acc = correct / n_samples if src in spikes and readout == "count" else None
-    return EnergyReport(model=name, n_samples=n_samples, mean_steps=step_total / n_samples, e_ac_pj=e_ac,
-                        e_mac_pj=e_mac, layers=layers, firing_rates=rates, accuracy=acc)
+    rates = {n: act.spikes[n] / (act.cells[n] / act.n_samples * act.step_total) for n in walker.spiking
+             if n in act.spikes and fg.role(n) == NEURON}
+    acc = act.correct / act.n_samples if src in act.spikes and readout == "count" else None
+    return EnergyReport(model=name, n_samples=act.n_samples, mean_steps=act.step_total / act.n_samples,
+                        e_ac_pj=e_ac, e_mac_pj=e_mac, layers=layers, firing_rates=rates, accuracy=acc)
 
 
 def compare_table(dense: EnergyReport, comp: EnergyReport) -> str:

@@ -59,7 +59,6 @@ class Profile:
     reset_modes: tuple = RESETS
     v_reset_zero_only: bool = False
     decay: str = "float"
-    max_spikes_per_step: int | None = None
     fan_in_max: int | None = None
     fan_out_max: int | None = None
     fan_out_layers_max: int | None = None

@@ -1,7 +1,12 @@
-"""Load and save models by file extension: `.nir` (NIR/HDF5) or `.onnx` (the project's SNN convention)."""
+"""Load and save models by file extension: `.nir` (NIR/HDF5) or `.onnx` (the project's SNN convention).
+
+`save_model` is where a model file gets its simulation settings: `cfg.to_metadata()` is stamped by the
+format's writer (write_nir, or the ONNX exporter, which also bakes them into the time step).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,8 +14,10 @@ from typing import Any
 import nir
 
 from ..errors import SbcError
+from ..sim.config import SimConfig
 from .nir_io import read_nir, write_nir
-from ..sim import SimConfig
+
+log = logging.getLogger("sbc_onnx")
 
 FORMATS = (".nir", ".onnx")
 
@@ -25,26 +32,29 @@ def model_format(path: str | os.PathLike) -> str:
 def load_model(path: str | os.PathLike) -> nir.NIRGraph:
     """Read a model as a NIR graph (ONNX files of the convention are converted on the fly)."""
     if model_format(path) == "onnx":
-        from .onnx_io import read_onnx
+        from . import onnx_io  # on first use: importing onnx is slow and NIR-only work never needs it
 
-        return read_onnx(path)
+        return onnx_io.read_onnx(path)
     return read_nir(path)
 
 
-def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
-               cfg: SimConfig | None = None, source: str | os.PathLike | None = None) -> Path:
-    """Write `graph` to `path` by extension. With `source` an ONNX file of the same graph, only its weight
-    initializers and metadata are rewritten (every other protobuf field is kept)."""
-    meta = {**(cfg.to_metadata() if cfg else {}), **(metadata or {})}
-    if model_format(path) == "onnx":
-        from .onnx_io import update_onnx, write_onnx
+def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,
+               metadata: dict[str, Any] | None = None, source: str | os.PathLike | None = None,
+               int_weights: bool = False) -> Path:
+    """Write `graph` to `path` by extension, with `metadata` and the settings of `cfg` (for ONNX: default the
+    graph's own). With `source` the ONNX file the graph was read from and the same settings, only its weight
+    initializers and metadata are rewritten (every other protobuf field is kept). `int_weights`: ONNX only,
+    weights on an integer grid stored as integers (write_onnx)."""
+    if model_format(path) == "nir":
+        if int_weights:
+            raise SbcError(f"{path}: integer weights (int_weights) are stored in ONNX files only")
+        return write_nir(graph, path, cfg=cfg, metadata=metadata)
+    from . import onnx_io  # on first use, as in load_model
 
-        if source is not None and model_format(source) == "onnx":
-            return update_onnx(source, graph, path, metadata=meta)
-        return write_onnx(graph, path, cfg=cfg, metadata=meta)
-    return write_nir(graph, path, metadata=meta)
-
-
-def sim_config_for(graph: nir.NIRGraph, **overrides: Any) -> SimConfig:
-    """Settings from the graph's metadata (dt, integrator, reset...), overridden by explicit options."""
-    return SimConfig.from_metadata(getattr(graph, "metadata", None), **overrides)
+    if source is not None and model_format(source) == "onnx" and not int_weights:
+        baked = onnx_io.baked_config(source)
+        if cfg is None or cfg.to_metadata() == baked.to_metadata():
+            return onnx_io.update_onnx(source, graph, path, metadata=metadata)
+        log.info("%s is built for other simulation settings (%s); %s is written as a new file",
+                 source, ", ".join(f"{k}={v}" for k, v in baked.to_metadata().items()), path)
+    return onnx_io.write_onnx(graph, path, cfg=cfg, metadata=metadata, int_weights=int_weights)

@@ -4,14 +4,13 @@
   Output of shape [1,1,1] after a [1] LIF), load without type checking, repair Output/Input shapes that
   disagree with their neighbours, and say so. Parameters must be finite.
 - write: neuron parameters never 0-d (nir's gzip writer crashes on them and type checks fail), metadata kept,
-  simulation settings recorded, atomic (temp file + rename), and the result must load back type-checked.
+  simulation settings stamped from `cfg`, atomic (io/atomic.py), and the result must load back type-checked.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import numpy as np
 
 from ..errors import SbcError, existing_file
 from ..graph import flatten, node_shape
+from ..sim.config import SimConfig
+from .atomic import write_atomic
 
 log = logging.getLogger("sbc_onnx")
 
@@ -161,24 +162,19 @@ def _clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_nir(graph: nir.NIRGraph, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
-              verify: bool = True) -> Path:
-    """Write `graph` (modified in place: 0-d params broadcast, metadata merged) atomically to `path`."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise SbcError(f"output directory does not exist: {path.parent}")
-    _broadcast_params(graph)
-    graph.metadata = _clean_meta({**(graph.metadata or {}), **(metadata or {})})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        nir.write(tmp, graph)
+def write_nir(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,
+              metadata: dict[str, Any] | None = None, verify: bool = True) -> Path:
+    """Write `graph` atomically to `path`. The graph is modified in place: 0-d parameters become full arrays,
+    and its metadata gains `metadata`, then the simulation settings of `cfg` (`cfg.to_metadata()`)."""
+
+    settings = cfg.to_metadata() if cfg else {}
+
+    def write(tmp: Path) -> None:
+        _broadcast_params(graph)
+        # settings before `metadata` (the key order the file always had), then again so that they win
+        graph.metadata = _clean_meta({**(graph.metadata or {}), **settings, **(metadata or {}), **settings})
+        nir.write(str(tmp), graph)
         if verify:
-            nir.read(tmp)  # must load back with type checking on
-        os.replace(tmp, path)
-    except Exception as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, SbcError):
-            raise
-        raise SbcError(f"could not write {path}: {type(e).__name__}: {e}") from e
-    return path
+            nir.read(str(tmp))  # must load back with type checking on
+
+    return write_atomic(path, write)

@@ -1,4 +1,5 @@
-"""Shared pieces of the ONNX convention (docs/onnx_convention.md): names, versions, field tables, JSON values."""
+"""Shared pieces of the ONNX convention (docs/onnx_convention.md): names, versions, field tables, JSON values,
+integer weights. The simulation settings' metadata keys are SimConfig's (sim/config.py META_KEYS)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ KEY_NODE_META = "nir.metadata"  # node metadata_props: the NIR node's own metada
 DT_TENSOR = "snn/dt"
 SUBGRAPHS_KEY = "nir_subgraphs"  # graph metadata: nested NIRGraph nodes {path: {"edges", "metadata"}}
 EDGE_ORDER_KEY = "nir_edge_order"  # graph metadata key (stored as nir.json.nir_edge_order)
-SIM_KEYS = ("dt", "integrator", "reset", "cuba_order")
 
 WEIGHT_FIELDS = ("weight", "bias")  # the fields `update_onnx` rewrites (of weight nodes)
 
@@ -66,3 +66,12 @@ def _dec(v: Any) -> Any:
     if isinstance(v, list):
         return [_dec(x) for x in v]
     return v
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero) -> np.ndarray:
+    """DequantizeLinear along axis 0: float32(q - zero) * scale (what onnxruntime computes)."""
+    q = np.asarray(q).astype(np.int64)
+    scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+    shape = (-1,) + (1,) * (q.ndim - 1) if scale.size > 1 else ()
+    z = 0 if zero is None else np.asarray(zero).astype(np.int64).reshape(shape)
+    return (q - z).astype(np.float32) * scale.reshape(shape)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
+import ml_dtypes
 import nir
 import numpy as np
 import onnx
@@ -13,10 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import SbcError
 from ..graph import FlatGraph, flatten
 from ..primitives import NEURON, PARAM_FIELDS, primitive
+from ..sim.config import META_KEYS, SimConfig
 from .onnx_common import (CONVENTION, DOMAIN, EDGE_ORDER_KEY, SUBGRAPHS_KEY, DOMAIN_VERSION, DT_TENSOR, IR_VERSION,
-                          KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META, OPSET, SIM_KEYS, encode)
+                          KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META, OPSET, dequantize,
+                          encode)
 from .onnx_functions import build_functions
-from ..sim.config import SimConfig
 from ..sim.conv import as_tuple, conv_padding
 from ..sim.walker import Walker
 
@@ -66,8 +68,6 @@ class _Builder:
         self.top: list[onnx.NodeProto] = []  # parameter preparation (before the Scan)
         self.body: list[onnx.NodeProto] = []
         self.ins, self.outs, self.states = infer_shapes(self.fg, cfg)
-        self.carried: list[tuple[str, str, str, list]] = []  # (body in, body out, outer init, shape)
-        self.carried_final: list[str] = []  # outer names of final states
         self.exposed: list[tuple[str, list]] = []
 
     # ---- helpers -------------------------------------------------------------------------------------
@@ -134,8 +134,6 @@ class _Builder:
 
         def tensor(tname, arr):
             if t in (TensorProto.INT4, TensorProto.UINT4):  # packed two per byte in raw_data
-                import ml_dtypes
-
                 return numpy_helper.from_array(arr.astype(ml_dtypes.int4 if t == TensorProto.INT4
                                                           else ml_dtypes.uint4), tname)
             return numpy_helper.from_array(arr.astype(npt), tname)
@@ -238,6 +236,7 @@ class _Builder:
         first_in = fg.inputs[0]
         self.top.append(helper.make_node("Shape", [first_in], ["snn/batch"], name="snn/batch", start=1, end=2))
         body_in, body_out, scan_in, scan_out_body, scan_out_outer = [], [], [], [], []
+        body_scan_in = []  # the per-step slices of the graph inputs
         init_states, final_states = [], []
 
         def carry(body_name: str, next_name: str, shape, final: str, extra_dim: str | None = None,
@@ -261,8 +260,7 @@ class _Builder:
             if n in fg.inputs:
                 x = f"{n}/t"
                 scan_in.append(n)
-                body_in_scan = self.vi(x, self.outs[n])
-                self._scan_inputs = getattr(self, "_scan_inputs", []) + [body_in_scan]
+                body_scan_in.append(self.vi(x, self.outs[n]))
             else:
                 parts = [f"{p}/y" for p in fg.preds[n]] + [f"{p}/y_prev" for p in fg.back_preds[n]]
                 if not parts:
@@ -313,7 +311,7 @@ class _Builder:
         for s in back_sources:
             carry(f"{s}/y_prev", f"{s}/y_next", self.outs[s], f"{s}/y_final")
             self.body.append(helper.make_node("Identity", [f"{s}/y"], [f"{s}/y_next"], name=f"{s}/y_next"))
-        body = helper.make_graph(self.body, "step", body_in + self._scan_inputs, body_out + scan_out_body)
+        body = helper.make_graph(self.body, "step", body_in + body_scan_in, body_out + scan_out_body)
         scan = helper.make_node("Scan", init_states + scan_in, final_states + scan_out_outer, name="time",
                                 body=body, num_scan_inputs=len(scan_in))
         self.top.insert(0, helper.make_node("Constant", [], [DT_TENSOR], name=DT_TENSOR,
@@ -345,15 +343,6 @@ class _Builder:
         return {}
 
 
-def dequantize(q: np.ndarray, scale: np.ndarray, zero) -> np.ndarray:
-    """DequantizeLinear along axis 0: float32(q - zero) * scale (what onnxruntime computes)."""
-    q = np.asarray(q).astype(np.int64)
-    scale = np.asarray(scale, dtype=np.float32).reshape(-1)
-    shape = (-1,) + (1,) * (q.ndim - 1) if scale.size > 1 else ()
-    z = 0 if zero is None else np.asarray(zero).astype(np.int64).reshape(shape if scale.size > 1 else ())
-    return (q - z).astype(np.float32) * scale.reshape(shape if scale.size > 1 else ())
-
-
 def build_model(graph: nir.NIRGraph, cfg: SimConfig, *, metadata: dict | None = None, quant: Quant | None = None,
                 int_weights: bool = False) -> onnx.ModelProto:
     if not isinstance(graph, nir.NIRGraph):
@@ -365,20 +354,32 @@ def build_model(graph: nir.NIRGraph, cfg: SimConfig, *, metadata: dict | None = 
                               functions=build_functions(), producer_name="sbc-onnx", ir_version=IR_VERSION)
     model.doc_string = ("Spiking neural network, one Scan over time; neuron steps are functions in domain "
                         f"'{DOMAIN}'. Convention: {CONVENTION} (sbc-onnx docs/onnx_convention.md).")
-    meta = {KEY_CONVENTION: CONVENTION, KEY_DTYPE: cfg.dtype, **{k: str(v) for k, v in cfg.to_metadata().items()}}
-    extra = {EDGE_ORDER_KEY: [list(e) for e in b.fg.edges]}
+    structure = {EDGE_ORDER_KEY: [list(e) for e in b.fg.edges]}
     nested = subgraph_structure(graph)
     if nested:  # the Scan runs the flattened graph; this lets the importer restore the nesting
-        extra[SUBGRAPHS_KEY] = nested
-    for k, v in {**(graph.metadata or {}), **(metadata or {}), **extra}.items():
-        if k in SIM_KEYS or k in (KEY_CONVENTION, KEY_DTYPE) or v is None:
+        structure[SUBGRAPHS_KEY] = nested
+    set_metadata(model, {**settings_props(cfg), **metadata_props(graph.metadata, metadata, structure)})
+    return model
+
+
+def settings_props(cfg: SimConfig) -> dict[str, str]:
+    """The metadata_props the Scan is built for: the convention, the compute dtype and cfg's settings.
+    They are written here only: a file's settings are the ones baked into its time step."""
+    return {KEY_CONVENTION: CONVENTION, KEY_DTYPE: cfg.dtype, **{k: str(v) for k, v in cfg.to_metadata().items()}}
+
+
+def metadata_props(*metas: Mapping[str, Any] | None) -> dict[str, str]:
+    """Graph and user metadata as metadata_props (later mappings win): strings as they are, other values as
+    JSON under `nir.json.<key>`. The keys of `settings_props` are skipped (they come from the cfg)."""
+    props: dict[str, str] = {}
+    for k, v in {k: v for meta in metas for k, v in (meta or {}).items()}.items():
+        if k in META_KEYS or k in (KEY_CONVENTION, KEY_DTYPE) or v is None:
             continue
         if isinstance(v, str):
-            meta[k] = v
+            props[k] = v
         else:
-            meta[KEY_JSON + k] = encode(v)
-    set_metadata(model, meta)
-    return model
+            props[KEY_JSON + k] = encode(v)
+    return props
 
 
 def subgraph_structure(graph, prefix: str = "") -> dict[str, Any]:

@@ -12,10 +12,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import SbcError
-from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
-                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, SIM_KEYS, decode)
 from ..primitives import CATALOGUE, PARAM_FIELDS
-from .onnx_export import dequantize
+from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
+                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, decode, dequantize)
 
 log = logging.getLogger("sbc_onnx")
 
@@ -199,4 +198,4 @@ def compute_dtype(model: onnx.ModelProto) -> str:
     return next((p.value for p in model.metadata_props if p.key == KEY_DTYPE), "float32")
 
 
-__all__ = ["model_to_graph", "check_convention", "read_metadata", "compute_dtype", "SIM_KEYS"]
+__all__ = ["model_to_graph", "check_convention", "read_metadata", "compute_dtype"]

@@ -3,30 +3,33 @@
 - read_onnx(path) -> nir.NIRGraph            (graph.metadata carries dt/integrator/reset/cuba_order)
 - write_onnx(graph, path, cfg=, metadata=, int_weights=, quant=) -> Path   (atomic)
 - update_onnx(source, graph, out, metadata=)   rewrite only weight initializers + metadata_props
+- baked_config(source) -> SimConfig           the settings a file's time step is built for
 - evaluate_onnxruntime(path, dataset, readout=, batch_size=, progress=) -> EvalResult
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import nir
 import numpy as np
 import onnx
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from ..compress.grids import infer_grid
 from ..errors import SbcError, existing_file
+from ..evaluate import READOUTS, BatchOutputs, EvalResult, evaluate_engine, output_source
 from ..graph import flatten
 from ..primitives import WEIGHT, lookup
-from .onnx_common import WEIGHT_FIELDS
-from .onnx_export import Quant, build_model, dequantize, nir_fields, set_metadata
-from .onnx_import import compute_dtype, model_to_graph
 from ..sim.config import SimConfig
+from .atomic import write_bytes_atomic
+from .onnx_common import WEIGHT_FIELDS
+from .onnx_export import Quant, build_model, metadata_props, nir_fields, set_metadata
+from .onnx_import import compute_dtype, model_to_graph, read_metadata
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
@@ -44,20 +47,11 @@ def read_onnx(path: str | os.PathLike) -> nir.NIRGraph:
     return model_to_graph(load_proto(path), path)
 
 
-def _atomic_save(model: onnx.ModelProto, path: Path) -> Path:
-    path = Path(path)
-    if not path.parent.exists():
-        raise SbcError(f"output directory does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except Exception as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise SbcError(f"could not write {path}: {type(e).__name__}: {e}") from e
-    return path
+def baked_config(path: str | os.PathLike) -> SimConfig:
+    """The settings the file's time step is built for (its metadata_props: dt, integrator, reset, cuba order,
+    compute dtype). Changing them needs a new file (write_onnx), not update_onnx."""
+    model = load_proto(path)
+    return SimConfig.from_metadata(read_metadata(model), dtype=compute_dtype(model))
 
 
 def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,
@@ -68,7 +62,7 @@ def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig |
     (DequantizeLinear, axis 0): `quant[node] = (q, scale, zero_point|None)` gives the grid (dequantized
     float32(q - zero) * scale must reproduce the graph's weight); nodes missing from `quant` get a grid
     inferred from their weights (`infer_grid`) or stay float if the weights are on no <= 8-bit grid."""
-    cfg = cfg or SimConfig.from_metadata(getattr(graph, "metadata", None))
+    cfg = cfg or SimConfig.from_graph(graph)
     quant = dict(quant or {})
     if int_weights:
         fg = flatten(graph)
@@ -84,46 +78,15 @@ def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig |
             onnx.checker.check_model(model, full_check=True)
         except Exception as e:  # noqa: BLE001
             raise SbcError(f"internal error: the exported ONNX model fails onnx.checker: {e}") from e
-    return _atomic_save(model, Path(path))
-
-
-def infer_grid(w: np.ndarray, max_bits: int = 8):
-    """(q, scale, None) if every output channel of `w` lies on a symmetric integer grid of <= max_bits bits
-    (float32(q) * scale == w exactly); else None. Tries the coarsest grid first."""
-    w = np.asarray(w)
-    if w.dtype != np.float32 or w.size == 0:
-        return None
-    rows = w.reshape(w.shape[0], -1)
-    qs, scales = [], []
-    limit = 2 ** (max_bits - 1)
-    for row in rows:
-        amax = float(np.abs(row).max())
-        if amax == 0:
-            qs.append(np.zeros_like(row, dtype=np.int64))
-            scales.append(np.float32(1.0))
-            continue
-        found = None
-        for k in range(1, limit + 1):
-            s0 = np.float32(amax / k)  # amax = k * scale up to float32 rounding: try the neighbours too
-            for s in (s0, np.nextafter(s0, np.float32(0)), np.nextafter(s0, np.float32(np.inf))):
-                q = np.rint(row.astype(np.float64) / s)
-                if np.abs(q).max() <= limit and np.array_equal(q.astype(np.float32) * s, row):
-                    found = q.astype(np.int64), s
-                    break
-            if found:
-                break
-        if found is None:
-            return None
-        qs.append(found[0])
-        scales.append(found[1])
-    return np.stack(qs).reshape(w.shape), np.asarray(scales, dtype=np.float32), None
+    return write_bytes_atomic(path, model.SerializeToString())
 
 
 def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: str | os.PathLike, *,
                 metadata: dict[str, Any] | None = None) -> Path:
     """Copy `source_path`, replacing the data of the weight initializers (`<node>.weight`, `<node>.bias` of
-    Affine/Linear/Conv nodes) by `graph`'s values and adding `metadata` to metadata_props. Every other
-    protobuf field stays as it is. Non-weight parameters of `graph` must equal the file's."""
+    Affine/Linear/Conv nodes) by `graph`'s values and adding `metadata` to metadata_props (encoded as
+    write_onnx does; settings keys are skipped, the file keeps the ones its time step is built for). Every
+    other protobuf field stays as it is. Non-weight parameters of `graph` must equal the file's."""
     model = load_proto(source_path)
     src_graph = model_to_graph(model, source_path)
     src = flatten(src_graph).nodes
@@ -143,18 +106,8 @@ def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: s
             elif not _same(v, old):
                 raise SbcError(f"node {name!r} field {f!r} differs from {source_path}; update_onnx rewrites "
                                "weights only (write a new file with write_onnx)")
-    if metadata:
-        set_metadata(model, {k: (v if isinstance(v, str) else _meta_str(v)) for k, v in metadata.items()
-                             if v is not None})
-    return _atomic_save(model, Path(out_path))
-
-
-def _meta_str(v) -> str:
-    if isinstance(v, (float, int, np.number)):
-        return str(v)
-    from .onnx_common import encode
-
-    return encode(v)
+    set_metadata(model, metadata_props(metadata))
+    return write_bytes_atomic(out_path, model.SerializeToString())
 
 
 def _same(a, b) -> bool:
@@ -190,9 +143,7 @@ def _replace_weight(inits: dict, name: str, value: np.ndarray, old: np.ndarray, 
 
 
 # ---- onnxruntime ----------------------------------------------------------------------------------------
-def ort_session(path: str | os.PathLike, threads: int | None = None):
-    import onnxruntime as ort
-
+def ort_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -210,16 +161,14 @@ def run_onnxruntime(session, x: np.ndarray | dict, names: list[str] | None = Non
 
 
 def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "count", batch_size: int = 64,
-                         progress: bool = False):
+                         progress: bool = False) -> EvalResult:
     """Accuracy of an ONNX model of the convention run by onnxruntime (readouts as evaluate.py)."""
-    from ..evaluate import READOUTS, BatchOutputs, _output_source, evaluate_engine
-
     if readout not in READOUTS:
         raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
     model = load_proto(path)
     graph = model_to_graph(model, path)
     fg = flatten(graph)
-    src = _output_source(fg)
+    src = output_source(fg)
     out = fg.outputs[0]
     spiking = fg.spiking()
     sess = ort_session(path)
@@ -245,5 +194,5 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
                            progress=progress)
 
 
-__all__ = ["read_onnx", "write_onnx", "update_onnx", "evaluate_onnxruntime", "infer_grid", "dequantize",
+__all__ = ["read_onnx", "write_onnx", "update_onnx", "baked_config", "evaluate_onnxruntime", "infer_grid",
            "ort_session", "run_onnxruntime", "load_proto"]

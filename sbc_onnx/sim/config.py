@@ -3,7 +3,7 @@ recorded in graph metadata on write and read back from it as defaults."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -14,8 +14,9 @@ INTEGRATORS = ("euler", "exact")
 RESETS = ("to_v_reset", "subtract")
 CUBA_ORDERS = ("current_first", "previous_current")
 
-# Keys under which the settings are stored in NIR graph metadata / ONNX metadata_props.
-META_KEYS = {"dt": "dt", "integrator": "integrator", "reset": "reset", "cuba_order": "cuba_order"}
+# The settings a model file records (NIR graph metadata, ONNX metadata_props), each under its field name.
+# dtype is left out: it says how to compute, not how the model is meant to be stepped.
+META_KEYS = ("dt", "integrator", "reset", "cuba_order")
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,8 @@ class SimConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_metadata(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("dtype")
-        return {META_KEYS[k]: (float(v) if k == "dt" else str(v)) for k, v in d.items()}
+        """The settings as model metadata ({META_KEYS: value}); the model writers stamp them on save."""
+        return {k: float(self.dt) if k == "dt" else str(getattr(self, k)) for k in META_KEYS}
 
     @classmethod
     def from_graph(cls, graph: Any, **overrides: Any) -> "SimConfig":
@@ -61,7 +61,7 @@ class SimConfig:
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None, **overrides: Any) -> "SimConfig":
-        """Defaults, then what the graph's metadata says, then explicit overrides (CLI options)."""
+        """The step behind `from_graph`, for a bare metadata mapping (e.g. an ONNX file's metadata_props)."""
         values: dict[str, Any] = {}
         meta = meta or {}
         if "dt" in meta:
@@ -70,7 +70,7 @@ class SimConfig:
             except (TypeError, ValueError, IndexError):
                 pass
         for key, allowed in (("integrator", INTEGRATORS), ("reset", RESETS), ("cuba_order", CUBA_ORDERS)):
-            raw = meta.get(META_KEYS[key])
+            raw = meta.get(key)
             if isinstance(raw, bytes):
                 raw = raw.decode()
             if isinstance(raw, str):
