@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
+from .compress.grids import GRANULARITIES
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import FlatGraph, flatten
@@ -28,7 +29,6 @@ from .sim import SimConfig, Walker
 
 log = logging.getLogger("sbc_onnx")
 
-GRANULARITIES = ("channel", "tensor")
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -282,8 +282,8 @@ class _Compression:
         elif not self.plan.sequential:
             self.calibs = dict.fromkeys(self.names, self._calibrate(self.dense, self.names, self.progress))
         if self.plan.runs_obs_trace and not compiled_on_disk():
-            log.info("compiling the ExactOBS kernels with numba (first run after an install or update, "
-                     "~15 s; cached afterwards)")
+            log.info("compiling the ExactOBS kernels with numba (first run after an install or update; "
+                     "cached afterwards)")
 
     def _check_given(self, cal: Calibration) -> None:
         method = self.plan.method

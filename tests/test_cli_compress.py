@@ -104,8 +104,9 @@ def test_target_output_must_be_nir_and_outputs_are_not_overwritten(files, tmp_pa
     assert (tmp_path / "o.float.nir").read_text() == "keep"
 
 
-def test_unknown_method_exits_2(files, tmp_path, capsys):
-    """Rejected by the option parser (click): exit 2, naming the choices."""
+def test_unknown_method_exits_2_with_one_line(files, tmp_path, capsys):
+    """Rejected by the option parser (click): exit 2, one `error:` line naming the choices."""
     assert _run(files, tmp_path, "-o", str(tmp_path / "o.nir"), "--method", "foo") == 2
-    err = capsys.readouterr().err
-    assert "'foo' is not one of" in err and "sbc-fast" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "'foo' is not one of" in err[0] and "sbc-fast" in err[0]

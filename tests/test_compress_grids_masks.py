@@ -1,6 +1,5 @@
 """Grids, LAMP allocation, masks (N:M, magnitude, Wanda): exact counts and definitions."""
 
-import itertools
 
 import numpy as np
 import pytest

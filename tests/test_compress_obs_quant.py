@@ -226,7 +226,7 @@ def test_gptq_matches_spec_loop_differs_from_rtn_and_is_better():
     assert np.mean(q.W != rtn.W) > 0.1
     assert obj(W, q.W, H) < 0.9 * obj(W, rtn.W, H)
     np.testing.assert_allclose(quantize(q.W, g), q.W)  # on the grid
-    # spec §2.3 per-column loop with rank-1 downdates of H^-1, static order argsort(diag(H^-1))
+    # docs/sbc_method.md §2.3 per-column loop with rank-1 downdates of H^-1, static order argsort(diag(H^-1))
     Hinv, _, _ = damped_inverse(H)
     Wr, Hi = W.copy(), Hinv.copy()
     for c in np.argsort(np.diag(Hinv), kind="stable"):

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except SbcError as e:
         click.echo(f"error: {e}", err=True)
         return 2
+    except click.UsageError as e:  # bad option or value: one line, like every other input error
+        click.echo(f"error: {e.format_message()}", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

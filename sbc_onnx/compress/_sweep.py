@@ -78,8 +78,7 @@ def _sub_gemm(Wt, U, Err, a1, a2, b1, b2, gemm):
     gemm(-1.0, Err[a1:a2].T, U[a1:a2, b1:b2], beta=1.0, c=Wt[b1:b2].T, overwrite_c=1)
 
 
-def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, panel=1, outer=512,
-              want_loss=False):
+def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, panel=1, outer=512) -> None:
     """Sweep columns 0..d-1 of W (given transposed as a C-contiguous ``Wt``, modified in place).
 
     fix(i, w, out): writes the value the current column i (vector ``w`` over rows, up to date) is
@@ -93,8 +92,6 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     ``outer``: a third blocking level (rounded up to a multiple of ``blocksize``): a block updates only
     the rest of its outer block, and each outer block updates the trailing columns with one sgemm of
     inner dimension ``outer`` (fewer passes over W, better GEMM efficiency; same math).
-    Returns the per-row loss sum_i err_i^2 / 2 (OBS estimate of the objective increase, /2 as GPTQ)
-    if ``want_loss``, else None (its float64 pass per sub-block is a noticeable share of the sweep).
     """
     d, n = Wt.shape
     if not Wt.flags.c_contiguous:
@@ -104,16 +101,14 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     gemm, gemv = _gemm[dt], _gemv[dt]
     Err = np.empty_like(Wt)
     Q = np.empty((min(sub, d), n), dtype=dt)
-    loss = np.zeros(n, dtype=np.float64) if want_loss else None
     diag = np.diag(U).copy()
     panel = max(1, int(panel))
     outer = blocksize * max(1, -(-int(outer) // blocksize))
     for o1 in range(0, d, outer):
         o2 = min(d, o1 + outer)
-        _outer_block(Wt, U, Err, Q, loss, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv)
+        _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv)
         if o2 < d:
             _sub_gemm(Wt, U, Err, o1, o2, o2, d, gemm)
-    return loss
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -156,7 +151,7 @@ def _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv):
                 np.divide(Err[i], diag[i], out=Err[i])
 
 
-def _outer_block(Wt, U, Err, Q, loss, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv):
+def _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv):
     dt = Wt.dtype
     for i1 in range(o1, o2, blocksize):
         i2 = min(o2, i1 + blocksize)
@@ -177,9 +172,6 @@ def _outer_block(Wt, U, Err, Q, loss, diag, fix, keep, o1, o2, blocksize, sub, p
                 Wt[j1:j2] *= keep[j1:j2]
             else:
                 Wt[j1:j2] = Q[:j2 - j1]
-            if loss is not None:
-                E = Err[j1:j2].astype(np.float64)
-                loss += 0.5 * np.einsum("ij,ij->j", E, E)
             if j2 < i2:
                 _sub_gemm(Wt, U, Err, j1, j2, j2, i2, gemm)
         if i2 < o2:

@@ -30,11 +30,14 @@ class Grid:
     scheme: str
 
 
+GRANULARITIES = ("channel", "tensor")  # one scale per output row, or one for the whole layer
+
+
 def make_grid(W: np.ndarray, bits: int, scheme: str = "symmetric", granularity: str = "channel") -> Grid:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown grid scheme {scheme!r}; choose from {SCHEMES}")
-    if granularity not in ("channel", "tensor"):
-        raise ValueError(f"granularity must be 'channel' or 'tensor', not {granularity!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     bits = int(bits)
     if bits < 1 or (scheme == "symmetric_restricted" and bits < 2):
         raise ValueError(f"{bits} bits is too few for scheme {scheme}")

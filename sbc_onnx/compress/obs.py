@@ -80,7 +80,7 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
     order = np.empty((d_out, n_elim), dtype=np.int64)
     scores = np.empty((d_out, n_elim), dtype=np.float64)
     W32 = np.ascontiguousarray(W, dtype=np.float32)
-    step = d_out if on_rows is None else max(1, -(-(1 << 32) // max(1, d) ** 3))  # ~0.1 s of rows a call
+    step = d_out if on_rows is None else max(1, -(-(1 << 32) // max(1, d) ** 3))  # a few rows per call: progress moves
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)
         trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])

@@ -69,9 +69,9 @@ def prune_sparsegpt(W, H, k=None, *, pattern=None, blocksize=128, sub=32, rel_da
                 s = Wt[i1:i2] * Wt[i1:i2]
                 s *= iu2[i1:i2, None]  # float32 scores: the selection is a ranking, no accumulation
                 keep = keepT[i1:i2].ravel()  # keepT rows are contiguous: ravel() is a view
-                # the kb smallest by a partition threshold (2x faster than argpartition), ties in index order
+                # the kb smallest by a partition threshold (faster than argpartition), ties in index order
                 sel = select_smallest(s.ravel(), kb)
-                np.logical_and(keep, ~sel, out=keep)  # boolean-mask setitem was 30x slower
+                np.logical_and(keep, ~sel, out=keep)  # a boolean-mask setitem is much slower
 
         fix = None  # pruning mode of the sweep: q = w * keepT[i]
         panel = 1
