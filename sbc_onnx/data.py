@@ -246,11 +246,11 @@ class Dataset:
         )
 
     def take(self, limit: int | None, start: int = 0) -> Dataset:
-        """Samples ``start .. start+limit-1`` (``limit=None``: to the end)."""
+        """Samples ``start .. start+limit-1`` (``limit=None``: to the end; a limit is >= 1)."""
         if start < 0 or start > self.n:
             raise SbcError(f"start {start} is outside the dataset (0..{self.n})")
-        if limit is not None and limit < 0:
-            raise SbcError(f"limit must be >= 0, got {limit}")
+        if limit is not None and limit < 1:  # 0 would silently select nothing (or, to a caller, "all")
+            raise SbcError(f"limit must be >= 1, got {limit}")
         stop = self.n if limit is None else min(self.n, start + limit)
         return self.subset(np.arange(start, stop))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -65,6 +66,8 @@ class Plan:
         _check_choice(grid, SCHEMES, "grid")
         _check_choice(granularity, GRANULARITIES, "granularity")
         _check_budget(sparsity, bits, pattern)
+        _check_number(rel_damp, "rel_damp (--damp)", minimum=0.0)
+        _check_number(lamp_p, "lamp_p (--lamp-p)", minimum=0.0, open_min=True)
         plan = cls(method=_method(method), allocation=_allocation(allocation, lamp_p, rel_damp),
                    sparsity=None if sparsity is None else float(sparsity), bits=None if bits is None else int(bits),
                    pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
@@ -99,10 +102,20 @@ def _check_choice(value, choices, what: str) -> None:
         raise SbcError(f"{what} must be one of {', '.join(choices)}")
 
 
+def _check_number(value, what: str, *, minimum: float, open_min: bool = False) -> None:
+    """SbcError unless `value` is a finite number >= minimum (> minimum if open_min)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or v < minimum or (open_min and v == minimum):
+        raise SbcError(f"{what} must be a finite number {'>' if open_min else '>='} {minimum:g}, got {value!r}")
+
+
 def _check_budget(sparsity, bits, pattern) -> None:
     if sparsity is None and bits is None and pattern is None:
         raise SbcError("nothing to do: give a sparsity, a bit width or an N:M pattern")
-    if sparsity is not None and not 0 <= sparsity < 1:
+    if sparsity is not None and not 0 <= float(sparsity) < 1:  # NaN fails too
         raise SbcError(f"sparsity must be in [0, 1), got {sparsity}")
     if bits is not None and not 2 <= int(bits) <= 8:
         raise SbcError(f"bits must be between 2 and 8, got {bits}")
@@ -118,10 +131,11 @@ def _method(method) -> Method:
 
 
 def _allocation(name, lamp_p, rel_damp) -> Allocation:
+    _check_choice(name, ALLOCATIONS, "allocation")
     try:
         return make_allocation(name, lamp_p=lamp_p, rel_damp=rel_damp)
-    except ValueError:
-        raise SbcError(f"allocation must be one of {', '.join(ALLOCATIONS)}") from None
+    except ValueError as e:
+        raise SbcError(str(e)) from None
 
 
 def _pattern(pattern) -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from typing import ClassVar, Protocol, Sequence
 import numpy as np
 
 from .masks import select_smallest
-from .numerics import FactorizationError
+from .numerics import FactorizationError, check_damping
 from .obs import ObsTrace, trace_layer
 
 __all__ = ["ALLOCATIONS", "Allocation", "Budget", "GlobalMagnitude", "Lamp", "LayerStats", "ObsScores",
@@ -72,6 +72,8 @@ def lamp_scores(w: np.ndarray, p: float = 2) -> np.ndarray:
     Ties follow the ">=" of the definition exactly: equal magnitudes share one denominator that
     includes all of them (the sorted-position variant would give tied weights different scores).
     """
+    if not (math.isfinite(p) and p > 0):
+        raise ValueError(f"the LAMP exponent p must be a finite number > 0, got {p!r}")
     a = np.abs(np.asarray(w, dtype=np.float64)).ravel() ** p
     s = np.sort(a)
     suffix = np.cumsum(s[::-1])[::-1]  # suffix[j] = sum of s[j:]
@@ -97,6 +99,10 @@ class Lamp:
     name: ClassVar[str] = "lamp"
     needs_hessian: ClassVar[bool] = False
     obs_trace: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.p) and self.p > 0):  # p = NaN scores everything NaN: all pruned
+            raise ValueError(f"the LAMP exponent p must be a finite number > 0, got {self.p!r}")
 
     def allocate(self, layers: Sequence[LayerStats], sparsity: float) -> Budget:
         return Budget(allocate_by_scores([lamp_scores(s.W, self.p) for s in layers], sparsity))
@@ -149,6 +155,10 @@ class ObsScores:
     name: ClassVar[str] = "obs"
     needs_hessian: ClassVar[bool] = True
     obs_trace: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_damping(self.rel_damp)
+        check_damping(self.max_damp, "max_damp")
 
     def allocate(self, layers: Sequence[LayerStats], sparsity: float) -> Budget:
         costs, traces = zip(*(self._costs(s) for s in layers)) if layers else ((), ())

@@ -9,20 +9,38 @@ changing w_d, which is the true (tiny) cost.  Consequences:
 - quantization: no error flows into or out of a dead column, so it ends as the RTN of its ORIGINAL
   weight; weights are never zeroed just because their input was silent.
 Damping: lambda = rel_damp * mean(diag H over live inputs) (1 if none is live).  On a failed Cholesky
-rel_damp is multiplied by 10 up to max_damp; then FactorizationError (the caller falls back to
-magnitude / RTN for the layer).  Every escalation is reported as a string.
+rel_damp is multiplied by 10 (0 becomes 0.01) up to max_damp, at most MAX_ATTEMPTS factorizations in
+all (the last one at max_damp); then FactorizationError (the caller falls back to magnitude / RTN
+for the layer).  Every escalation is reported as a string.  rel_damp and max_damp must be finite and >= 0 (ValueError), so
+the escalation always ends; a non-finite H, damping lambda or factor raises FactorizationError.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.linalg import lapack
 
-__all__ = ["FactorizationError", "damped_hessian", "damped_cholesky", "damped_inverse", "upper_inverse_factor"]
+__all__ = ["FactorizationError", "MAX_ATTEMPTS", "check_damping", "damped_hessian", "damped_cholesky",
+           "damped_inverse", "upper_inverse_factor"]
+
+MAX_ATTEMPTS = 8  # factorizations per damped_cholesky call: rel_damp, then up to 7 escalations
 
 
 class FactorizationError(RuntimeError):
     """Cholesky of the damped Hessian failed even at the largest allowed damping."""
+
+
+def check_damping(rel_damp: float, what: str = "rel_damp") -> float:
+    """`rel_damp` as a float; ValueError unless it is a finite number >= 0."""
+    try:
+        rd = float(rel_damp)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number >= 0, got {rel_damp!r}") from None
+    if not (math.isfinite(rd) and rd >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0, got {rel_damp!r}")
+    return rd
 
 
 def damped_hessian(H: np.ndarray, rel_damp: float) -> tuple[np.ndarray, float]:
@@ -32,9 +50,10 @@ def damped_hessian(H: np.ndarray, rel_damp: float) -> tuple[np.ndarray, float]:
         raise ValueError(f"H must be square, got {H.shape}")
     diag = np.diag(H)
     live = diag > 0
-    scale = float(diag[live].mean()) if live.any() else 1.0
-    lam = rel_damp * scale
-    H[np.diag_indices_from(H)] += lam
+    with np.errstate(over="ignore"):  # an overflow gives inf, which damped_cholesky reports
+        scale = float(diag[live].mean()) if live.any() else 1.0
+        lam = check_damping(rel_damp) * scale
+        H[np.diag_indices_from(H)] += lam
     return H, lam
 
 
@@ -43,26 +62,34 @@ def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0
 
     Returns (L, rel_damp_used, lambda_abs, escalations).
     """
+    rd, max_damp = check_damping(rel_damp), check_damping(max_damp, "max_damp")
     H = np.asarray(H, dtype=np.float64)
     if not np.all(np.isfinite(H)):
         raise FactorizationError("Hessian has non-finite entries (NaN/inf); no damping can fix that")
     escalations: list[str] = []
-    rd = float(rel_damp)
-    while True:
+    for attempt in range(1, MAX_ATTEMPTS + 1):  # bounded: rd is finite and each retry needs a new rd
         Hd, lam = damped_hessian(H, rd)
+        if not math.isfinite(lam):
+            raise FactorizationError(f"damping overflows (lambda = {lam:g} at rel_damp={rd:g})")
         if reverse:
             Hd = Hd[::-1, ::-1]
         L, info = lapack.dpotrf(Hd, lower=1, clean=1)
+        if info == 0 and not np.all(np.isfinite(L)):
+            raise FactorizationError(f"the Cholesky factor has non-finite entries at rel_damp={rd:g}")
         if info == 0 and (rd > 0 or np.all(np.diag(L) > 0)):
             return L, rd, lam, escalations
         nxt = 0.01 if rd <= 0 else rd * 10.0
-        if nxt > max_damp * (1 + 1e-12):
+        if attempt == MAX_ATTEMPTS - 1 and nxt < max_damp:
+            nxt = max_damp  # the last attempt uses the largest damping allowed
+        if nxt > max_damp * (1 + 1e-12) or attempt == MAX_ATTEMPTS:
             escalations.append(f"cholesky failed at rel_damp={rd:g} (info={info}); giving up")
             raise FactorizationError(
-                f"Hessian not positive definite even with rel_damp={rd:g} (max_damp={max_damp:g})"
+                f"Hessian not positive definite even with rel_damp={rd:g} (max_damp={max_damp:g}, "
+                f"{attempt} attempt(s))"
             )
         escalations.append(f"cholesky failed at rel_damp={rd:g} (info={info}); retrying with {nxt:g}")
         rd = nxt
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def damped_inverse(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):

@@ -1,0 +1,122 @@
+"""Bad input is refused up front, in one line (issue #14, hardening): numbers that cannot run away, options
+checked before any work, paths checked before any simulation, dataset content and model parameters
+checked before use.  CLI cases run `main([...])` and expect exit code 2 and exactly one `error:` line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sbc_onnx as sbc
+from sbc_onnx.cli import main
+from sbc_onnx.compress import compress_layer, numerics
+from sbc_onnx.compress.allocation import Lamp, lamp_scores
+from sbc_onnx.compress.numerics import FactorizationError, damped_cholesky
+from sbc_onnx.data import Dataset, save_dataset
+from sbc_onnx.errors import SbcError
+from sbc_onnx.pipeline import Plan
+
+from topologies import ALL, DT
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A two-layer LIF model (4 inputs, 3 outputs; dt stored in the file) and a 16-sample spike dataset."""
+    d = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    graph, _ = ALL["sequential"](rng)
+    sbc.save_model(graph, d / "m.nir", cfg=sbc.SimConfig(dt=DT))
+    save_dataset(Dataset((rng.random((16, 30, 4)) < 0.3).astype(np.uint8), rng.integers(0, 3, 16)), d / "c.npz")
+    return d
+
+
+def one_error(capsys, *needles: str) -> str:
+    """The single `error:` line on stderr (and nothing else there); it contains every needle."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def compress_args(files, out, *args):
+    return ["compress", str(files / "m.nir"), "--calib", str(files / "c.npz"), "-o", str(out), *args]
+
+
+# ---------------------------------------------------------------------------------------------- 1. numerics
+
+def _counting_potrf(monkeypatch, limit=50):
+    """Count the Cholesky factorizations; a runaway escalation fails the test instead of hanging it."""
+    calls = []
+    real = numerics.lapack.dpotrf
+
+    def potrf(*a, **kw):
+        calls.append(1)
+        if len(calls) > limit:
+            raise RuntimeError("damping escalation does not end")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(numerics.lapack, "dpotrf", potrf)
+    return calls
+
+
+@pytest.mark.parametrize("rel_damp", [np.nan, np.inf, -1.0, -np.inf])
+def test_damping_must_be_finite_and_non_negative(monkeypatch, rel_damp):
+    calls = _counting_potrf(monkeypatch)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        damped_cholesky(np.eye(3), rel_damp)
+    with pytest.raises(ValueError, match="max_damp"):
+        damped_cholesky(np.eye(3), 0.01, max_damp=rel_damp)
+    assert not calls
+
+
+def test_damping_escalation_is_bounded(monkeypatch):
+    """An indefinite H and a tiny start far below the ceiling: at most MAX_ATTEMPTS factorizations, the last
+    at the ceiling, then FactorizationError (the layer falls back)."""
+    calls = _counting_potrf(monkeypatch, limit=1000)
+    H = -np.eye(4) + 0.1 * np.ones((4, 4))
+    with pytest.raises(FactorizationError, match="rel_damp=0.001 "):
+        damped_cholesky(H, 1e-300, max_damp=1e-3)
+    assert len(calls) == numerics.MAX_ATTEMPTS
+    calls.clear()
+    L, rd, _, esc = damped_cholesky(-0.5 * np.eye(3), 1e-12, max_damp=10.0)  # needs lambda > 0.5
+    assert rd == 10.0 and len(esc) == numerics.MAX_ATTEMPTS - 1 and np.all(np.isfinite(L))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+def test_non_finite_lambda_or_factor_stops_the_layer():
+    with pytest.raises(FactorizationError, match="damping overflows"):
+        damped_cholesky(np.diag([1.79e308, 1.79e308]))
+    with pytest.raises(FactorizationError, match="non-finite"):
+        damped_cholesky(np.array([[1.79e308]]))  # lambda finite, H + lambda overflows
+    r = compress_layer(np.ones((2, 1)), np.array([[1.79e308]]), method="sbc-fast", n_prune=1)
+    assert r.fallback and "non-finite" in r.fallback and np.all(np.isfinite(r.W))  # reported, never silent
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(rel_damp=np.nan), "rel_damp"), (dict(rel_damp=-1), "rel_damp"), (dict(rel_damp=np.inf), "rel_damp"),
+    (dict(lamp_p=np.nan), "lamp_p"), (dict(lamp_p=0), "lamp_p"), (dict(lamp_p=-2), "lamp_p"),
+    (dict(lamp_p=np.inf), "lamp_p"), (dict(sparsity=np.nan), "sparsity"),
+])
+def test_plan_refuses_non_finite_or_out_of_range_numbers(kw, needle):
+    with pytest.raises(SbcError, match=needle):
+        Plan.build(**{"sparsity": 0.5, **kw})
+
+
+def test_plan_accepts_zero_damping():
+    assert Plan.build(sparsity=0.5, rel_damp=0).rel_damp == 0.0
+
+
+@pytest.mark.parametrize("p", [np.nan, 0.0, -1.0, np.inf])
+def test_lamp_exponent_must_be_finite_positive(p):
+    with pytest.raises(ValueError, match="LAMP exponent"):
+        Lamp(p)
+    with pytest.raises(ValueError, match="LAMP exponent"):
+        lamp_scores(np.ones(3), p)
+
+
+def test_take_refuses_a_zero_limit():
+    ds = Dataset(np.zeros((4, 2, 3), np.uint8), np.zeros(4, int))
+    with pytest.raises(SbcError, match="limit must be >= 1"):
+        ds.take(0)
+    assert ds.take(1).n == 1
