@@ -115,6 +115,63 @@ def test_lamp_exponent_must_be_finite_positive(p):
         lamp_scores(np.ones(3), p)
 
 
+# ---------------------------------------------------------------------------------------------- 2. options
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sparsity", "0.5", "--damp", "nan"], "--damp"),
+    (["--sparsity", "0.5", "--damp", "-1"], "--damp"),
+    (["--sparsity", "0.5", "--damp", "inf"], "--damp"),
+    (["--sparsity", "0.5", "--lamp-p", "nan"], "--lamp-p"),
+    (["--sparsity", "0.5", "--lamp-p", "0"], "--lamp-p"),
+    (["--sparsity", "0.5", "--lamp-p", "-2"], "--lamp-p"),
+    (["--sparsity", "nan"], "--sparsity"),
+    (["--sparsity", "1"], "--sparsity"),
+    (["--sparsity", "-0.1"], "--sparsity"),
+    (["--sparsity", "0.5", "--calib-limit", "0"], "--calib-limit"),
+    (["--sparsity", "0.5", "--calib-limit", "-3"], "--calib-limit"),
+    (["--sparsity", "0.5", "--eval-limit", "0"], "--eval-limit"),
+    (["--sparsity", "0.5", "--batch-size", "0"], "--batch-size"),
+    (["--sparsity", "0.5", "--dt", "nan"], "--dt"),
+    (["--sparsity", "0.5", "--dt", "0"], "--dt"),
+    (["--sparsity", "0.5", "--dt", "-1e-4"], "--dt"),
+])
+def test_compress_numeric_options_exit_2_before_any_work(files, tmp_path, capsys, args, needle):
+    out = tmp_path / "o.nir"
+    assert main(compress_args(files, out, *args)) == 2
+    one_error(capsys, f"Invalid value for '{needle}'")  # click's check, before the model is even loaded
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--limit", "0"], "--limit"), (["--limit", "-1"], "--limit"), (["--start", "-1"], "--start"),
+    (["--batch-size", "0"], "--batch-size"), (["--dt", "inf"], "--dt"),
+])
+def test_eval_numeric_options(files, capsys, args, needle):
+    assert main(["eval", str(files / "m.nir"), "--data", str(files / "c.npz"), *args]) == 2
+    one_error(capsys, f"Invalid value for '{needle}'")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--limit", "0"], "--limit"), (["--e-ac", "nan"], "--e-ac"), (["--e-mac", "-1"], "--e-mac"),
+    (["--batch-size", "0"], "--batch-size"),
+])
+def test_report_numeric_options(files, capsys, args, needle):
+    assert main(["report", str(files / "m.nir"), "--data", str(files / "c.npz"), *args]) == 2
+    one_error(capsys, f"Invalid value for '{needle}'")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["mnist", "DIR", "-o", "x.npz", "--steps", "0"], "--steps"),
+    (["mnist", "DIR", "-o", "x.npz", "--steps", "5", "--limit", "0"], "--limit"),
+    (["mnist", "DIR", "-o", "x.npz", "--steps", "5", "--start", "-1"], "--start"),
+    (["nmnist", "DIR", "LABELS", "-o", "x.npz", "--time-window-us", "0"], "--time-window-us"),
+])
+def test_data_numeric_options(tmp_path, capsys, args, needle):
+    args = [str(tmp_path / a) if a in ("DIR", "LABELS", "x.npz") else a for a in args]
+    assert main(["data", *args]) == 2
+    one_error(capsys, f"Invalid value for '{needle}'")
+
+
 def test_take_refuses_a_zero_limit():
     ds = Dataset(np.zeros((4, 2, 3), np.uint8), np.zeros(4, int))
     with pytest.raises(SbcError, match="limit must be >= 1"):

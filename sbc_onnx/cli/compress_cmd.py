@@ -22,6 +22,7 @@ from ..sim import SimConfig, Walker
 from . import cli
 from .model_cmd import load_data_for, print_eval, setup_logging, sim_options
 from .output import write_json
+from .params import COUNT, NON_NEGATIVE, POSITIVE, FiniteFloat
 
 METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 
@@ -32,7 +33,8 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               help="Calibration dataset .npz (a few samples per class suffice; labels unused).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output model (.nir or .onnx; format by extension).")
-@click.option("--sparsity", type=float, default=None, help="Overall fraction of weights to prune, e.g. 0.9.")
+@click.option("--sparsity", type=FiniteFloat(0, 1, max_open=True), default=None,
+              help="Overall fraction of weights to prune, in [0, 1), e.g. 0.9.")
 @click.option("--bits", type=click.IntRange(2, 8), default=None, help="Quantize weights to this many bits.")
 @click.option("--method", type=click.Choice(list(METHODS)), default="sbc", show_default=True, help=METHOD_HELP + ".")
 @click.option("--pattern", default=None, help="N:M semi-structured sparsity along each row's inputs, e.g. 2:4.")
@@ -41,26 +43,27 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
                    "(magnitude), obs (global k smallest ExactOBS trace scores, each divided by its layer's "
                    "dense objective; sbc and obc reuse the traces for their pruning). Results: "
                    "benchmarks/results/.")
-@click.option("--lamp-p", type=float, default=2.0, show_default=True, help="LAMP score exponent.")
+@click.option("--lamp-p", type=POSITIVE, default=2.0, show_default=True, help="LAMP score exponent (> 0).")
 @click.option("--grid", type=click.Choice(SCHEMES), default=None,
               help="Quantization grid (symmetric: 2^b levels incl. the extra negative one, as the paper) "
                    "[default: symmetric, or the --target chip's].")
 @click.option("--granularity", type=click.Choice(GRANULARITIES), default=None,
               help="One quantization scale per output channel or per layer [default: channel, or the "
                    "--target chip's].")
-@click.option("--damp", type=float, default=0.01, show_default=True,
-              help="Relative Hessian damping (escalates x10 up to 1.0 on failure, then falls back).")
+@click.option("--damp", type=NON_NEGATIVE, default=0.01, show_default=True,
+              help="Relative Hessian damping, a finite number >= 0 (0: none unless the factorization fails); "
+                   "escalates x10 (0 -> 0.01) up to 1.0 on failure, then the layer falls back to magnitude/RTN.")
 @click.option("--sequential/--dense-calibration", default=False, show_default=True,
               help="Collect each layer's Hessian with the already-compressed upstream layers.")
 @click.option("--exact-resolve", is_flag=True, help="Re-solve every row exactly on its kept weights "
               "after mask selection (sbc-fast, magnitude, wanda).")
-@click.option("--calib-limit", type=int, default=None, help="Use only the first N calibration samples.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--calib-limit", type=COUNT, default=None, help="Use only the first N (>= 1) calibration samples.")
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write the full report as JSON.")
 @click.option("--eval", "eval_path", type=click.Path(dir_okay=False), default=None,
               help="Evaluate dense and compressed accuracy on this dataset.")
-@click.option("--eval-limit", type=int, default=None)
+@click.option("--eval-limit", type=COUNT, default=None, help="Evaluate only the first N (>= 1) samples.")
 @click.option("--readout", type=click.Choice(["count", "count+potential", "potential"]), default="count",
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")

@@ -12,6 +12,7 @@ import numpy as np
 from ..data import Dataset, load_dataset, load_mnist, load_nmnist, save_dataset
 from ..errors import SbcError
 from . import cli
+from .params import COUNT
 
 
 def _size(nbytes: int) -> str:
@@ -54,7 +55,7 @@ def data() -> None:
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="output .npz")
 @click.option(
-    "--time-window-us", type=int, default=1000, show_default=True, help="frame length in microseconds (one step)"
+    "--time-window-us", type=COUNT, default=1000, show_default=True, help="frame length in microseconds (one step)"
 )
 def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int) -> None:
     """N-MNIST .bs2 recordings listed in LABELS (`#sample #class` file) -> event-count frames (T, 2, 34, 34)."""
@@ -67,7 +68,7 @@ def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int)
 @data.command("mnist")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="output .npz")
-@click.option("--steps", type=int, required=True, help="time steps T per image")
+@click.option("--steps", type=COUNT, required=True, help="time steps T per image")
 @click.option(
     "--encoding",
     type=click.Choice(["bernoulli", "analog"]),
@@ -75,9 +76,9 @@ def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int)
     show_default=True,
     help="bernoulli: spike = rng.random() < pixel/255 per step; analog: pixel/255 every step",
 )
-@click.option("--limit", type=int, default=None, help="number of images (default: all)")
-@click.option("--start", type=int, default=0, show_default=True, help="index of the first image")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the Bernoulli generator")
+@click.option("--limit", type=COUNT, default=None, help="number of images (>= 1; default: all)")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="index of the first image")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="seed of the Bernoulli generator")
 @click.option("--shape", default="1,28,28", show_default=True, help="per-step input shape, e.g. 1,28,28 or 784")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 def mnist_cmd(

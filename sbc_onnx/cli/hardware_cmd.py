@@ -13,6 +13,7 @@ from ..sim import SimConfig, Walker
 from . import cli
 from .model_cmd import load_data_for, setup_logging, sim_options
 from .output import write_json
+from .params import COUNT, NON_NEGATIVE
 
 
 class CheckFailed(click.ClickException):
@@ -68,13 +69,13 @@ def check_cmd(model, target, dt, integrator, reset, cuba_order, precision) -> No
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Dataset .npz.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="Dense model to put side by side (e.g. the model before compression).")
-@click.option("--limit", type=int, default=None, help="Use only the first N samples.")
-@click.option("--e-ac", type=float, default=E_AC_PJ, show_default=True, help="Energy per accumulate [pJ].")
-@click.option("--e-mac", type=float, default=E_MAC_PJ, show_default=True,
+@click.option("--limit", type=COUNT, default=None, help="Use only the first N (>= 1) samples.")
+@click.option("--e-ac", type=NON_NEGATIVE, default=E_AC_PJ, show_default=True, help="Energy per accumulate [pJ].")
+@click.option("--e-mac", type=NON_NEGATIVE, default=E_MAC_PJ, show_default=True,
               help="Energy per multiply-accumulate [pJ] (first layer, non-spiking input).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the figures as JSON.")
-@click.option("--batch-size", type=int, default=50, show_default=True)
+@click.option("--batch-size", type=COUNT, default=50, show_default=True)
 @sim_options
 def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_path, batch_size, dt, integrator,
                reset, cuba_order, precision) -> None:

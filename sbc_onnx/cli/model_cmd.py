@@ -16,6 +16,7 @@ from ..primitives import NEURON
 from ..sim import Walker
 from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS, SimConfig
 from . import cli
+from .params import COUNT, POSITIVE
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -39,7 +40,7 @@ def sim_options(f):
                      help="Reset after a spike [default: graph metadata, else to_v_reset].")(f)
     f = click.option("--integrator", type=click.Choice(INTEGRATORS), default=None,
                      help="Leak integration [default: graph metadata, else euler].")(f)
-    f = click.option("--dt", type=float, default=None,
+    f = click.option("--dt", type=POSITIVE, default=None,
                      help="Time step in the graph's time unit [default: graph metadata, else 1e-4].")(f)
     return f
 
@@ -47,7 +48,7 @@ def sim_options(f):
 def load_data_for(walker: Walker, path: str, limit: int | None, start: int = 0):
     """Load a dataset and check it fits the graph's input (reshape when only the layout differs)."""
     ds = load_dataset(path)
-    if start or limit:
+    if start or limit is not None:
         ds = ds.take(limit, start=start)
     want = walker.input_shape
     if want is not None and tuple(ds.input_shape) != tuple(want):
@@ -110,13 +111,13 @@ def _fmt(shape) -> str:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help="Dataset .npz (see `sbc-onnx data`).")
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N samples.")
-@click.option("--start", type=int, default=0, help="Skip the first K samples.")
+@click.option("--limit", type=COUNT, default=None, help="Evaluate only the first N (>= 1) samples.")
+@click.option("--start", type=click.IntRange(min=0), default=0, help="Skip the first K samples.")
 @click.option("--readout", type=click.Choice(["count", "count+potential", "potential"]), default="count",
               show_default=True, help="count: argmax of output spike counts (ties -> lowest index); "
               "count+potential: ties broken by the output membrane potential; potential: argmax of the "
               "final state of a non-spiking output (LI, I, CubaLI).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=COUNT, default=64, show_default=True)
 @click.option("--engine", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
               help="Simulator: the NumPy walker, or onnxruntime for .onnx models.")
 @sim_options
