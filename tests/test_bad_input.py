@@ -4,6 +4,8 @@ checked before use.  CLI cases run `main([...])` and expect exit code 2 and exac
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -177,3 +179,77 @@ def test_take_refuses_a_zero_limit():
     with pytest.raises(SbcError, match="limit must be >= 1"):
         ds.take(0)
     assert ds.take(1).n == 1
+
+
+# ---------------------------------------------------------------------------------------------- 3. paths
+
+@pytest.mark.parametrize("where", ["output", "report", "eval"])
+def test_compress_paths_fail_at_the_start(files, tmp_path, capsys, where):
+    """A missing output or report directory, a missing --eval file: one line before any simulation (the
+    calibration's progress line would be a second line on stderr)."""
+    out, missing = tmp_path / "o.nir", tmp_path / "missing"
+    args = {"output": [], "report": ["--report", str(missing / "r.json")], "eval": ["--eval", str(missing / "t.npz")]}
+    target = missing / "o.nir" if where == "output" else out
+    assert main(compress_args(files, target, "--sparsity", "0.5", *args[where])) == 2
+    one_error(capsys, str(missing))
+    assert not out.exists() and not missing.exists()
+
+
+def test_compress_read_only_directory_fails_at_the_start(files, tmp_path, capsys, monkeypatch):
+    import sbc_onnx.io.paths as paths
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = paths.os.access
+    monkeypatch.setattr(paths.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    assert main(compress_args(files, ro / "o.nir", "--sparsity", "0.5")) == 2
+    one_error(capsys, "not writable", str(ro))
+
+
+def test_compress_report_must_not_overwrite_an_input(files, tmp_path, capsys):
+    out = tmp_path / "o.nir"
+    assert main(compress_args(files, out, "--sparsity", "0.5", "--report", str(files / "c.npz"))) == 2
+    one_error(capsys, "refusing to overwrite the input")
+    assert not out.exists()
+
+
+def test_convert_refuses_to_overwrite_its_input(files, tmp_path, capsys):
+    src = tmp_path / "m.nir"
+    src.write_bytes((files / "m.nir").read_bytes())
+    before = src.read_bytes()
+    assert main(["convert", str(src), str(src)]) == 2
+    one_error(capsys, "refusing to overwrite the input")
+    assert main(["convert", str(src), str(tmp_path / "." / "m.nir")]) == 2  # the same file under another name
+    one_error(capsys, "refusing to overwrite the input")
+    assert src.read_bytes() == before
+    assert main(["convert", str(src), str(tmp_path / "missing" / "m.onnx")]) == 2
+    one_error(capsys, "does not exist")
+
+
+@pytest.mark.parametrize("opt", ["--json", "--plot"])
+def test_report_outputs_checked_before_simulating(files, tmp_path, capsys, opt):
+    assert main(["report", str(files / "m.nir"), "--data", str(files / "c.npz"), opt,
+                 str(tmp_path / "missing" / "r.out")]) == 2
+    one_error(capsys, "does not exist")
+
+
+def test_data_output_may_not_be_a_directory(tmp_path, capsys):
+    assert main(["data", "mnist", str(tmp_path / "mnist"), "-o", str(tmp_path), "--steps", "2"]) == 2
+    one_error(capsys, "is a directory")
+
+
+def test_check_output_unit(tmp_path):
+    from sbc_onnx.io.paths import check_output
+
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    assert check_output(tmp_path / "new.nir") == tmp_path / "new.nir"
+    assert check_output(tmp_path / "a" / "b" / "new.npz", make_dirs=True)  # the writer creates the folders
+    with pytest.raises(SbcError, match="exists; use --force"):
+        check_output(f, force=False)
+    with pytest.raises(SbcError, match="refusing to overwrite the input"):
+        check_output(f, inputs=[str(f)])
+    with pytest.raises(SbcError, match="not a directory"):
+        check_output(f / "x.nir")
+    with pytest.raises(SbcError, match="does not exist"):
+        check_output(tmp_path / "no" / "x.nir")

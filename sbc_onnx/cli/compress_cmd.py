@@ -6,17 +6,16 @@ and adds the folding into an integer model and its float twin; every other optio
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from ..compress import ALLOCATIONS, METHODS, SCHEMES
-from ..errors import SbcError
 from ..evaluate import evaluate
 from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
 from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
+from ..io.paths import check_output, existing_file
 from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
 from ..sim import SimConfig, Walker
 from . import cli
@@ -82,6 +81,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     outputs = _output_paths(model, output, force, profile is not None)
+    _check_files(model, calib_path, eval_path, report_path)
     graph = load_model(model)
     cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
                                dtype=precision)
@@ -109,22 +109,22 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
 
 def _output_paths(model: str, output: str, force: bool, deployment: bool) -> list[Path]:
     """The files the command will write (a deployment writes the integer model and its float twin),
-    checked before any work: known format, not the input, not overwritten without --force."""
+    checked before any work: known format, not the input, not overwritten without --force, in a writable
+    directory."""
     paths = list(deployment_paths(output)) if deployment else [Path(output)]
     model_format(output)  # fail early on an unknown extension
     for p in paths:
-        if _same_file(model, p):
-            raise SbcError("refusing to overwrite the input model; choose another output path")
-        if p.exists() and not force:
-            raise SbcError(f"{p} exists; use --force to overwrite")
+        check_output(p, what="output model", inputs=[model], force=force)
     return paths
 
 
-def _same_file(a: str, b: Path) -> bool:
-    try:
-        return Path(a).resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+def _check_files(model: str, calib: str, eval_path: str | None, report: str | None) -> None:
+    """Every input exists and the report can be written, before the model is even loaded."""
+    for path, what in ((model, "model file"), (calib, "calibration dataset"), (eval_path, "--eval dataset")):
+        if path is not None:
+            existing_file(path, what)
+    if report is not None:
+        check_output(report, what="report", inputs=[model, calib, eval_path])
 
 
 def _show(report, deploy) -> None:

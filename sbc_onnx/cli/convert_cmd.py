@@ -7,6 +7,7 @@ import os
 import click
 
 from ..io.models import load_model, model_format, save_model
+from ..io.paths import check_output
 from ..sim.config import SimConfig
 from . import cli
 from .model_cmd import setup_logging, sim_options
@@ -24,6 +25,7 @@ def convert(source, target, int_weights, dt, integrator, reset, cuba_order, prec
     recorded in the output's metadata; an ONNX file also bakes it into its time step."""
     setup_logging()
     src_fmt, dst_fmt = model_format(source), model_format(target)
+    check_output(target, what="target", inputs=[source])
     graph = load_model(source)
     cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
                                dtype=precision)

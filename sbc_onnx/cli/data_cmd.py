@@ -11,6 +11,7 @@ import numpy as np
 
 from ..data import Dataset, load_dataset, load_mnist, load_nmnist, save_dataset
 from ..errors import SbcError
+from ..io.paths import check_output
 from . import cli
 from .params import COUNT
 
@@ -59,6 +60,7 @@ def data() -> None:
 )
 def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int) -> None:
     """N-MNIST .bs2 recordings listed in LABELS (`#sample #class` file) -> event-count frames (T, 2, 34, 34)."""
+    check_output(output, what="dataset", inputs=[labels], make_dirs=True)
     t0 = time.perf_counter()
     ds = load_nmnist(directory, labels, time_window_us, progress=True)
     save_dataset(ds, output)
@@ -93,6 +95,7 @@ def mnist_cmd(
     split: str,
 ) -> None:
     """MNIST idx files in DIRECTORY (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) -> spikes."""
+    check_output(output, what="dataset", make_dirs=True)
     t0 = time.perf_counter()
     ds = load_mnist(
         directory,

@@ -9,6 +9,7 @@ import click
 from ..hardware import (E_AC_PJ, E_MAC_PJ, check_graph, compare_table, energy_report, load_profile, plot_reports,
                         profile_names)
 from ..io.models import load_model
+from ..io.paths import check_output
 from ..sim import SimConfig, Walker
 from . import cli
 from .model_cmd import load_data_for, setup_logging, sim_options
@@ -81,6 +82,9 @@ def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_p
                reset, cuba_order, precision) -> None:
     """Per-layer firing rates, non-zero fan-out, SynOps, energy proxy and weight memory of MODEL."""
     setup_logging()
+    for path, what in ((plot_path, "plot"), (json_path, "JSON report")):
+        if path is not None:
+            check_output(path, what=what, inputs=[model, data_path, baseline])
     graph = load_model(model)
     cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
                                dtype=precision)
