@@ -146,6 +146,9 @@ class Dataset:
             raise SbcError(f"dataset x must have shape (N, T, *input_shape), got shape {x.shape}")
         if x.dtype.kind not in "biuf":
             raise SbcError(f"dataset x must be numeric (bool, int or float), got dtype {x.dtype}")
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+            raise SbcError(f"dataset x has {bad} NaN/inf value(s); inputs must be finite")
         if y.ndim != 1:
             raise SbcError(f"dataset y must have shape (N,), got shape {y.shape}")
         if y.dtype.kind == "f" and y.size and np.array_equal(y, np.round(y)):
@@ -164,6 +167,8 @@ class Dataset:
                     f"dataset with repeat_steps stores one frame per sample (T = 1 in x), got x shape {x.shape}"
                 )
         steps = repeat_steps if repeat_steps is not None else x.shape[1]
+        if steps == 0:
+            raise SbcError(f"dataset has no time steps (T = 0 in x of shape {x.shape})")
         if lengths is not None:
             lengths = np.asarray(lengths)
             if lengths.shape != (n,) or (lengths.size and lengths.dtype.kind not in "iu"):
@@ -313,6 +318,13 @@ class Dataset:
                 yield x_tb, y_b, lens
             else:
                 yield x_tb, y_b
+
+    def check_labels(self, n_classes: int) -> None:
+        """SbcError unless every label is a class of a network with ``n_classes`` outputs (0..n_classes-1)."""
+        if self.n and (self.y.min() < 0 or self.y.max() >= n_classes):
+            bad = self.y[(self.y < 0) | (self.y >= n_classes)]
+            raise SbcError(f"dataset labels must lie in 0..{n_classes - 1} (the network has {n_classes} outputs); "
+                           f"found {bad.size} outside, e.g. {int(bad[0])}")
 
     def label_histogram(self, n_classes: int | None = None) -> np.ndarray:
         if self.n == 0:

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import SbcError
-from .graph import FlatGraph, flatten
+from .graph import FlatGraph, flatten, node_shape
 from .sim import SimConfig, Walker
 
 READOUTS = ("count", "count+potential", "potential")
@@ -104,6 +104,8 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
     if readout not in READOUTS:
         raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
     src = output_source(fg)
+    shape = node_shape(fg.nodes[fg.outputs[0]], "input")
+    n_classes = None if shape is None else int(np.prod(shape))
     preds, labels = [], []
     spike_sum: dict[str, float] = {}
     neuron_steps: dict[str, int] = {}
@@ -111,6 +113,7 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
     t0 = time.perf_counter()
     bar = progress_bar(getattr(dataset, "n", None), "simulating", progress)
     for x_tb, y in dataset.batches(batch_size):
+        _check_labels(y, n_classes)
         outs = run_batch(x_tb, step_progress(bar, len(y), x_tb.shape[0]))
         p, t, s = score_batch(readout, src, src in spiking, outs)
         preds.append(p)
@@ -129,6 +132,13 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
         correct=int((preds_a == labels_a).sum()), n=len(labels_a), predictions=preds_a, labels=labels_a,
         firing_rates=rates, seconds=time.perf_counter() - t0, ties=ties, silent=silent,
     )
+
+
+def _check_labels(y, n_classes: int | None) -> None:
+    y = np.asarray(y)
+    if n_classes is not None and y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise SbcError(f"labels must lie in 0..{n_classes - 1} (the network has {n_classes} outputs); "
+                       f"found {int(y.min())}..{int(y.max())}")
 
 
 def evaluate(

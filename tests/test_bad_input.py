@@ -253,3 +253,67 @@ def test_check_output_unit(tmp_path):
         check_output(f / "x.nir")
     with pytest.raises(SbcError, match="does not exist"):
         check_output(tmp_path / "no" / "x.nir")
+
+
+# ---------------------------------------------------------------------------------------------- 4. datasets
+
+def _raw_npz(path, x, y):
+    """Written with np.savez directly: Dataset itself refuses such content."""
+    np.savez(path, x=x, y=np.asarray(y))
+    return path
+
+
+def _spikes(n=6, t=5, shape=(4,)):
+    return (np.random.default_rng(1).random((n, t, *shape)) < 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("nan", "NaN/inf"), ("inf", "NaN/inf"), ("t0", "T = 0"),
+    ("layout", "(2, 2)"), ("layout_t", "(4, 1)"), ("labels99", "0..2"), ("labels-1", "0..2"),
+])
+def test_eval_refuses_bad_dataset_content(files, tmp_path, capsys, case, needle):
+    x, y = _spikes(), np.zeros(6, int)
+    if case in ("nan", "inf"):
+        x[2, 3, 1] = np.nan if case == "nan" else np.inf
+    elif case == "t0":
+        x = x[:, :0]
+    elif case == "layout":
+        x = x.reshape(6, 5, 2, 2)  # same element count as the network's (4,): no silent reshape
+    elif case == "layout_t":
+        x = x.reshape(6, 5, 4, 1)
+    else:
+        y[4] = 99 if case == "labels99" else -1
+    data = _raw_npz(tmp_path / "d.npz", x, y)
+    assert main(["eval", str(files / "m.nir"), "--data", str(data)]) == 2
+    line = one_error(capsys, needle)
+    if case.startswith("layout"):
+        assert "(4,)" in line  # both shapes named
+
+
+def test_compress_checks_the_eval_set_before_calibrating(files, tmp_path, capsys):
+    """Calibration labels are unused (any value is fine); the --eval set's labels must be classes."""
+    bad = _raw_npz(tmp_path / "bad.npz", _spikes(), [0, 1, 2, 99, 0, 1])
+    out = tmp_path / "o.nir"
+    assert main(["compress", str(files / "m.nir"), "--calib", str(bad), "-o", str(out), "--sparsity", "0.5",
+                 "--method", "magnitude", "--eval", str(bad)]) == 2
+    one_error(capsys, "labels", "99")  # one line: before the calibration's progress line
+    assert not out.exists()
+
+
+def test_eval_refuses_an_empty_selection(files, tmp_path, capsys):
+    assert main(["eval", str(files / "m.nir"), "--data", str(files / "c.npz"), "--start", "16"]) == 2
+    one_error(capsys, "no samples")
+
+
+def test_dataset_content_unit(files):
+    with pytest.raises(SbcError, match="NaN/inf"):
+        Dataset(np.full((2, 3, 4), np.nan), [0, 1])
+    with pytest.raises(SbcError, match="T = 0"):
+        Dataset(np.zeros((2, 0, 4)), [0, 1])
+    ds = Dataset(_spikes(), [0, 1, 2, 2, 1, 3])
+    with pytest.raises(SbcError, match="0..2"):
+        ds.check_labels(3)
+    ds.check_labels(4)
+    with pytest.raises(SbcError, match="labels must lie in 0..2"):  # the library's evaluation too
+        sbc.evaluate(sbc.load_model(files / "m.nir"), ds, sbc.SimConfig(dt=DT))
+

@@ -87,6 +87,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
                                dtype=precision)
     walker = Walker(graph, cfg)
     calib = load_data_for(walker, calib_path, calib_limit)
+    test = load_data_for(walker, eval_path, eval_limit, labels=True) if eval_path else None  # checked up front
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "
                f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); {plan.describe()}"
                + (f"; target {profile.summary()}" if profile else ""), err=True)
@@ -99,8 +100,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
         deploy, models = None, {"compressed": new}
     _show(report, deploy)
     _save(models, outputs, model, cfg, report, deploy)
-    if eval_path:
-        _evaluate(walker, models, load_data_for(walker, eval_path, eval_limit), readout, batch_size, report, deploy)
+    if test is not None:
+        _evaluate(walker, models, test, readout, batch_size, report, deploy)
     if report_path:
         data = {**report.to_dict(), **({"target": deploy.to_dict()} if deploy else {})}
         write_json(report_path, data)

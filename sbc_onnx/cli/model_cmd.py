@@ -45,21 +45,33 @@ def sim_options(f):
     return f
 
 
-def load_data_for(walker: Walker, path: str, limit: int | None, start: int = 0):
-    """Load a dataset and check it fits the graph's input (reshape when only the layout differs)."""
+def load_data_for(walker: Walker, path: str, limit: int | None, start: int = 0, *, labels: bool = False):
+    """Load a dataset and check it fits the graph before any simulation: the input shape exactly (a layout
+    that would only fit after a reshape or transpose is refused, not guessed), at least one sample, and
+    with `labels` (evaluation) every label one of the graph's outputs."""
     ds = load_dataset(path)
     if start or limit is not None:
         ds = ds.take(limit, start=start)
     want = walker.input_shape
     if want is not None and tuple(ds.input_shape) != tuple(want):
-        if int(np.prod(ds.input_shape)) == int(np.prod(want)):
-            logging.getLogger("sbc_onnx").info("data shape %s reshaped to the graph's input shape %s",
-                                               tuple(ds.input_shape), tuple(want))
-            ds = ds.reshaped(want)
-        else:
-            raise SbcError(f"data input shape {tuple(ds.input_shape)} does not match the graph's input "
-                           f"shape {tuple(want)}")
+        same = int(np.prod(ds.input_shape)) == int(np.prod(want))
+        raise SbcError(f"{path}: data input shape {tuple(ds.input_shape)} does not match the graph's input shape "
+                       f"{tuple(want)}" + ("; the layout differs (e.g. channels last): rebuild the dataset in the "
+                                           "graph's layout" if same else ""))
+    if ds.n == 0:
+        raise SbcError(f"{path}: no samples" + (f" from sample {start}" if start else ""))
+    if labels:
+        n_classes = output_size(walker)
+        if n_classes is not None:
+            ds.check_labels(n_classes)
     return ds
+
+
+def output_size(walker: Walker) -> int | None:
+    """Number of values of the graph's (first) output per step: the classes of a classifier."""
+    fg = walker.fg
+    shape = node_shape(fg.nodes[fg.outputs[0]], "input") if fg.outputs else None
+    return None if shape is None else int(np.prod(shape))
 
 
 @cli.command()
@@ -129,7 +141,7 @@ def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, in
     cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
                                dtype=precision)
     walker = Walker(graph, cfg)
-    ds = load_data_for(walker, data_path, limit, start)
+    ds = load_data_for(walker, data_path, limit, start, labels=True)
     click.echo(f"{model}: {ds.n} samples x {ds.steps} steps, dt={cfg.dt:g}, integrator={cfg.integrator}, "
                f"reset={cfg.reset}, engine={engine}", err=True)
     if engine == "onnxruntime":
