@@ -317,3 +317,48 @@ def test_dataset_content_unit(files):
     with pytest.raises(SbcError, match="labels must lie in 0..2"):  # the library's evaluation too
         sbc.evaluate(sbc.load_model(files / "m.nir"), ds, sbc.SimConfig(dt=DT))
 
+
+# ---------------------------------------------------------------------------------------------- 5. models
+
+def _model(tmp_path, name, change):
+    """The two-layer LIF model with one parameter changed, written unchecked (the writers do not judge)."""
+    graph, _ = ALL["sequential"](np.random.default_rng(0))
+    change(graph)
+    return sbc.save_model(graph, tmp_path / name, cfg=sbc.SimConfig(dt=DT))
+
+
+def test_nan_in_an_onnx_initializer_is_refused(tmp_path, capsys):
+    def nan_weight(g):
+        g.nodes["a2"].weight[1, 2] = np.nan
+
+    path = _model(tmp_path, "nan.onnx", nan_weight)
+    assert main(["inspect", str(path)]) == 2
+    one_error(capsys, "'a2'", "'weight'", "NaN")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the ONNX writer runs the bad model once
+@pytest.mark.parametrize("ext", ["nir", "onnx"])
+@pytest.mark.parametrize("tau", [0.0, -2e-3])
+def test_non_positive_time_constants_are_refused_with_the_node_named(tmp_path, capsys, ext, tau):
+    def bad_tau(g):
+        g.nodes["l2"].tau[1] = tau
+
+    path = _model(tmp_path, f"tau.{ext}", bad_tau)
+    with pytest.raises(SbcError, match="node 'l2' \\(LIF\\) parameter 'tau' must be positive"):
+        sbc.load_model(path)
+    assert main(["inspect", str(path)]) == 2
+    one_error(capsys, "'l2'", "tau", "positive")
+
+
+def test_cuba_synaptic_time_constant_is_checked_too():
+    import nir
+
+    from sbc_onnx.io.nir_io import check_parameters
+
+    n = 2
+    cuba = nir.CubaLIF(tau_syn=np.array([1e-3, 0.0]), tau_mem=np.full(n, 1e-3), r=np.ones(n), v_leak=np.zeros(n),
+                       v_threshold=np.ones(n), v_reset=np.zeros(n), w_in=np.ones(n))
+    g = nir.NIRGraph(nodes={"input": nir.Input(np.array([n])), "c": cuba, "output": nir.Output(np.array([n]))},
+                     edges=[("input", "c"), ("c", "output")])
+    with pytest.raises(SbcError, match="'c' \\(CubaLIF\\) parameter 'tau_syn'"):
+        check_parameters(g)

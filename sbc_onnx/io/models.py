@@ -15,7 +15,7 @@ import nir
 
 from ..errors import SbcError
 from ..sim.config import SimConfig
-from .nir_io import read_nir, write_nir
+from .nir_io import check_parameters, read_nir, write_nir
 
 log = logging.getLogger("sbc_onnx")
 
@@ -30,12 +30,16 @@ def model_format(path: str | os.PathLike) -> str:
 
 
 def load_model(path: str | os.PathLike) -> nir.NIRGraph:
-    """Read a model as a NIR graph (ONNX files of the convention are converted on the fly)."""
+    """Read a model as a NIR graph (ONNX files of the convention are converted on the fly); its parameters
+    are checked (finite, positive time constants) whatever the format."""
     if model_format(path) == "onnx":
         from . import onnx_io  # on first use: importing onnx is slow and NIR-only work never needs it
 
-        return onnx_io.read_onnx(path)
-    return read_nir(path)
+        graph = onnx_io.read_onnx(path)
+    else:
+        graph = read_nir(path)
+    check_parameters(graph)
+    return graph
 
 
 def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,

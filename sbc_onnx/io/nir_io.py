@@ -2,7 +2,8 @@
 
 - read: type checking on; if the file's own types are wrong (e.g. the paper's lif_rockpool.nir declares an
   Output of shape [1,1,1] after a [1] LIF), load without type checking, repair Output/Input shapes that
-  disagree with their neighbours, and say so. Parameters must be finite.
+  disagree with their neighbours, and say so. Parameters must be finite and time constants positive
+  (`check_parameters`, which `load_model` runs on every model, NIR or ONNX).
 - write: neuron parameters never 0-d (nir's gzip writer crashes on them and type checks fail), metadata kept,
   simulation settings stamped from `cfg`, atomic (io/atomic.py), and the result must load back type-checked.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..errors import SbcError, existing_file
 from ..graph import flatten, node_shape
+from ..primitives import lookup
 from ..sim.config import SimConfig
 from .atomic import write_atomic
 
@@ -47,7 +49,6 @@ def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
         raise SbcError(f"cannot read NIR file {path}: {e}") from e
     if not isinstance(graph, nir.NIRGraph):
         raise SbcError(f"{path} holds a single {type(graph).__name__} node, not a graph")
-    check_finite(graph)
     return graph
 
 
@@ -130,6 +131,27 @@ def check_finite(graph: nir.NIRGraph) -> None:
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
             bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
             raise SbcError(f"node {name!r} parameter {f!r} has {bad} NaN/inf value(s)")
+
+
+def check_time_constants(graph: nir.NIRGraph) -> None:
+    """Every neuron's time constants (the catalogue's tau fields) must be > 0: dt/tau would be inf or flip
+    the leak into growth."""
+    for name, node in flatten(graph).nodes.items():
+        prim = lookup(node)
+        for f in prim.tau_fields if prim is not None else ():
+            v = getattr(node, f, None)
+            if v is None:
+                continue
+            a = np.asarray(v, dtype=np.float64)
+            if a.size and not np.all(a > 0):
+                raise SbcError(f"node {name!r} ({type(node).__name__}) parameter {f!r} must be positive (a time "
+                               f"constant), got {float(a.reshape(-1)[np.argmin(a.reshape(-1) > 0)]):g}")
+
+
+def check_parameters(graph: nir.NIRGraph) -> None:
+    """The checks every loaded model passes: finite parameters, positive time constants."""
+    check_finite(graph)
+    check_time_constants(graph)
 
 
 def _broadcast_params(graph: nir.NIRGraph) -> None:
