@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from topologies import ALL, DT
 
 import sbc_onnx as sbc
 from sbc_onnx.cli import main
@@ -17,8 +18,6 @@ from sbc_onnx.compress.numerics import FactorizationError, damped_cholesky
 from sbc_onnx.data import Dataset, save_dataset
 from sbc_onnx.errors import SbcError
 from sbc_onnx.pipeline import Plan
-
-from topologies import ALL, DT
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +95,9 @@ def test_non_finite_lambda_or_factor_stops_the_layer():
 
 
 @pytest.mark.parametrize("kw,needle", [
-    (dict(rel_damp=np.nan), "rel_damp"), (dict(rel_damp=-1), "rel_damp"), (dict(rel_damp=np.inf), "rel_damp"),
-    (dict(lamp_p=np.nan), "lamp_p"), (dict(lamp_p=0), "lamp_p"), (dict(lamp_p=-2), "lamp_p"),
-    (dict(lamp_p=np.inf), "lamp_p"), (dict(sparsity=np.nan), "sparsity"),
+    ({"rel_damp": np.nan}, "rel_damp"), ({"rel_damp": -1}, "rel_damp"), ({"rel_damp": np.inf}, "rel_damp"),
+    ({"lamp_p": np.nan}, "lamp_p"), ({"lamp_p": 0}, "lamp_p"), ({"lamp_p": -2}, "lamp_p"),
+    ({"lamp_p": np.inf}, "lamp_p"), ({"sparsity": np.nan}, "sparsity"),
 ])
 def test_plan_refuses_non_finite_or_out_of_range_numbers(kw, needle):
     with pytest.raises(SbcError, match=needle):
@@ -196,7 +195,7 @@ def test_compress_paths_fail_at_the_start(files, tmp_path, capsys, where):
 
 
 def test_compress_read_only_directory_fails_at_the_start(files, tmp_path, capsys, monkeypatch):
-    import sbc_onnx.io.paths as paths
+    from sbc_onnx.io import paths
 
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -6,7 +6,7 @@ import math
 
 import click
 
-__all__ = ["COUNT", "FiniteFloat", "NON_NEGATIVE", "POSITIVE"]
+__all__ = ["COUNT", "NON_NEGATIVE", "POSITIVE", "FiniteFloat"]
 
 
 class FiniteFloat(click.FloatRange):

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from scipy.linalg import lapack
 
-__all__ = ["FactorizationError", "MAX_ATTEMPTS", "check_damping", "damped_hessian", "damped_cholesky",
+__all__ = ["MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky", "damped_hessian",
            "damped_inverse", "upper_inverse_factor"]
 
 MAX_ATTEMPTS = 8  # factorizations per damped_cholesky call: rel_damp, then up to 7 escalations

@@ -5,8 +5,8 @@ or read-only directory, an output that is a directory, the input itself or an ex
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import SbcError, existing_file
 
