@@ -15,20 +15,14 @@ from sbc_onnx.cli import main
 from sbc_onnx.compress import compress_layer, numerics
 from sbc_onnx.compress.allocation import Lamp, lamp_scores
 from sbc_onnx.compress.numerics import FactorizationError, damped_cholesky
-from sbc_onnx.data import Dataset, save_dataset
+from sbc_onnx.data import Dataset
 from sbc_onnx.errors import SbcError
 from sbc_onnx.pipeline import Plan
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A two-layer LIF model (4 inputs, 3 outputs; dt stored in the file) and a 16-sample spike dataset."""
-    d = tmp_path_factory.mktemp("bad")
-    rng = np.random.default_rng(0)
-    graph, _ = ALL["sequential"](rng)
-    sbc.save_model(graph, d / "m.nir", cfg=sbc.SimConfig(dt=DT))
-    save_dataset(Dataset((rng.random((16, 30, 4)) < 0.3).astype(np.uint8), rng.integers(0, 3, 16)), d / "c.npz")
-    return d
+def files(tiny_lif_files):
+    return tiny_lif_files
 
 
 def one_error(capsys, *needles: str) -> str:

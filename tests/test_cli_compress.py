@@ -10,22 +10,16 @@ import pytest
 
 import sbc_onnx as sbc
 from sbc_onnx.cli import main
-from sbc_onnx.data import Dataset, load_dataset, save_dataset
+from sbc_onnx.data import load_dataset
 from sbc_onnx.graph import flatten
 from sbc_onnx.hardware.deploy import compress_for_target
 
-from topologies import ALL, DT
+from topologies import DT
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A two-layer LIF model (dt stored in the file) and a 16-sample spike dataset."""
-    d = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    graph, _ = ALL["sequential"](rng)
-    sbc.save_model(graph, d / "m.nir", cfg=sbc.SimConfig(dt=DT))
-    save_dataset(Dataset((rng.random((16, 30, 4)) < 0.3).astype(np.uint8), rng.integers(0, 3, 16)), d / "c.npz")
-    return d
+def files(tiny_lif_files):
+    return tiny_lif_files
 
 
 def _run(files, tmp_path, *args):
