@@ -22,7 +22,9 @@ from tqdm import tqdm
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
+from .compress.budget import BudgetSpec, parse_budget
 from .compress.grids import GRANULARITIES
+from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, plan_budget
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import FlatGraph, flatten
@@ -44,6 +46,8 @@ class Plan:
     sequential  each layer's Hessian is collected with the already-compressed upstream layers (default:
                 all layers see the dense model, the authors' choice)
     layers      the weight layers to compress (default: all)
+    budget      a whole-model budget (memory or SynOps) instead of sparsity and bits: each layer's
+                sparsity and bit width are chosen to fit it (budget_plan.py; dense calibration)
     """
     method: Method
     allocation: Allocation
@@ -56,23 +60,28 @@ class Plan:
     rel_damp: float = 0.01
     exact_resolve: bool = False
     layers: tuple[str, ...] | None = None
+    budget: BudgetSpec | None = None
 
     @classmethod
     def build(cls, *, sparsity: float | None = None, bits: int | None = None, method: str | Method = "sbc",
               pattern: str | tuple | None = None, allocation: str = "lamp", lamp_p: float = 2.0,
               grid: str | None = None, granularity: str | None = None, sequential: bool = False,
-              rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None) -> Plan:
-        """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel."""
+              rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None,
+              budget: str | BudgetSpec | None = None) -> Plan:
+        """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel.
+        budget: e.g. "memory=10KiB" or a BudgetSpec (its option sets)."""
         _check_choice(grid, SCHEMES, "grid")
         _check_choice(granularity, GRANULARITIES, "granularity")
-        _check_budget(sparsity, bits, pattern)
+        budget = _budget_spec(budget, sparsity, bits, pattern, sequential)
+        if budget is None:
+            _check_budget(sparsity, bits, pattern)
         _check_number(rel_damp, "rel_damp (--damp)", minimum=0.0)
         _check_number(lamp_p, "lamp_p (--lamp-p)", minimum=0.0, open_min=True)
         plan = cls(method=_method(method), allocation=_allocation(allocation, lamp_p, rel_damp),
                    sparsity=None if sparsity is None else float(sparsity), bits=None if bits is None else int(bits),
                    pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
                    sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
-                   layers=None if layers is None else tuple(layers))
+                   layers=None if layers is None else tuple(layers), budget=budget)
         if plan.allocation.needs_hessian and plan.sparsity and plan.sequential:
             raise SbcError(f"allocation {plan.allocation.name} needs the dense calibration of every layer up "
                            "front and unstructured pruning (not --sequential, not --pattern)")
@@ -89,9 +98,13 @@ class Plan:
     @property
     def runs_obs_trace(self) -> bool:
         """Whether the compiled ExactOBS kernels run (pruning or allocation)."""
-        return (self.method.obs_trace and self.prunes) or (self.allocation.obs_trace and bool(self.sparsity))
+        budget_prunes = self.budget is not None and max(self.budget.sparsities) > 0
+        return ((self.method.obs_trace and (self.prunes or budget_prunes))
+                or (self.allocation.obs_trace and bool(self.sparsity)))
 
     def describe(self) -> str:
+        if self.budget is not None:
+            return f"method {self.method.name}, budget {self.budget.text()}"
         what = [f"sparsity {self.sparsity:g}" if self.sparsity is not None else "",
                 f"pattern {self.pattern_text}" if self.pattern else "", f"{self.bits} bits" if self.bits else ""]
         return f"method {self.method.name}, " + ", ".join(x for x in what if x)
@@ -121,6 +134,22 @@ def _check_budget(sparsity, bits, pattern) -> None:
         raise SbcError(f"bits must be between 2 and 8, got {bits}")
     if pattern is not None and sparsity is not None:
         raise SbcError("give either --sparsity or --pattern, not both")
+
+
+def _budget_spec(budget, sparsity, bits, pattern, sequential) -> BudgetSpec | None:
+    if budget is None:
+        return None
+    if sparsity is not None or bits is not None or pattern is not None:
+        raise SbcError("a budget chooses every layer's sparsity and bit width: give it without "
+                       "--sparsity, --bits or --pattern")
+    if sequential:
+        raise SbcError("a budget is planned on the dense calibration of every layer (not --sequential)")
+    if isinstance(budget, BudgetSpec):
+        return budget
+    try:
+        return parse_budget(budget)
+    except ValueError as e:
+        raise SbcError(str(e)) from None
 
 
 def _method(method) -> Method:
@@ -184,6 +213,7 @@ class CompressionReport:
     notes: list = field(default_factory=list)
     accuracy_dense: float | None = None
     accuracy_compressed: float | None = None
+    budget: dict | None = None  # the budget's plan: limit, used, per-layer choice (budget_plan.BudgetPlan)
     # layer -> (integer codes shaped like the weight, per-output-channel scale, zero point); W = s (q - z)
     quant: dict = field(default_factory=dict, repr=False)
 
@@ -198,6 +228,11 @@ class CompressionReport:
         lines = [head, "-" * len(head)] + [_table_row(r) for r in self.layers]
         lines.append(f"overall sparsity {self.overall_sparsity:.4f} over {len(self.layers)} layers; "
                      "obj = relative layer output error tr(dW H dW^T)/tr(W H W^T); base = magnitude/RTN")
+        if self.budget:
+            b = self.budget
+            used = (f"{b['used'] / 8192:.2f} of {b['limit'] / 8192:.2f} KiB of weight storage"
+                    if b["kind"] == "memory" else f"{b['used']:.4g} of {b['limit']:.4g} SynOps per sample")
+            lines.append(f"budget {b['budget']}: the chosen plan uses {used}")
         return "\n".join(lines)
 
 
@@ -222,6 +257,8 @@ def compression_metadata(report: CompressionReport) -> dict[str, Any]:
         meta["sbc_onnx.bits"] = int(report.bits)
     if report.pattern is not None:
         meta["sbc_onnx.pattern"] = report.pattern
+    if report.budget is not None:
+        meta["sbc_onnx.budget"] = report.budget["budget"]
     return meta
 
 
@@ -229,7 +266,8 @@ def compression_metadata(report: CompressionReport) -> dict[str, Any]:
 
 def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimConfig | None = None,
              calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
-             progress: bool = False, **options) -> tuple[nir.NIRGraph, CompressionReport]:
+             progress: bool = False, storage: StorageBits | None = None, synops: dict | None = None,
+             **options) -> tuple[nir.NIRGraph, CompressionReport]:
     """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
 
     plan        a `Plan`; or give its options as keywords instead (`Plan.build`: sparsity, bits, method,
@@ -237,12 +275,16 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
                 layers), e.g. compress(graph, calib, sparsity=0.9, method="sbc").
     calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
                 share one calibration pass); its objective must match the method ("current" for obc).
+    storage     for a memory budget: the bits a layer's weights take in the output format
+                (io.storage_model(path)); synops: for a SynOps budget, each layer's dense SynOps per sample
+                (hardware.energy.layer_synops).
     """
     if plan is None:
         plan = Plan.build(**options)
     elif options:
         raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
     run = _Compression(graph, calib, plan, cfg or SimConfig(), batch_size, progress)
+    run.storage, run.synops = storage, synops
     run.calibrate(calibration)
     budget = run.allocate()
     run.compress_layers(budget)
@@ -283,6 +325,9 @@ class _Compression:
         self.layers: list[LayerReport] = []
         self.quant: dict[str, tuple] = {}
         self.notes: list[str] = []
+        self.storage: StorageBits | None = None
+        self.synops: dict | None = None
+        self.budget_plan: BudgetPlan | None = None
 
     # ---- calibrate
     def calibrate(self, given: Calibration | None) -> None:
@@ -327,6 +372,8 @@ class _Compression:
     # ---- allocate
     def allocate(self) -> Budget:
         plan = self.plan
+        if plan.budget is not None:
+            return self._plan_budget()
         if not plan.sparsity:
             return Budget([0] * len(self.names))
         t0 = time.perf_counter()
@@ -335,6 +382,18 @@ class _Compression:
         if not plan.method.obs_trace:
             budget.traces = []  # only ExactOBS pruning reuses the allocation's traces
         return budget
+
+    def _plan_budget(self) -> Budget:
+        t0 = time.perf_counter()
+        plan = self.plan
+        layers = [BudgetLayer(n, _layer_matrix(self.fg.nodes[n]), self.calibs[n].layers[n].H,
+                              self.calibs[n].layers[n].groups, tuple(np.shape(self.fg.nodes[n].weight)))
+                  for n in self.names]
+        self.budget_plan = plan_budget(layers, plan.budget, method=plan.method, storage=self.storage,
+                                       synops=self.synops, rel_damp=plan.rel_damp, grid_scheme=plan.grid,
+                                       granularity=plan.granularity)
+        self.seconds["budget"] = time.perf_counter() - t0
+        return self.budget_plan.to_budget(layers)
 
     def _stats(self, name: str) -> LayerStats:
         W2 = _layer_matrix(self.fg.nodes[name])
@@ -347,11 +406,12 @@ class _Compression:
     def compress_layers(self, budget: Budget) -> None:
         bar = _bar(len(self.names), self.progress, "compressing")
         for i, (name, k) in enumerate(zip(self.names, budget.counts)):
-            self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar))
+            self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar,
+                                                    budget.bits_of(i, self.plan.bits)))
         if bar is not None:
             bar.close()
 
-    def _compress_layer(self, name: str, k: int, traces, bar) -> LayerReport:
+    def _compress_layer(self, name: str, k: int, traces, bar, bits: int | None) -> LayerReport:
         plan = self.plan
         lc = self.layer_calibration(name)
         node = self.fg.nodes[name]
@@ -359,11 +419,11 @@ class _Compression:
         W = np.asarray(node.weight)
         shown = [0.0]  # share of this layer already added to the bar (the ExactOBS trace moves it)
         parts = compress_groups(
-            _layer_matrix(node), lc.H, lc.groups, k, method=plan.method, pattern=plan.pattern, bits=plan.bits,
+            _layer_matrix(node), lc.H, lc.groups, k, method=plan.method, pattern=plan.pattern, bits=bits,
             grid_scheme=plan.grid, granularity=plan.granularity, rel_damp=plan.rel_damp,
             sq_norms=lc.acc.sq_norms if plan.method.input_norms else None, exact_resolve=plan.exact_resolve,
             traces=traces, on_rows=_layer_progress(bar, shown, lc.groups))
-        node.weight = self._new_weight(name, W, parts)
+        node.weight = self._new_weight(name, W, parts, bits)
         esc, layer_notes, fallback = self._log_layer(name, parts)
         self.seconds["compression"] += time.perf_counter() - t0
         if bar is not None:
@@ -372,15 +432,15 @@ class _Compression:
         return LayerReport(
             name=name, kind=self.fg.kind(name), shape=tuple(W.shape), neuron=lc.neuron,
             kernel=_kernel_name(lc.betas), sparsity=float(1 - np.count_nonzero(W_new) / W_new.size),
-            bits=plan.bits, objective_before=float(np.mean([r.objective_before for r in parts])),
+            bits=bits, objective_before=float(np.mean([r.objective_before for r in parts])),
             objective_after=float(np.mean([r.objective_after for r in parts])),
             damp=max((r.damp for r in parts if r.damp is not None), default=None),
             seconds=float(sum(r.seconds for r in parts)), hessian_seconds=lc.seconds,
             fallback=fallback, escalations=esc, notes=layer_notes)
 
-    def _new_weight(self, name: str, W: np.ndarray, parts) -> np.ndarray:
+    def _new_weight(self, name: str, W: np.ndarray, parts, bits: int | None) -> np.ndarray:
         W_new = np.concatenate([r.W for r in parts], axis=0).reshape(W.shape).astype(W.dtype, copy=False)
-        if self.plan.bits and all(r.q is not None for r in parts):
+        if bits and all(r.q is not None for r in parts):
             q, scale, zero = _stack_codes(parts, W.shape)
             per_row = (-1,) + (1,) * (q.ndim - 1)
             # on the grid exactly in the weight's own float type, so integer exports reproduce it bit for bit
@@ -411,7 +471,8 @@ class _Compression:
             method=plan.method.name, sparsity=plan.sparsity, bits=plan.bits, pattern=plan.pattern_text,
             allocation=plan.allocation.name, sim=self.cfg.to_metadata(), n_calibration=cals[0].n_samples,
             layers=self.layers, overall_sparsity=zeros / total if total else 0.0, seconds=self.seconds,
-            notes=self.notes + list(cal_notes), quant=self.quant)
+            notes=self.notes + list(cal_notes), quant=self.quant,
+            budget=None if self.budget_plan is None else self.budget_plan.to_dict())
 
     def measure_damage(self, report: CompressionReport) -> None:
         t0 = time.perf_counter()

@@ -45,6 +45,11 @@ class Budget:
     counts: list[int]
     # per layer, per group: the ExactOBS trace computed on the way ("obs"), None where none was run
     traces: list[list[ObsTrace | None] | None] = field(default_factory=list)
+    # per layer: its bit width (None: float), when a budget chose them per layer; else None
+    bits: list[int | None] | None = None
+
+    def bits_of(self, layer: int, default: int | None) -> int | None:
+        return default if self.bits is None else self.bits[layer]
 
     def traces_of(self, layer: int) -> list[ObsTrace | None] | None:
         return self.traces[layer] if self.traces else None

@@ -14,11 +14,82 @@ then optimal up to that rounding.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BudgetChoice", "choose_options"]
+from .allocation import group_blocks, total_prune_count
+from .layer import compress_groups
+from .methods import Method, get_method
+from .numerics import FactorizationError
+from .obs import trace_layer
+
+__all__ = ["BUDGET_KINDS", "BudgetChoice", "BudgetSpec", "Option", "choose_options", "option_costs",
+           "parse_budget"]
+
+BUDGET_KINDS = ("memory", "synops")
+DEFAULT_SPARSITIES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+DEFAULT_BITS = (None, 8, 4, 3, 2)
+_BYTES = {"": 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+_COUNT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A whole-model budget: `memory` in bytes of weight storage as the output file stores it, or
+    `synops` in synaptic operations per sample; and the options each layer may take."""
+    kind: str
+    amount: int
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    bits: tuple[int | None, ...] = DEFAULT_BITS
+
+    def options(self) -> list["Option"]:
+        return [Option(float(s), b) for s in self.sparsities for b in self.bits]
+
+    def text(self) -> str:
+        return f"{self.kind}={_bytes_text(self.amount) if self.kind == 'memory' else f'{self.amount:g}'}"
+
+
+def parse_budget(text: str, *, sparsities=None, bits=None) -> BudgetSpec:
+    """'memory=64KiB' (B, KB, KiB, MB, MiB, GB, GiB; a bare number is bytes) or 'synops=2.5M'
+    (k, M, G); sparsities in [0, 1) and bits in 2..8 (None: float weights) restrict the options."""
+    kind, sep, value = str(text).partition("=")
+    kind, value = kind.strip().lower(), value.strip().lower().replace(" ", "")
+    if not sep or kind not in BUDGET_KINDS:
+        raise ValueError(f"a budget is memory=SIZE or synops=COUNT (e.g. memory=64KiB), got {text!r}")
+    table = _BYTES if kind == "memory" else _COUNT
+    m = re.fullmatch(r"([0-9.]+(?:e[+-]?[0-9]+)?)([a-z]*)", value)
+    try:
+        amount = float(m.group(1)) * table[m.group(2)] if m else math.nan
+    except (KeyError, ValueError):
+        amount = math.nan
+    if not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"the {kind} budget must be a finite amount > 0, got {value!r}")
+    sp = tuple(sorted({0.0, *(float(x) for x in (sparsities or DEFAULT_SPARSITIES))}))
+    bt = tuple(bits) if bits else DEFAULT_BITS
+    if any(not 0 <= x < 1 for x in sp):
+        raise ValueError("budget sparsities must be in [0, 1)")
+    if any(b is not None and not 2 <= int(b) <= 8 for b in bt):
+        raise ValueError("budget bit widths must be between 2 and 8")
+    return BudgetSpec(kind, int(math.floor(amount)), sp, bt)
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2**10:.1f}KiB" if n >= 2**10 else f"{n}B"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to compress a layer: a sparsity in [0, 1) and a bit width (None: float weights)."""
+    sparsity: float
+    bits: int | None
+
+    def prune_count(self, n: int) -> int:
+        return total_prune_count([n], self.sparsity)
+
+    def label(self) -> str:
+        return f"{self.sparsity:.0%}/{self.bits if self.bits else 'float'}"
 
 
 @dataclass(frozen=True)
@@ -71,3 +142,32 @@ def _check(costs, sizes, budget) -> None:
         raise ValueError("every layer needs at least one option")
     if any((s < 0).any() for s in sizes) or int(budget) < 0:
         raise ValueError("sizes and the budget must be >= 0")
+
+
+def option_costs(W, H, groups: int, options, *, method: str | Method = "sbc", rel_damp: float = 0.01,
+                 grid_scheme: str = "symmetric", granularity: str = "channel") -> np.ndarray:
+    """The cost of every option for one layer matrix W (d_out, d_in/groups) with its dense Hessian H:
+    the relative SMP objective tr(dW H dW^T)/tr(W H W^T) of the method's result (mean over groups, as
+    the compress report gives it).  The ExactOBS trace, which serves every sparsity of a row, runs once."""
+    m = get_method(method)
+    traces = None
+    if m.obs_trace and any(o.sparsity > 0 for o in options):
+        traces = [_trace(np.asarray(W[rows], np.float64), H[cols, cols], rel_damp)
+                  for _, rows, cols in group_blocks(np.shape(W), groups)]
+    out = np.empty(len(options))
+    for i, o in enumerate(options):
+        if o.sparsity == 0 and o.bits is None:
+            out[i] = 0.0
+            continue
+        parts = compress_groups(W, H, groups, o.prune_count(int(np.size(W))), method=m, bits=o.bits,
+                                grid_scheme=grid_scheme, granularity=granularity, rel_damp=rel_damp,
+                                traces=traces)
+        out[i] = float(np.mean([r.objective_after for r in parts]))
+    return out
+
+
+def _trace(W, H, rel_damp):
+    try:
+        return trace_layer(W, H, rel_damp=rel_damp)
+    except FactorizationError:  # compress_layer falls back to magnitude pruning for this group
+        return None

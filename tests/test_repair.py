@@ -1,0 +1,74 @@
+"""Threshold repair (repair.py): compressed firing rates brought back to the dense ones on calibration data."""
+
+import copy
+
+import nir
+import numpy as np
+import pytest
+
+from sbc_onnx.data import Dataset
+from sbc_onnx.repair import firing_rates, repair_thresholds
+from sbc_onnx.sim import SimConfig
+
+
+def _net(rng, n_in=40, n_hid=32, n_out=10):
+    nodes = {
+        "input": nir.Input(np.array([n_in])),
+        "fc1": nir.Linear(rng.normal(0, 0.5, (n_hid, n_in)).astype(np.float32)),
+        "if1": nir.IF(r=np.ones(n_hid, np.float32), v_threshold=np.ones(n_hid, np.float32),
+                      v_reset=np.zeros(n_hid, np.float32)),
+        "fc2": nir.Linear(rng.normal(0, 0.5, (n_out, n_hid)).astype(np.float32)),
+        "if2": nir.IF(r=np.ones(n_out, np.float32), v_threshold=np.float32(1.0) * np.ones(n_out, np.float32),
+                      v_reset=np.zeros(n_out, np.float32)),
+        "output": nir.Output(np.array([n_out])),
+    }
+    edges = [("input", "fc1"), ("fc1", "if1"), ("if1", "fc2"), ("fc2", "if2"), ("if2", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges)
+
+
+def _damaged(graph, keep=0.8, gain=0.8):
+    """Magnitude pruning to `keep` and a lost gain: the kind of damage that moves firing rates."""
+    g = copy.deepcopy(graph)
+    for n in ("fc1", "fc2"):
+        w = g.nodes[n].weight
+        g.nodes[n].weight = (w * (np.abs(w) >= np.quantile(np.abs(w), 1 - keep)) * gain).astype(np.float32)
+    return g
+
+
+@pytest.fixture
+def case():
+    rng = np.random.default_rng(3)
+    graph = _net(rng)
+    data = Dataset((rng.random((64, 60, 40)) < 0.3).astype(np.uint8), rng.integers(0, 10, 64))
+    return graph, _damaged(graph), data, SimConfig()
+
+
+def test_repair_matches_dense_rates_within_5_percent(case):
+    dense, comp, data, cfg = case
+    weights = {n: comp.nodes[n].weight.copy() for n in ("fc1", "fc2")}
+    rep = repair_thresholds(dense, comp, data, cfg, passes=6)
+    assert rep.error(rep.rates_before) > 0.1  # the damage is real
+    after = firing_rates(comp, data, cfg, ["if1", "if2"])
+    assert rep.error(after) < 0.05
+    for n, w in weights.items():  # only thresholds changed
+        np.testing.assert_array_equal(comp.nodes[n].weight, w)
+    assert not np.allclose(comp.nodes["if1"].v_threshold, 1.0)
+
+
+def test_rates_are_per_channel_spikes_per_step(case):
+    dense, _, data, cfg = case
+    from sbc_onnx.sim import Walker
+    from sbc_onnx.graph import flatten
+    spikes = []
+    x, _ = next(data.batches(64))
+    Walker(flatten(dense), cfg).run(x, on_output={"if1": lambda t, s: spikes.append(np.asarray(s))},
+                                    record_outputs=False)
+    want = np.stack(spikes).mean(axis=(0, 1))
+    np.testing.assert_allclose(firing_rates(dense, data, cfg, ["if1"], batch_size=64)["if1"], want)
+
+
+def test_scalar_threshold_becomes_per_neuron(case):
+    dense, comp, data, cfg = case
+    comp.nodes["if2"].v_threshold = np.float32(1.0)
+    repair_thresholds(dense, comp, data, cfg, passes=1, neurons=["if2"])
+    assert np.shape(comp.nodes["if2"].v_threshold) == (10,)
