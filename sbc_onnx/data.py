@@ -616,7 +616,7 @@ def load_tonic(
         "source": f"tonic {src.name}",
         "directory": str(src.directory),
         "split": src.split,
-        "encoding": f"event counts per frame, {binning.describe()}, last incomplete frame dropped",
+        "encoding": f"event counts per frame, {binning.describe()}",
         **{k: v for k, v in binning.as_dict().items() if v is not None},
         "sensor_size": list(src.sensor_size),
         "tonic_version": tonic_version(),

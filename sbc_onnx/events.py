@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _NMNIST_RECORD_BYTES = 5
+_INT16_MAX = int(np.iinfo(np.int16).max)
 SPLITS = ("train", "test", "valid")
 
 
@@ -77,7 +78,8 @@ class Binning:
     def describe(self) -> str:
         """The tonic call that does the binning, for the dataset's provenance."""
         args = ", ".join(f"{k}={v}" for k, v in self.as_dict().items() if v is not None)
-        return f"tonic.transforms.ToFrame(sensor_size, {args})"
+        tail = "" if self.n_time_bins else ", last incomplete frame dropped"
+        return f"tonic.transforms.ToFrame(sensor_size, {args}){tail}"
 
     def transform(self, sensor_size: tuple[int, int, int]) -> Any:
         return _tonic().transforms.ToFrame(sensor_size=tuple(int(s) for s in sensor_size), **self.as_dict())
@@ -93,7 +95,7 @@ def to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], binning: Bi
     """Event counts per frame from tonic's ``ToFrame``: shape (T, P, H, W), or (T, P, W) for a 1-D sensor.
 
     ``events`` is a structured array with fields x, t, p (and y). Events outside the sensor are an error
-    (tonic would fail with an IndexError or wrap around); so is a count that overflows tonic's int16 frames.
+    (tonic would fail with an IndexError or wrap around); so is a count that could overflow tonic's int16 frames.
     """
     w, h, p = (int(s) for s in sensor_size)
     if len(events) == 0:
@@ -108,11 +110,25 @@ def to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], binning: Bi
         raise SbcError(f"event polarities {events['p'].min()}..{events['p'].max()} do not fit {p} channels")
     if np.any(np.diff(events["t"]) < 0):
         raise SbcError("event timestamps are not sorted in time (tonic bins sorted recordings)")
+    _check_counts_fit(events, (w, h, p))
     # ToFrame writes a single-polarity sensor's p in place; work on a copy so the caller's events stay intact
-    frames = binning.transform(sensor_size)(events.copy() if p == 1 else events)
-    if frames.size and frames.min() < 0:
-        raise SbcError("an event count does not fit tonic's int16 frames; use a shorter time window")
-    return frames
+    return binning.transform(sensor_size)(events.copy() if p == 1 else events)
+
+
+def _check_counts_fit(events: np.ndarray, sensor: tuple[int, int, int]) -> None:
+    """tonic's frames are int16 and wrap around silently; no frame can hold more events of one pixel than the
+    whole recording does, so a recording whose busiest pixel fires at most 32767 times is safe."""
+    if len(events) <= _INT16_MAX:
+        return
+    w, h, p = sensor
+    pix = events["x"].astype(np.int64)
+    if "y" in (events.dtype.names or ()):
+        pix = pix + w * events["y"].astype(np.int64)
+    if p > 1:
+        pix = pix + w * h * events["p"].astype(np.int64)
+    busiest = int(np.bincount(pix).max())
+    if busiest > _INT16_MAX:
+        raise SbcError(f"one pixel has {busiest} events, more than tonic's int16 frames can count ({_INT16_MAX})")
 
 
 def bin_events(events: Any, time_window_us: int, sensor: tuple[int, int] = (34, 34)) -> np.ndarray:
@@ -252,7 +268,7 @@ class TonicSource:
         except TypeError as e:  # a constructor that needs more than save_to and the split
             raise SbcError(f"tonic {self.name} cannot be built from a folder and a split alone ({e})") from e
         except (OSError, ValueError, KeyError) as e:
-            raise SbcError(f"tonic {self.name}: cannot read the files in {self.location} ({e})") from e
+            raise SbcError(f"tonic {self.name}: cannot read the files in {self.directory / self.name} ({e})") from e
         if n == 0:
             raise SbcError(f"tonic {self.name}: no samples found under {self.location} (tonic's on-disk layout)")
         self.n = int(n)
