@@ -590,7 +590,8 @@ def load_tonic(
     ``ToFrame`` with the dataset's sensor size.
 
     Binning: one of ``time_window`` (microseconds; the default, 1000, when none is given), ``event_count``
-    or ``n_time_bins``. ``split``: train/test (default test). ``limit``: the first samples in tonic's order.
+    or ``n_time_bins``. ``split``: train/test (default test). ``limit``: the first samples (file-path order
+    for datasets stored one sample per file, as tonic lists N-MNIST).
     Frames are (polarity, y, x), or (polarity, x) for a 1-D sensor such as SHD's 700 channels.
     """
     if limit is not None and limit < 1:

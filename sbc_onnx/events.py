@@ -252,7 +252,9 @@ def _dataset_dir(cls: type, directory: str | os.PathLike) -> Path:
 
 
 class TonicSource:
-    """A tonic dataset read from disk only: ``len``, ``sensor_size``, ``ids`` and ``sample(i) -> (events, label)``."""
+    """A tonic dataset read from disk only: ``len``, ``sensor_size``, ``ids`` and ``sample(i) -> (events, label)``.
+
+    Samples stored one per file come in file-path order (tonic's own order for N-MNIST)."""
 
     def __init__(self, name: str, directory: str | os.PathLike, split: str | None = None) -> None:
         cls = _lookup(name)
@@ -276,6 +278,10 @@ class TonicSource:
         if sensor is None or len(sensor) != 3:
             raise SbcError(f"tonic {self.name} does not declare a (width, height, polarities) sensor size")
         self.sensor_size = tuple(int(s) for s in sensor)
+        files = self._files()
+        # by file path: tonic's own order where it sorts (N-MNIST), and the same on every machine where it lists
+        # files as the file system returns them (DVS Gesture), so that --limit picks the same samples
+        self.order = list(range(self.n)) if files is None else sorted(range(self.n), key=lambda i: Path(files[i]).parts)
 
     @property
     def location(self) -> Path:
@@ -284,20 +290,29 @@ class TonicSource:
     def __len__(self) -> int:
         return self.n
 
-    def ids(self) -> np.ndarray:
-        """Sample ids: file names without extension when the dataset lists one file per sample and they are
-        unique, else the files' paths under the dataset folder; indices when samples are not files."""
+    def _files(self) -> list[str] | None:
+        """The sample files, when the dataset lists one file per sample (tonic's ``data``)."""
         files = getattr(self.dataset, "data", None)
         if not isinstance(files, list) or len(files) != self.n or not all(isinstance(f, str) for f in files):
+            return None
+        return files
+
+    def ids(self) -> np.ndarray:
+        """Sample ids in sample order: file names without extension when the dataset lists one file per sample
+        and they are unique, else the files' paths under the dataset folder; indices when samples are not files."""
+        files = self._files()
+        if files is None:
             return np.arange(self.n, dtype=np.int64)
+        files = [files[i] for i in self.order]
         stems = [Path(f).stem for f in files]
         if len(set(stems)) == len(stems):
             return np.array(stems)
         return np.array([os.path.relpath(os.path.splitext(f)[0], self.location) for f in files])
 
     def sample(self, i: int) -> tuple[np.ndarray, int]:
+        """Sample ``i`` in sample order (file-path order for datasets of files): tonic's events and label."""
         try:
-            events, label = self.dataset[i]
+            events, label = self.dataset[self.order[i]]
         except SbcError:
             raise
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
@@ -308,7 +323,7 @@ class TonicSource:
         return events, int(lab.reshape(()))
 
     def frames(self, binning: Binning, limit: int | None = None) -> Iterator[tuple[np.ndarray, int, int]]:
-        """``(frames, label, n_events)`` for samples 0 .. limit-1 in tonic's order."""
+        """``(frames, label, n_events)`` for samples 0 .. limit-1 in sample order."""
         for i in range(self.n if limit is None else min(self.n, limit)):
             events, label = self.sample(i)
             try:

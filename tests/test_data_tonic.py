@@ -161,19 +161,22 @@ def test_tonic_nmnist_options(nmnist_tonic_layout, tmp_path):
 # ---------------------------------------------------------------------------------------------- DVS Gesture, SHD
 
 
-def test_tonic_dvs_gesture_from_disk(tmp_path):
+def test_tonic_dvs_gesture_from_disk(tmp_path, monkeypatch):
     # t in ms (tonic converts to us); window 5 ms: duration 10 ms -> 2 frames, the event at 10 ms is dropped
     write_dvs_gesture(tmp_path, {
         "user24_led/3.npy": [(1, 2, 0, 0), (1, 2, 1, 5), (127, 0, 1, 9), (5, 6, 0, 10)],
         "user25_fluorescent/3.npy": [(0, 0, 1, 0), (0, 0, 1, 3)],
         "user25_fluorescent/10.npy": [(9, 8, 1, 4), (9, 8, 1, 4), (3, 3, 0, 7)],
     })
+    # tonic lists DVS Gesture files in the file system's order: make that the reverse of the sorted order
+    walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda top: ((p, d, sorted(f, reverse=True)) for p, d, f in walk(top)))
     assert main(["data", "tonic", "DVSGesture", str(tmp_path), "-o", str(tmp_path / "g.npz"),
                  "--time-window", "5000"]) == 0
     ds = load_dataset(tmp_path / "g.npz")
     assert ds.input_shape == (2, 128, 128) and ds.meta["sensor_size"] == [128, 128, 2]
-    # tonic's order: user folders as os.walk lists them; file names repeat, so ids are paths under the split
-    assert sorted(ds.ids.tolist()) == ["user24_led/3", "user25_fluorescent/10", "user25_fluorescent/3"]
+    # samples in file-path order whatever the listing; file names repeat, so ids are paths under the split
+    assert ds.ids.tolist() == ["user24_led/3", "user25_fluorescent/10", "user25_fluorescent/3"]
     exp = {
         "user24_led/3": (3, [(0, 0, 2, 1, 1), (1, 1, 2, 1, 1), (1, 1, 0, 127, 1)], 2),
         "user25_fluorescent/3": (3, [(0, 1, 0, 0, 2)], 1),

@@ -77,7 +77,7 @@ def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int)
               help="frame length in microseconds (tonic ToFrame time_window)  [default: 1000 if no other binning]")
 @click.option("--event-count", type=COUNT, default=None, help="events per frame (tonic ToFrame event_count)")
 @click.option("--n-time-bins", type=COUNT, default=None, help="frames per sample (tonic ToFrame n_time_bins)")
-@click.option("--limit", type=COUNT, default=None, help="number of samples, the first in tonic's order (default: all)")
+@click.option("--limit", type=COUNT, default=None, help="number of samples, the first in file-path order (default: all)")
 def tonic_cmd(
     name: str,
     directory: Path,
