@@ -84,11 +84,10 @@ class Binning:
     def transform(self, sensor_size: tuple[int, int, int]) -> Any:
         return _tonic().transforms.ToFrame(sensor_size=tuple(int(s) for s in sensor_size), **self.as_dict())
 
-    def empty_frames(self, sensor_size: tuple[int, int, int]) -> np.ndarray:
-        """Frames of a recording without events: one empty frame (n_time_bins empty frames when binned so)."""
-        w, h, p = (int(s) for s in sensor_size)
-        shape = (p, h, w) if h > 1 else (p, w)  # tonic drops y for 1-D sensors (SHD: (700, 1, 1))
-        return np.zeros((self.n_time_bins or 1, *shape), np.int16)
+    def empty_frames(self, frame_shape: tuple[int, ...]) -> np.ndarray:
+        """Frames of a recording without events: one empty frame (n_time_bins empty frames when binned so).
+        tonic returns them with width and height swapped; these have the shape of the other frames."""
+        return np.zeros((self.n_time_bins or 1, *frame_shape), np.int16)
 
 
 def to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], binning: Binning) -> np.ndarray:
@@ -98,9 +97,9 @@ def to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], binning: Bi
     (tonic would fail with an IndexError or wrap around); so is a count that could overflow tonic's int16 frames.
     """
     w, h, p = (int(s) for s in sensor_size)
-    if len(events) == 0:
-        return binning.empty_frames(sensor_size)
     names = events.dtype.names or ()
+    if len(events) == 0:  # tonic drops y from the frames of events without it (SHD: 700 channels, no y)
+        return binning.empty_frames((p, h, w) if "y" in names else (p, w))
     bounds = [("x", w), ("y", h)] if "y" in names else [("x", w)]
     for field, size in bounds:
         v = events[field]
@@ -111,8 +110,11 @@ def to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], binning: Bi
     if np.any(np.diff(events["t"]) < 0):
         raise SbcError("event timestamps are not sorted in time (tonic bins sorted recordings)")
     _check_counts_fit(events, (w, h, p))
-    # ToFrame writes a single-polarity sensor's p in place; work on a copy so the caller's events stay intact
-    return binning.transform(sensor_size)(events.copy() if p == 1 else events)
+    try:
+        # ToFrame writes a single-polarity sensor's p in place; work on a copy so the caller's events stay intact
+        return binning.transform(sensor_size)(events.copy() if p == 1 else events)
+    except ValueError as e:  # e.g. two polarities on a one-channel sensor
+        raise SbcError(f"tonic cannot bin these events ({e})") from e
 
 
 def _check_counts_fit(events: np.ndarray, sensor: tuple[int, int, int]) -> None:

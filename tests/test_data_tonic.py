@@ -193,11 +193,13 @@ def test_tonic_dvs_gesture_from_disk(tmp_path, monkeypatch):
 
 def test_tonic_shd_from_disk(tmp_path):
     # spike times in seconds (tonic converts to us), 700 channels, one polarity: frames (1, 700)
-    write_shd(tmp_path, [([0.0, 0.0004, 0.0012, 0.0021], [0, 699, 3, 3], 1), ([0.5, 0.5003], [10, 10], 0)])
+    # the third sample has no spikes: one empty frame, of the same shape as the others
+    write_shd(tmp_path, [([0.0, 0.0004, 0.0012, 0.0021], [0, 699, 3, 3], 1), ([0.5, 0.5003], [10, 10], 0),
+                         ([], [], 1)])
     ds = load_tonic("SHD", tmp_path, time_window=1000)
-    assert ds.input_shape == (1, 700) and ds.ids.tolist() == [0, 1] and ds.y.tolist() == [1, 0]
-    assert ds.lengths.tolist() == [2, 1]
-    ref = np.zeros((2, 2, 1, 700), np.int64)
+    assert ds.input_shape == (1, 700) and ds.ids.tolist() == [0, 1, 2] and ds.y.tolist() == [1, 0, 1]
+    assert ds.lengths.tolist() == [2, 1, 1]
+    ref = np.zeros((3, 2, 1, 700), np.int64)
     ref[0, 0, 0, [0, 699]] = 1
     ref[0, 1, 0, 3] = 1  # t = 1.2 ms; 2.1 ms is in the dropped incomplete frame
     ref[1, 0, 0, 10] = 2
