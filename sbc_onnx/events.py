@@ -319,6 +319,10 @@ class TonicSource:
             raise
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             raise SbcError(f"tonic {self.name}: cannot read sample {i} ({e})") from e
+        names = getattr(getattr(events, "dtype", None), "names", None) or ()
+        if not isinstance(events, np.ndarray) or not {"x", "t", "p"} <= set(names):
+            raise SbcError(f"tonic {self.name}: sample {i} is a {type(events).__name__}, not an event array with "
+                           "fields x, t, p; sbc-onnx bins event recordings only")
         lab = np.asarray(label)
         if lab.size != 1 or lab.dtype.kind not in "iu":
             raise SbcError(f"tonic {self.name}: sample {i} has label {label!r}, not one integer class")

@@ -246,6 +246,14 @@ def test_tonic_errors(tmp_path, capsys):
     write_dvs_gesture(tmp_path, {"user1_led/0.npy": [(128, 0, 0, 0), (0, 0, 0, 1)]})
     with pytest.raises(SbcError, match="sample 0: events outside the 128x128 sensor"):
         load_tonic("DVSGesture", tmp_path)
+    # datasets whose samples are not plain event arrays (e.g. events with IMU data and images) are refused
+    src = open_tonic("DVSGesture", tmp_path)
+    src.dataset = [((np.zeros(3), np.zeros(2)), 0)]
+    with pytest.raises(SbcError, match="sample 0 is a tuple, not an event array"):
+        src.sample(0)
+    src.dataset = [(np.zeros(3, [("x", int), ("t", int), ("p", int)]), "left")]
+    with pytest.raises(SbcError, match="label 'left', not one integer class"):
+        src.sample(0)
     write_shd(tmp_path, [(list(np.linspace(0, 1e-3, 40_000)), [5] * 40_000, 0)])
     with pytest.raises(SbcError, match="one pixel has 40000 events.*int16"):
         load_tonic("SHD", tmp_path, n_time_bins=1)
