@@ -16,7 +16,7 @@ from sbc_onnx.data import load_dataset, load_nmnist, load_tonic, read_labels_fil
 from sbc_onnx.errors import SbcError
 from sbc_onnx.events import Binning, open_tonic
 
-N_SHARED = 12  # recordings from the shared test set used here (the first twelve: seven classes)
+N_SHARED = 12  # recordings from the shared test set used here (the first twelve: eight classes)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
