@@ -58,7 +58,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"(pip install --no-deps norse==1.1.0; see sbc_onnx/bridges/README.md): {e}"
     ) from e
 
-__all__ = ["export_norse", "import_norse", "run_norse"]
+__all__ = ["export_norse", "import_norse", "run_norse", "weight_parameters"]
 
 _NEURONS = (LIFCell, LIFRecurrentCell, LIFBoxCell, LIBoxCell, IAFCell)
 
@@ -137,6 +137,16 @@ def _recurrent_graph(m: LIFRecurrentCell, dt: float) -> nir.NIRGraph:
                "output": nir.Output(output_type=np.array(shape))},
         edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
     )
+
+
+def weight_parameters(module: torch.nn.Module) -> dict[str, str]:
+    """NIR weight node -> parameter name, for the nodes not named after their module (``<node>.weight``):
+    a LIFRecurrentCell's ``<name>.w_in`` / ``<name>.w_rec``."""
+    names: dict[str, str] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, LIFRecurrentCell):
+            names.update({f"{name}.w_in": f"{name}.input_weights", f"{name}.w_rec": f"{name}.recurrent_weights"})
+    return names
 
 
 def export_norse(

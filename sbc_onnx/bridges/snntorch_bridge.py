@@ -60,7 +60,7 @@ SNNTORCH_DT = 1e-4  # the time step snnTorch's own exporter/importer hard-code
 _RECURRENT = (snn.RLeaky, snn.RSynaptic)
 _SUPPORTED_NEURONS = (snn.Leaky, snn.Synaptic, snn.RLeaky, snn.RSynaptic)
 
-__all__ = ["export_snntorch", "import_snntorch", "run_snntorch", "reset_snntorch", "SNNTORCH_DT"]
+__all__ = ["SNNTORCH_DT", "export_snntorch", "import_snntorch", "reset_snntorch", "run_snntorch", "weight_parameters"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,6 +203,13 @@ def _fold_recurrent_bias(graph: nir.NIRGraph, net) -> None:
         node = graph.nodes[feeds[0]]
         old = np.zeros(node.weight.shape[0]) if isinstance(node, nir.Linear) else np.asarray(node.bias, np.float64)
         graph.nodes[feeds[0]] = nir.Affine(weight=node.weight, bias=(old + bias).astype(np.float32))
+
+
+def weight_parameters(net: torch.nn.Module) -> dict[str, str]:
+    """NIR weight node -> parameter name, for the nodes not named after their module (``<node>.weight``):
+    an RLeaky's recurrent weight ``<name>.w_rec`` is ``<name>.recurrent.weight``."""
+    return {f"{name}.w_rec": f"{name}.recurrent.weight" for name, m in net.named_modules()
+            if isinstance(m, snn.RLeaky) and m.all_to_all}
 
 
 def reset_snntorch(model: "torch.nn.Module") -> None:
