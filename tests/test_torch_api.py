@@ -257,3 +257,23 @@ def test_nir_graph_of_recurrent_cell_has_its_weights_in_a_cycle(fw):
     fg = sbc_onnx.graph.flatten(graph)
     assert ("1.w_rec", "1.lif") in fg.back_edges or ("1.lif", "1.w_rec") in fg.back_edges
     assert isinstance(fg.nodes["1.w_rec"], (nir.Linear, nir.Affine))
+
+
+def test_compress_and_evaluate_take_torch_data():
+    """sbc_onnx.compress / evaluate accept a torch DataLoader as they accept the project Dataset."""
+    torch = pytest.importorskip("torch")
+    from topologies import ALL, DT
+
+    rng = np.random.default_rng(5)
+    graph, _ = ALL["sequential"](rng)
+    x, y = spikes((24, 30, 4), seed=6), rng.integers(0, 3, 24)
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(y)),
+                                     batch_size=5)
+    cfg = SimConfig(dt=DT)
+    a = sbc_onnx.evaluate(graph, dl, cfg)
+    b = sbc_onnx.evaluate(graph, Dataset(x, y), cfg)
+    assert a.n == 24 and np.array_equal(a.predictions, b.predictions)
+    ga, _ = sbc_onnx.compress(graph, dl, sparsity=0.5, cfg=cfg, measure_damage=False)
+    gb, _ = sbc_onnx.compress(graph, Dataset(x, y), sparsity=0.5, cfg=cfg, measure_damage=False)
+    for k in sbc_onnx.graph.flatten(ga).weight_nodes():
+        np.testing.assert_array_equal(ga.nodes[k].weight, gb.nodes[k].weight)
