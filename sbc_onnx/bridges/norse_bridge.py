@@ -19,6 +19,9 @@ Discrete-time equivalence (forward Euler with the graph's dt, sbc_onnx.sim.Walke
                                                           (cuba_order "current_first")
   LIBoxCell                                          <->  LI    tau = 1/tau_mem_inv, r = 1
   IAFCell     v += x (no dt)                         <->  IF    r = 1
+  LIFRecurrentCell  i += W_in x + W_rec z[t-1], then as LIFCell
+                                                     <->  input -> w_in -> CubaLIF <-> w_rec (back edge)
+  AvgPool2d, Conv2d, Linear, Flatten                 <->  the NIR nodes of the same name
 Norse starts LIFBox/LI states at v = v_leak; NIR simulators start at 0 (equal when v_leak = 0, which
 export warns about otherwise).
 
@@ -39,10 +42,10 @@ import numpy as np
 from ._common import full, graph_dt, graph_reset, out_shapes_by_hooks, sim_metadata, to_numpy
 
 try:
-    import torch
     import nirtorch
     import norse
     import norse.torch.functional.reset as norse_reset
+    import torch
     from norse.torch.functional.iaf import IAFParameters
     from norse.torch.functional.leaky_integrator_box import LIBoxParameters
     from norse.torch.functional.lif_box import LIFBoxParameters

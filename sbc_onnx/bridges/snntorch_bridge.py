@@ -26,7 +26,18 @@ whole layer (an SBC-compressed or any per-neuron-threshold graph fails its asser
 and v_reset. LIF/CubaLIF/IF become Leaky/Synaptic with per-neuron beta/alpha and threshold; an input gain
 ``k = r*dt/tau`` (LIF) or ``w_in*dt/tau_syn`` (CubaLIF) different from 1 is folded into the threshold
 (``threshold / k``), which is exact for reset to zero. Non-zero v_leak or v_reset cannot be expressed in
-snnTorch and is refused. Linear/Affine/Conv2d/Flatten/AvgPool2d use snnTorch's own mapping.
+snnTorch and is refused. Linear/Affine use snnTorch's own mapping; Conv2d, AvgPool2d and Flatten are built
+here so that the imported network runs with or without a batch axis (snnTorch maps NIR Flatten(0) to
+``nn.Flatten(0)``, which folds the batch into the features).
+
+Recurrent cells: RLeaky(reset_delay=False) exports as ``<name>.lif <-> <name>.w_rec`` (w_rec a Linear weight
+node on a back edge, read at t-1; all_to_all=False: a Scale), built in float64 here (snnTorch's exporter
+computes r = tau/dt in float32, so its graphs drift from snnTorch's spikes). snnTorch adds the recurrent
+bias from t = 0, where a back edge carries nothing, so the bias moves to the layer feeding the neuron.
+The import leaves the cycle to nirtorch (Leaky + Linear, the back edge in the state), spike for spike equal.
+Refused with the reason: RLeaky with reset to zero and reset_delay=True (the step after a spike drops the
+whole membrane update: a refractory step NIR cannot express), RSynaptic (the same with reset_delay=True;
+snnTorch 1.0 applies its reset_delay=False reset to a stale state), convolutional recurrences.
 """
 
 from __future__ import annotations
@@ -44,11 +55,12 @@ import numpy as np
 from ._common import full, graph_dt, graph_reset, out_shapes_by_hooks, sim_metadata, to_numpy
 
 try:
-    import torch
-    import snntorch as snn
     import nirtorch
+    import snntorch as snn
+    import torch
     from snntorch.export_nir import _extract_snntorch_module
     from snntorch.import_nir import _nir_to_snntorch_module
+
     from ._torch_modules import avgpool2d, conv2d, flatten, pool_node, scale
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
