@@ -277,3 +277,39 @@ def test_compress_and_evaluate_take_torch_data():
     gb, _ = sbc_onnx.compress(graph, Dataset(x, y), sparsity=0.5, cfg=cfg, measure_damage=False)
     for k in sbc_onnx.graph.flatten(ga).weight_nodes():
         np.testing.assert_array_equal(ga.nodes[k].weight, gb.nodes[k].weight)
+
+
+def identity_net(name):
+    """4 inputs -> 4 neurons, one to one: the class with most output spikes is the busiest input."""
+    import torch
+
+    lin = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():  # one input spike crosses the threshold (Norse: v += dt/tau (x - v), dt/tau = 0.1)
+        lin.weight.copy_(torch.eye(4) * (1.5 if name == "snntorch" else 15.0))
+    if name == "snntorch":
+        import snntorch as snn
+
+        return torch.nn.Sequential(lin, snn.Leaky(beta=0.5, reset_mechanism="zero", reset_delay=False,
+                                                  init_hidden=True))
+    import norse.torch as nt
+
+    return nt.SequentialState(lin, nt.LIFBoxCell(dt=1e-3))
+
+
+def test_module_accuracy_reads_the_most_spiking_output(fw):
+    """The busiest input channel (label) drives most spikes, the last step is often silent: accuracy 1 only
+    with spikes counted over all steps of each sample."""
+    from sbc_onnx.torch import module_accuracy, run_module
+
+    net = identity_net(fw.name)
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 4, 16)
+    rates = np.full((16, 4), 0.1)
+    rates[np.arange(16), y] = 0.6
+    x = (rng.random((T, 16, 4)) < rates).astype(np.float32)
+    x[-1] = 0  # nothing at the last step
+    counts = run_module(net, x).sum(axis=0)
+    assert np.array_equal(counts.argmax(axis=1), y)  # the setup: the label's neuron spikes most
+    samples = np.moveaxis(x, 1, 0)  # (B, T, 4)
+    assert module_accuracy(net, list(zip(samples, y)), batch_size=5) == 1.0
+    assert module_accuracy(net, list(zip(samples, (y + 1) % 4))) == 0.0
