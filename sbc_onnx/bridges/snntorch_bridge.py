@@ -393,7 +393,7 @@ def import_snntorch(
         nir.IF: lambda n: _if_module(n, mechanism, init_hidden),
         nir.CubaLIF: lambda n: _cubalif_module(n, dt, mechanism, init_hidden),
     }
-    supported = set(node_map) | {nir.Input, nir.Output}
+    supported = set(node_map) | {nir.Input, nir.Output, nir.NIRGraph}  # nirtorch recurses into subgraphs
     for name, node in graph.nodes.items():
         if type(node) not in supported:
             raise ValueError(f"node {name!r}: NIR {type(node).__name__} has no snnTorch equivalent here")
