@@ -640,8 +640,8 @@ def test_netx_rejects_non_netx(tmp_path):
 
 
 def test_converters_import_without_torch():
-    """`import sbc_onnx.bridges` must not import torch (core install without the extra)."""
-    code = "import sys, sbc_onnx.bridges; assert 'torch' not in sys.modules; print('ok')"
+    """`import sbc_onnx.bridges` and `sbc_onnx.torch` must not import torch (core install without the extra)."""
+    code = "import sys, sbc_onnx.bridges, sbc_onnx.torch; assert 'torch' not in sys.modules; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
