@@ -146,6 +146,8 @@ def test_compress_module_reproduces_the_simulated_compressed_graph(fw, kind):
     assert 0 < ref.sum() < ref.size
     np.testing.assert_array_equal(got, ref)
     assert not np.array_equal(got, run_module(net, x))  # not vacuous: compression changed the spikes
+    if kind != "conv":  # unbatched too (torch's nn.Flatten(1) in the user's conv net needs a batch axis)
+        np.testing.assert_array_equal(run_module(small, x[:, 0]), ref[:, 0])
     # the user's own module class loads the compressed state (same names and shapes)
     fresh = fw.make(kind)
     fresh.load_state_dict(small.state_dict())
@@ -154,8 +156,8 @@ def test_compress_module_reproduces_the_simulated_compressed_graph(fw, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_imported_graph_runs_batched_and_unbatched(fw, kind):
-    """The bridges import conv/pool/Flatten and recurrent graphs: batched (B = 20) and one sample without a
-    batch axis equal the walker (nn.Flatten(0) from snnTorch's importer folded the batch into features)."""
+    """The dense module == the walker on its export == the graph imported back, batched (B = 20) and for one
+    sample without a batch axis (nn.Flatten(0) from snnTorch's importer folded the batch into features)."""
     import torch
 
     from sbc_onnx.torch import export_module
@@ -168,6 +170,9 @@ def test_imported_graph_runs_batched_and_unbatched(fw, kind):
     x = spikes((T, N_TEST) + input_shape(kind), seed=3)
     ref = walk(graph, x)
     assert 0 < ref.sum() < ref.size
+    np.testing.assert_array_equal(fw.run(net, x), ref)  # the framework's own forward pass, dense
+    if kind != "conv":
+        np.testing.assert_array_equal(fw.run(net, x[:, 0]), ref[:, 0])
     np.testing.assert_array_equal(fw.run(model, x), ref)
     np.testing.assert_array_equal(fw.run(model, x[:, 0]), ref[:, 0])  # (T, *input_shape): no batch axis
 
