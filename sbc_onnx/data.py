@@ -74,6 +74,7 @@ from .io.atomic import write_atomic
 __all__ = [
     "NMNIST_SENSOR",
     "Dataset",
+    "as_dataset",
     "bin_events",
     "compact_dtype",
     "load_dataset",
@@ -735,3 +736,71 @@ def load_mnist(
     for i in tqdm(range(stop - start), desc="MNIST", unit="img", disable=not progress, leave=False):
         np.less(rng.random((steps,) + shape), sel[i].astype(np.float64) / 255.0, out=x[i])
     return Dataset(x, y, ids=ids, meta=meta)
+
+
+# -- datasets from torch (duck-typed: no torch import) -----------------------------------------------------
+def as_dataset(data: Any, *, steps: int | None = None, time_first: bool = False, limit: int | None = None) -> Dataset:
+    """A project Dataset from `data`: a Dataset (returned as is), a torch ``Dataset`` of ``(x, y)`` samples,
+    a ``DataLoader`` or any iterable of ``(x, y)`` pairs.
+
+    An item whose label is a scalar is one sample, ``x`` of shape ``(T, *input_shape)``; a label vector of
+    length B makes it a batch, ``x`` of shape ``(B, T, *input_shape)`` (``(T, B, ...)`` with
+    ``time_first=True``, snnTorch's layout). ``steps``: the samples have no time axis (``x`` is one frame,
+    ``(*input_shape)``) and each is presented for ``steps`` steps. ``limit``: stop after that many samples.
+    """
+    if isinstance(data, Dataset):
+        return data if limit is None else data.take(limit)
+    if limit is not None and int(limit) < 1:
+        raise SbcError(f"limit must be >= 1, got {limit}")
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    n = 0
+    for item in _items(data):
+        x, y = _pair(item)
+        if y.ndim == 0:
+            x, y = x[None], y[None]
+        elif time_first and x.ndim >= 2 and steps is None:
+            x = np.moveaxis(x, 1, 0)
+        if x.shape[0] != len(y):
+            raise SbcError(f"a batch of {len(y)} labels needs x with a batch axis of {len(y)} (time_first="
+                           f"{time_first}), got x of shape {x.shape}")
+        xs.append(x if steps is None else x[:, None])
+        ys.append(y)
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    if not xs:
+        raise SbcError("the data holds no samples")
+    _check_item_shapes(xs, ys)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    stop = n if limit is None else int(limit)
+    return Dataset(x[:stop], y[:stop], repeat_steps=steps)
+
+
+def _items(data: Any):
+    """Items of a map-style torch Dataset (by index), else of the iterable."""
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)) \
+            and not hasattr(data, "batch_size"):
+        return (data[i] for i in range(len(data)))
+    try:
+        return iter(data)
+    except TypeError as e:
+        raise SbcError(f"data must be a Dataset, a torch Dataset/DataLoader or an iterable of (x, y); got "
+                       f"{type(data).__name__}") from e
+
+
+def _pair(item: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise SbcError(f"each data item must be an (x, y) pair, got {type(item).__name__}")
+    x, y = (np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in item[:2])
+    if y.ndim > 1 or x.ndim < 1:
+        raise SbcError(f"each item must be (x, label) or (x batch, label vector); got x {x.shape}, y {y.shape}")
+    return x, y
+
+
+def _check_item_shapes(xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+    shapes = {x.shape[1:] for x in xs}
+    if len(shapes) > 1:
+        raise SbcError(f"all samples must have one shape (T, *input_shape); got {sorted(shapes)}")
+    if any(y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.array_equal(y, np.round(y))) for y in ys):
+        raise SbcError("labels must be integers")

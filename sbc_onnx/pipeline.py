@@ -23,6 +23,7 @@ from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
 from .compress.grids import GRANULARITIES
+from .data import as_dataset
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import FlatGraph, flatten
@@ -230,7 +231,8 @@ def compression_metadata(report: CompressionReport) -> dict[str, Any]:
 def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimConfig | None = None,
              calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
              progress: bool = False, **options) -> tuple[nir.NIRGraph, CompressionReport]:
-    """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
+    """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()), or a torch
+    Dataset / DataLoader / iterable of (x, y) (converted by `data.as_dataset`).
 
     plan        a `Plan`; or give its options as keywords instead (`Plan.build`: sparsity, bits, method,
                 pattern, allocation, lamp_p, grid, granularity, sequential, rel_damp, exact_resolve,
@@ -242,6 +244,7 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
         plan = Plan.build(**options)
     elif options:
         raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
+    calib = calib if hasattr(calib, "batches") else as_dataset(calib)
     run = _Compression(graph, calib, plan, cfg or SimConfig(), batch_size, progress)
     run.calibrate(calibration)
     budget = run.allocate()
