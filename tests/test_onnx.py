@@ -20,6 +20,7 @@ from sbc_onnx.io.models import load_model
 from sbc_onnx.io.onnx_common import dequantize
 from sbc_onnx.io.onnx_functions import build_functions
 from sbc_onnx.compress.grids import infer_grid
+from sbc_onnx.io.onnx_weights import owns
 from sbc_onnx.io.onnx_io import (evaluate_onnxruntime, ort_session, read_onnx, run_onnxruntime,
                               update_onnx, write_onnx)
 from sbc_onnx.sim import SimConfig, Walker
@@ -267,9 +268,17 @@ def test_infer_grid():
     assert infer_grid(rng.normal(size=(3, 4)).astype(np.float32)) is None
 
 
-def _strip(model: onnx.ModelProto) -> bytes:
+def _strip(model: onnx.ModelProto, params=()) -> bytes:
+    """The model without initializer data, metadata_props, and the initializers and nodes that encode the
+    parameters `params` (names `n.weight`)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    keep = [t for t in m.graph.initializer if not any(owns(p, t.name) for p in params)]
+    nodes = [n for n in m.graph.node if not any(owns(p, o) for p in params for o in n.output)]
+    m.graph.ClearField("initializer")
+    m.graph.initializer.extend(keep)
+    m.graph.ClearField("node")
+    m.graph.node.extend(nodes)
     for t in m.graph.initializer:
         t.ClearField("raw_data")
     m.ClearField("metadata_props")
@@ -287,9 +296,13 @@ def test_update_onnx_changes_only_weight_initializers_and_metadata(data_dir, tmp
         fg.nodes[name].bias = fg.nodes[name].bias + 1
     out = update_onnx(src, g, tmp_path / "out.onnx", metadata={"compression": "sparsity 0.5", "level": 0.5})
     a, b = onnx.load(str(src)), onnx.load(str(out))
-    assert _strip(a) == _strip(b)  # every field but initializer data and metadata_props is identical
-    changed = {t.name for t, u in zip(a.graph.initializer, b.graph.initializer) if t.raw_data != u.raw_data}
-    assert changed == {"fc1.weight", "fc1.bias", "lif1.w_rec.weight", "lif1.w_rec.bias"}
+    # every field but weight encodings, initializer data and metadata_props is identical
+    assert _strip(a, ["fc1.weight", "lif1.w_rec.weight"]) == _strip(b, ["fc1.weight", "lif1.w_rec.weight"])
+    new = {t.name: t.raw_data for t in b.graph.initializer}
+    changed = {t.name for t in a.graph.initializer if t.name in new and t.raw_data != new[t.name]}
+    assert changed == {"fc1.bias", "lif1.w_rec.bias"}  # dense biases: data rewritten in place
+    kinds = {n.op_type for n in b.graph.node if n.output[0] in ("fc1.weight", "lif1.w_rec.weight")}
+    assert kinds == {"Reshape"}  # the half-pruned weights are stored sparse (bitmask + values)
     meta_a = {p.key: p.value for p in a.metadata_props}
     meta_b = {p.key: p.value for p in b.metadata_props}
     assert {k: v for k, v in meta_b.items() if k in meta_a} == meta_a
