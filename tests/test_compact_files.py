@@ -101,6 +101,10 @@ def test_file_sizes_measure_the_written_file(tmp_path):
         assert sizes.ratio == sizes.dense_bytes / sizes.bytes > 1.5
         fc1 = next(w for w in sizes.weights if w.name == "fc1")
         assert fc1.dense_bytes == 96 * 64 * 4 and 0 < fc1.stored_bytes < fc1.dense_bytes / 4
+        if ext == "onnx":  # 4-bit nonzero codes + a 1-bit mask + float32 scales, and a few small constants
+            nnz = np.count_nonzero(small.nodes["fc1"].weight)
+            least = (nnz + 1) // 2 + 96 * 64 // 8 + 96 * 4
+            assert least <= fc1.stored_bytes <= least + 128, (least, fc1)
         assert str(path) in sizes.table() and sizes.to_dict()["ratio"] == sizes.ratio
 
 
@@ -125,3 +129,20 @@ def test_cnn_sinabs_90_percent_4_bits_files(data_dir, tmp_path):
     b = run_onnxruntime(ort_session(tmp_path / "c.onnx"), x)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert b["12/count_final"].sum() > 0
+
+
+def test_grid_off_by_rounding_is_not_used_without_int_weights(tmp_path):
+    """A compact file gives back the graph's weights bit for bit: a grid that reproduces them only within the
+    int_weights tolerance leaves them float (and int_weights=True still uses it, as documented)."""
+    rng = np.random.default_rng(5)
+    q = rng.integers(-8, 8, (96, 64))
+    scale = rng.uniform(0.05, 0.2, 96).astype(np.float32)
+    w = dequantize(q, scale, None)
+    w[3, 5] = np.nextafter(w[3, 5], np.float32(np.inf))  # one ulp off the grid
+    g = _mlp(w, _weights("int", (10, 96), rng))
+    quant = {"fc1": (q, scale, None)}
+    exact = write_onnx(g, tmp_path / "exact.onnx", cfg=CFG, quant=quant)
+    assert flatten(read_onnx(exact)).nodes["fc1"].weight.tobytes() == w.tobytes()
+    assert {s.name: s.encoding for s in weight_storage(exact)}["fc1"] in ("dense", "sparse")
+    forced = write_onnx(g, tmp_path / "forced.onnx", cfg=CFG, quant=quant, int_weights=True)
+    assert {s.name: s.encoding for s in weight_storage(forced)}["fc1"] == "int"
