@@ -239,7 +239,7 @@ def test_int4_file_small_and_same_accuracy(data_dir, t100, tmp_path):
     g = load_model(data_dir / "nir_paper/02_cnn/cnn_sinabs.nir")
     quant = _quantize_graph(g)
     cfg = SimConfig(dt=1.0)
-    f_float = write_onnx(g, tmp_path / "q4_float.onnx", cfg=cfg)
+    f_float = write_onnx(g, tmp_path / "q4_float.onnx", cfg=cfg, compact=False)
     f_int = write_onnx(g, tmp_path / "q4_int.onnx", cfg=cfg, int_weights=True, quant=quant)
     f_auto = write_onnx(g, tmp_path / "q4_auto.onnx", cfg=cfg, int_weights=True)  # grid inferred
     m = onnx.load(str(f_int))
