@@ -178,14 +178,14 @@ def _scatter(enc: Encoding, name: str, keep: np.ndarray, shape, values: str, dty
     """Nodes giving `out` (shape `shape`): the kept elements (flat order) take `values` in order, the others
     0. The mask is stored packed: bit j of byte i is element 8i + j (np.packbits, little bit order)."""
     p = name + "/"
-    mask = _init(enc, p + "mask", np.packbits(keep, bitorder="little"))
-    col = _node(enc, "Unsqueeze", [mask, _init(enc, p + "axis1", np.array([1], np.int64))], p + "mask_col")
-    shifted = _node(enc, "BitShift", [col, _init(enc, p + "shifts", np.arange(8, dtype=np.uint8))],
+    mask = _init(enc, p + "mask", np.packbits(keep, bitorder="little").reshape(-1, 1))  # a column: 8 shifts each
+    shifted = _node(enc, "BitShift", [mask, _init(enc, p + "shifts", np.arange(8, dtype=np.uint8))],
                     p + "mask_shifted", direction="RIGHT")
     bit = _node(enc, "BitwiseAnd", [shifted, _init(enc, p + "one", np.array(1, np.uint8))], p + "mask_bits")
-    flat = _node(enc, "Reshape", [bit, _init(enc, p + "flat", np.array([-1], np.int64))], p + "mask_flat")
-    bits = _node(enc, "Slice", [flat, _init(enc, p + "start", np.array([0], np.int64)),
-                                _init(enc, p + "size", np.array([keep.size], np.int64))], p + "mask_n")
+    bits = _node(enc, "Reshape", [bit, _init(enc, p + "flat", np.array([-1], np.int64))], p + "mask_flat")
+    if keep.size % 8:  # drop the padding bits of the last byte
+        bits = _node(enc, "Slice", [bits, _init(enc, p + "start", np.array([0], np.int64)),
+                                    _init(enc, p + "size", np.array([keep.size], np.int64))], p + "mask_n")
     bits = _node(enc, "Cast", [bits], p + "keep", to=TensorProto.INT64)
     rank = _node(enc, "CumSum", [bits, _init(enc, p + "axis0", np.array(0, np.int64))], p + "rank")
     pos = _node(enc, "Mul", [rank, bits], p + "pos")  # 0 for a dropped element, else 1 + its index in values
@@ -196,7 +196,6 @@ def _scatter(enc: Encoding, name: str, keep: np.ndarray, shape, values: str, dty
 
 # ---- reading back -----------------------------------------------------------------------------------------
 DECODE_OPS: dict[str, Callable[..., np.ndarray]] = {
-    "Unsqueeze": lambda n, x, axes: np.expand_dims(x, tuple(int(a) for a in axes)),
     "BitShift": lambda n, x, s: (np.right_shift if _attr(n, "direction") == "RIGHT" else np.left_shift)(x, s),
     "BitwiseAnd": lambda n, a, b: np.bitwise_and(a, b),
     "Reshape": lambda n, x, shape: x.reshape(tuple(int(s) for s in shape)),
