@@ -96,7 +96,7 @@ def test_file_sizes_measure_the_written_file(tmp_path):
     for ext in ("onnx", "nir"):
         path = save_model(small, tmp_path / f"c.{ext}", cfg=CFG)
         sizes = file_sizes(path, dense, CFG)
-        ref = save_model(dense, tmp_path / f"d.{ext}", cfg=CFG, compact=False)
+        ref = save_model(dense, tmp_path / f"d.{ext}", cfg=CFG)
         assert sizes.bytes == os.path.getsize(path) and sizes.dense_bytes == os.path.getsize(ref)
         assert sizes.ratio == sizes.dense_bytes / sizes.bytes > 1.5
         fc1 = next(w for w in sizes.weights if w.name == "fc1")

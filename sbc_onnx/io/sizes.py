@@ -2,7 +2,7 @@
 the bytes each weight tensor takes in it (one place for the compress report and any storage budget).
 
 - weight_storage(path) -> [WeightStorage]       per weight tensor: encoding, dense bytes, stored bytes
-- file_sizes(path, dense_graph, cfg=) -> FileSizes   the file against `dense_graph` written plainly
+- file_sizes(path, dense_graph, cfg=) -> FileSizes   the file against `dense_graph` written the same way
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class FileSizes:
     path: str
     format: str
     bytes: int  # the written file
-    dense_bytes: int  # the dense model in the same format, weights stored plainly
+    dense_bytes: int  # the dense model written the same way (format, settings, compact encodings)
     weights: list[WeightStorage] = field(default_factory=list)
 
     @property
@@ -98,14 +98,15 @@ def _nir_storage(path) -> list[WeightStorage]:
     return out
 
 
-def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfig | None = None) -> FileSizes:
-    """The written file at `path` against `dense_graph` (the model before compression) written in the same
-    format with `cfg` and plain weights (ONNX: dense initializers; NIR files are always compressed)."""
+def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfig | None = None, *,
+               compact: bool = True) -> FileSizes:
+    """The written file at `path` against `dense_graph` (the model before compression) written by the same
+    writer: same format, `cfg` and `compact`, so the ratio is what compression gained (a dense model whose
+    weights already lie on an integer grid is stored as integers too)."""
     path = Path(path)
     fmt = model_format(path)
     with tempfile.TemporaryDirectory() as tmp:
         ref = Path(tmp) / f"dense.{fmt}"
-        save_model(copy.deepcopy(dense_graph), ref, cfg=cfg, compact=False)  # write_nir edits what it writes
+        save_model(copy.deepcopy(dense_graph), ref, cfg=cfg, compact=compact)  # write_nir edits what it writes
         dense = ref.stat().st_size
     return FileSizes(str(path), fmt, path.stat().st_size, dense, weight_storage(path))
-
