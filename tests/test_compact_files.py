@@ -146,3 +146,22 @@ def test_grid_off_by_rounding_is_not_used_without_int_weights(tmp_path):
     assert {s.name: s.encoding for s in weight_storage(exact)}["fc1"] in ("dense", "sparse")
     forced = write_onnx(g, tmp_path / "forced.onnx", cfg=CFG, quant=quant, int_weights=True)
     assert {s.name: s.encoding for s in weight_storage(forced)}["fc1"] == "int"
+
+
+def test_compress_cli_reports_file_sizes(tiny_lif_files, tmp_path, capsys):
+    import json
+
+    from sbc_onnx.cli import main
+
+    d = tiny_lif_files
+    out, report = tmp_path / "c.onnx", tmp_path / "r.json"
+    assert main(["compress", str(d / "m.nir"), "--calib", str(d / "c.npz"), "--sparsity", "0.5", "--bits", "4",
+                 "-o", str(out), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    files = json.loads(report.read_text())["files"]
+    assert len(files) == 1 and files[0]["path"] == str(out) and files[0]["bytes"] == os.path.getsize(out)
+    g = load_model(d / "m.nir")
+    dense = save_model(g, tmp_path / "d.onnx", cfg=SimConfig.from_graph(g))  # the model before compression
+    assert files[0]["dense_bytes"] == os.path.getsize(dense)
+    assert {w["name"] for w in files[0]["weights"]} == set(flatten(load_model(out)).weight_nodes())
+    assert f"{str(out)}: {os.path.getsize(out) / 1024:.1f} KiB" in printed
