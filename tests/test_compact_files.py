@@ -164,4 +164,17 @@ def test_compress_cli_reports_file_sizes(tiny_lif_files, tmp_path, capsys):
     dense = save_model(g, tmp_path / "d.onnx", cfg=SimConfig.from_graph(g))  # the model before compression
     assert files[0]["dense_bytes"] == os.path.getsize(dense)
     assert {w["name"] for w in files[0]["weights"]} == set(flatten(load_model(out)).weight_nodes())
-    assert f"{str(out)}: {os.path.getsize(out) / 1024:.1f} KiB" in printed
+    assert f"{out!s}: {os.path.getsize(out) / 1024:.1f} KiB" in printed
+
+
+def test_dense_reference_is_written_like_the_file(tmp_path):
+    """A dense model whose weights lie on an integer grid is stored as integers by the compact writer: the
+    reference the ratio uses is that file, not a float one."""
+    rng = np.random.default_rng(6)
+    dense = _mlp(_weights("int", (96, 64), rng), _weights("int", (10, 96), rng))
+    small = _mlp(_weights("sparse-int", (96, 64), rng), _weights("sparse-int", (10, 96), rng))
+    path = save_model(small, tmp_path / "c.onnx", cfg=CFG)
+    same = save_model(dense, tmp_path / "d.onnx", cfg=CFG)
+    plain = save_model(dense, tmp_path / "p.onnx", cfg=CFG, compact=False)
+    assert file_sizes(path, dense, CFG).dense_bytes == os.path.getsize(same) < os.path.getsize(plain)
+    assert file_sizes(path, dense, CFG, compact=False).dense_bytes == os.path.getsize(plain)
