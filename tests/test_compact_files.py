@@ -32,8 +32,9 @@ def _mlp(w1: np.ndarray, w2: np.ndarray) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=edges)
 
 
-def _weights(kind: str, shape, rng) -> np.ndarray:
-    """float32 weights of a compressed layer: 85 % zeros (sparse kinds), on a 4-bit per-row grid (int kinds)."""
+def _weights(kind: str, shape, rng, negative_zeros: bool = False) -> np.ndarray:
+    """float32 weights of a compressed layer: 85 % zeros (sparse kinds), on a 4-bit per-row grid (int kinds),
+    half of the zeros -0.0 (`negative_zeros`)."""
     if "int" in kind:
         q = rng.integers(-8, 8, shape)
         w = dequantize(q, rng.uniform(0.05, 0.2, shape[0]).astype(np.float32), None)
@@ -41,8 +42,8 @@ def _weights(kind: str, shape, rng) -> np.ndarray:
         w = rng.normal(0, 0.3, shape).astype(np.float32)
     if "sparse" in kind:
         w[rng.random(shape) < 0.85] = 0
-    if kind == "sparse":
-        w[0, 0] = -0.0  # a negative zero is a value of its own: it must come back with its sign
+    if negative_zeros:  # pruning leaves -0.0 where a negative weight was zeroed: it must come back with its sign
+        w[(w == 0) & (rng.random(shape) < 0.5)] = -0.0
     return w
 
 
@@ -50,10 +51,13 @@ def _spikes(x: np.ndarray) -> np.ndarray:
     return (x > 0).astype(np.float32)
 
 
+@pytest.mark.parametrize("negative_zeros", [False, True])
 @pytest.mark.parametrize("kind", ["sparse", "int", "sparse-int"])
-def test_compact_onnx_is_smaller_exact_and_runs_identically(kind, tmp_path):
+def test_compact_onnx_is_smaller_exact_and_runs_identically(kind, negative_zeros, tmp_path):
     rng = np.random.default_rng(0)
-    g = _mlp(_weights(kind, (95, 63), rng), _weights(kind, (10, 95), rng))  # sizes not multiples of 8
+    g = _mlp(_weights(kind, (95, 63), rng, negative_zeros),  # sizes not multiples of 8
+             _weights(kind, (10, 95), rng, negative_zeros))
+    assert np.signbit(g.nodes["fc1"].weight[g.nodes["fc1"].weight == 0]).any() == negative_zeros
     plain = write_onnx(g, tmp_path / "plain.onnx", cfg=CFG, compact=False)
     small = write_onnx(g, tmp_path / "small.onnx", cfg=CFG)
     assert {s.name: s.encoding for s in weight_storage(small)}["fc1"] == kind

@@ -21,7 +21,7 @@ log = logging.getLogger("sbc_onnx")
 
 TOP_OPS = {"Constant", "Cast", "Transpose", "Reshape", "Expand", "DequantizeLinear", "Div", "Sub", "Mul", "Neg",
            "Exp", "Round", "ReduceMax", "Add", "Shape", "Concat", "ConstantOfShape", "Scan",
-           "BitShift", "BitwiseAnd", "Slice", "CumSum", "Gather"}  # the last five: compact weights
+           "BitShift", "BitwiseAnd", "Slice", "CumSum", "Gather", "Where"}  # the last six: compact weights
 BODY_OPS = {"Add", "Identity"}
 
 

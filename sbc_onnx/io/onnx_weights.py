@@ -57,24 +57,26 @@ def encode_weight(name: str, w: np.ndarray, *, grid: Grid | None = None, compact
     when none is given). `int_weights`: integer storage whenever `grid` (or an inferred one) fits, within
     the tolerance `write_onnx` documents; SbcError when a given grid is unusable."""
     w = np.ascontiguousarray(w)
+    negz = (w == 0) & np.signbit(w) if w.dtype.kind == "f" else np.zeros(w.shape, bool)
+    # pruning leaves -0.0 where a negative weight was zeroed: encode +0.0 there, then put the signs back
+    w0 = np.where(negz, np.zeros((), w.dtype), w) if negz.any() else w
+    out = name + "/unsigned" if negz.any() else name
     given = grid is not None
     if grid is None and (compact or int_weights):
-        grid = infer_grid(w)
-    codes = None if grid is None else _int_codes(name, w, grid, strict=int_weights and given)
-    if codes is not None and not int_weights and not _same_bits(dequantize(*codes), w):
+        grid = infer_grid(w0)
+    codes = None if grid is None else _int_codes(name, w0, grid, strict=int_weights and given)
+    if codes is not None and not int_weights and not _same_bits(dequantize(*codes), w0):
         codes = None  # a compact file gives back the graph's weights bit for bit
-    if codes is not None and int_weights:  # integers asked for: integer encodings only
-        candidates = [_int(name, *codes)]
-        if compact and codes[2] is None:
-            candidates.append(_sparse_int(name, *codes))
-    else:
-        candidates = [_dense(name, w)]
-        if compact:
-            candidates.append(_sparse(name, w))
-        if compact and codes is not None:
-            candidates.append(_int(name, *codes))
-            if codes[2] is None:
-                candidates.append(_sparse_int(name, *codes))
+    candidates = [] if codes is not None and int_weights else [_dense(name, w)]
+    if codes is not None and (int_weights or compact):  # int_weights: integer encodings only
+        candidates.append(_int(name, *codes, out=out))
+    if compact and not (codes is not None and int_weights):
+        candidates.append(_sparse(name, w0, out))
+    if compact and codes is not None and codes[2] is None:
+        candidates.append(_sparse_int(name, *codes, out=out))
+    for enc in candidates:
+        if enc.kind != "dense" and negz.any():
+            _restore_negative_zeros(enc, name, negz, w.dtype)
     return min(candidates, key=Encoding.size)
 
 
@@ -127,7 +129,7 @@ def _dense(name: str, w: np.ndarray) -> Encoding:
     return Encoding(name, "dense", inits=[numpy_helper.from_array(w, name)])
 
 
-def _int(name: str, q: np.ndarray, scale: np.ndarray, zp) -> Encoding:
+def _int(name: str, q: np.ndarray, scale: np.ndarray, zp, out: str) -> Encoding:
     _, _, npt = _int_type(q, zp)
     enc = Encoding(name, "int", inits=[numpy_helper.from_array(q.astype(npt), name + "/q"),
                                        numpy_helper.from_array(scale, name + "/scale")])
@@ -135,20 +137,20 @@ def _int(name: str, q: np.ndarray, scale: np.ndarray, zp) -> Encoding:
     if zp is not None:
         enc.inits.append(numpy_helper.from_array(zp.reshape(scale.shape).astype(npt), name + "/zero_point"))
         ins.append(name + "/zero_point")
-    enc.nodes.append(helper.make_node("DequantizeLinear", ins, [name], name=name, axis=0))
+    enc.nodes.append(helper.make_node("DequantizeLinear", ins, [out], name=out, axis=0))
     return enc
 
 
-def _sparse(name: str, w: np.ndarray) -> Encoding:
+def _sparse(name: str, w: np.ndarray, out: str) -> Encoding:
     flat = w.reshape(-1)
-    keep = flat.view(f"u{flat.dtype.itemsize}") != 0  # by bits: a -0.0 is stored, not dropped
+    keep = flat != 0
     enc = Encoding(name, "sparse")
     values = _init(enc, name + "/values", flat[keep])
-    _scatter(enc, name, keep, w.shape, values, flat.dtype, name)
+    _scatter(enc, name, keep, w.shape, values, flat.dtype, out)
     return enc
 
 
-def _sparse_int(name: str, q: np.ndarray, scale: np.ndarray, zp) -> Encoding:
+def _sparse_int(name: str, q: np.ndarray, scale: np.ndarray, zp, out: str) -> Encoding:
     flat = q.reshape(-1)
     keep = flat != 0
     _, _, npt = _int_type(q, None)
@@ -159,7 +161,7 @@ def _sparse_int(name: str, q: np.ndarray, scale: np.ndarray, zp) -> Encoding:
         codes = _node(enc, "Cast", [codes], name + "/q8", to=helper.np_dtype_to_tensor_dtype(np.dtype(npt)))
     _scatter(enc, name, keep, q.shape, codes, np.dtype(npt), name + "/codes")
     scale_name = _init(enc, name + "/scale", scale)
-    _node(enc, "DequantizeLinear", [name + "/codes", scale_name], name, axis=0)
+    _node(enc, "DequantizeLinear", [name + "/codes", scale_name], out, axis=0)
     return enc
 
 
@@ -174,19 +176,34 @@ def _node(enc: Encoding, op: str, inputs: list[str], output: str, **attrs) -> st
     return output
 
 
+def _unpack(enc: Encoding, mask_name: str, bits: np.ndarray, to: int, out: str) -> str:
+    """Store boolean `bits` packed as initializer `mask_name`, a column [ceil(N/8), 1] of bytes (bit j of byte
+    i is element 8i + j: np.packbits, little bit order), and unpack it to `out` = the N flat bits, type `to`."""
+    mask = _init(enc, mask_name, np.packbits(bits.reshape(-1), bitorder="little").reshape(-1, 1))
+    p = mask_name + "_"
+    shifted = _node(enc, "BitShift", [mask, _init(enc, p + "shifts", np.arange(8, dtype=np.uint8))],
+                    p + "shifted", direction="RIGHT")
+    bit = _node(enc, "BitwiseAnd", [shifted, _init(enc, p + "one", np.array(1, np.uint8))], p + "bits")
+    flat = _node(enc, "Reshape", [bit, _init(enc, p + "flat", np.array([-1], np.int64))], p + "flat_bits")
+    if bits.size % 8:  # drop the padding bits of the last byte
+        flat = _node(enc, "Slice", [flat, _init(enc, p + "start", np.array([0], np.int64)),
+                                    _init(enc, p + "size", np.array([bits.size], np.int64))], p + "n")
+    return _node(enc, "Cast", [flat], out, to=to)
+
+
+def _restore_negative_zeros(enc: Encoding, name: str, negz: np.ndarray, dtype) -> None:
+    """`name` = Where(negative-zero mask, -0.0, `name/unsigned`)."""
+    where = _unpack(enc, name + "/negative_zeros", negz, TensorProto.BOOL, name + "/is_negative_zero")
+    flat = _node(enc, "Reshape", [where, _init(enc, name + "/negative_zeros_shape", np.array(negz.shape, np.int64))],
+                 name + "/negative_zero_mask")
+    _node(enc, "Where", [flat, _init(enc, name + "/minus_zero", np.array(-0.0, dtype)), name + "/unsigned"], name)
+
+
 def _scatter(enc: Encoding, name: str, keep: np.ndarray, shape, values: str, dtype: np.dtype, out: str) -> None:
     """Nodes giving `out` (shape `shape`): the kept elements (flat order) take `values` in order, the others
     0. The mask is stored packed: bit j of byte i is element 8i + j (np.packbits, little bit order)."""
     p = name + "/"
-    mask = _init(enc, p + "mask", np.packbits(keep, bitorder="little").reshape(-1, 1))  # a column: 8 shifts each
-    shifted = _node(enc, "BitShift", [mask, _init(enc, p + "shifts", np.arange(8, dtype=np.uint8))],
-                    p + "mask_shifted", direction="RIGHT")
-    bit = _node(enc, "BitwiseAnd", [shifted, _init(enc, p + "one", np.array(1, np.uint8))], p + "mask_bits")
-    bits = _node(enc, "Reshape", [bit, _init(enc, p + "flat", np.array([-1], np.int64))], p + "mask_flat")
-    if keep.size % 8:  # drop the padding bits of the last byte
-        bits = _node(enc, "Slice", [bits, _init(enc, p + "start", np.array([0], np.int64)),
-                                    _init(enc, p + "size", np.array([keep.size], np.int64))], p + "mask_n")
-    bits = _node(enc, "Cast", [bits], p + "keep", to=TensorProto.INT64)
+    bits = _unpack(enc, p + "mask", keep, TensorProto.INT64, p + "keep")
     rank = _node(enc, "CumSum", [bits, _init(enc, p + "axis0", np.array(0, np.int64))], p + "rank")
     pos = _node(enc, "Mul", [rank, bits], p + "pos")  # 0 for a dropped element, else 1 + its index in values
     padded = _node(enc, "Concat", [_init(enc, p + "zero", np.zeros(1, dtype)), values], p + "padded", axis=0)
@@ -205,6 +222,7 @@ DECODE_OPS: dict[str, Callable[..., np.ndarray]] = {
     "Mul": lambda n, a, b: a * b,
     "Concat": lambda n, *xs: np.concatenate(xs, axis=_attr(n, "axis")),
     "Gather": lambda n, x, i: np.take(x, i, axis=_attr(n, "axis") or 0),
+    "Where": lambda n, c, x, y: np.where(c, x, y),
     "Expand": lambda n, x, shape: np.broadcast_to(x, tuple(int(s) for s in shape)).copy(),
     "DequantizeLinear": lambda n, q, s, z=None: _dequantize_axis0(n, q, s, z),
 }
