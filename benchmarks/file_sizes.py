@@ -97,7 +97,8 @@ def run(name: str, tmp: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=None, help="write the markdown table here (default: stdout only)")
+    ap.add_argument("--out", default=None, help="write the markdown table here, after the notes the file already "
+                    "has (default: stdout only)")
     ap.add_argument("--models", default=",".join(MODELS))
     args = ap.parse_args()
     head = [("| model | setting | sparsity | dense NIR KiB | nir.write KiB | NIR KiB | NIR ratio | dense ONNX KiB | "
@@ -110,8 +111,10 @@ def main() -> None:
             rows += run(name, Path(tmp))
     text = "\n".join(head + rows)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if args.out:  # replace the table, keep the notes above it
+        out = Path(args.out)
+        notes = out.read_text().split("| model |")[0] if out.exists() else ""
+        out.write_text(notes + text + "\n")
 
 
 if __name__ == "__main__":
