@@ -13,19 +13,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from topologies import ALL, DT
 
+from sbc_onnx.compress.grids import infer_grid
 from sbc_onnx.errors import SbcError
 from sbc_onnx.graph import diff_graphs, flatten
 from sbc_onnx.io.models import load_model
 from sbc_onnx.io.onnx_common import dequantize
 from sbc_onnx.io.onnx_functions import build_functions
-from sbc_onnx.compress.grids import infer_grid
+from sbc_onnx.io.onnx_io import evaluate_onnxruntime, ort_session, read_onnx, run_onnxruntime, update_onnx, write_onnx
 from sbc_onnx.io.onnx_weights import encoding_kind, owns
-from sbc_onnx.io.onnx_io import (evaluate_onnxruntime, ort_session, read_onnx, run_onnxruntime,
-                              update_onnx, write_onnx)
 from sbc_onnx.sim import SimConfig, Walker
-
-from topologies import ALL, DT
 
 PAPER = ["nir_paper/01_lif/lif_norse.nir", "nir_paper/01_lif/lif_rockpool.nir", "nir_paper/01_lif/two_lif_neurons.nir",
          "nir_paper/02_cnn/cnn_sinabs.nir", "nir_paper/03_rnn/braille_noDelay_bias_zero.nir",
@@ -360,7 +358,7 @@ def _doc_functions() -> dict[str, tuple[list[str], list[str], list[str]]]:
     """The step-function table of docs/onnx_convention.md: name -> (attributes, inputs, outputs)."""
     doc = (Path(__file__).resolve().parents[1] / "docs/onnx_convention.md").read_text()
     row = re.compile(r"^\| ((?:`\w+`(?:, )?)+) ?(?:<([^>]*)>)? \| ([^|]*?) -> ([^|]*?) \|")
-    names = lambda text: [t.strip().split("=")[0] for t in text.split(",") if t.strip()]  # noqa: E731
+    names = lambda text: [t.strip().split("=")[0] for t in text.split(",") if t.strip()]
     table = {}
     for line in doc.splitlines():
         if m := row.match(line):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from test_onnx import _strip
 
 from sbc_onnx.cli import main
 from sbc_onnx.data import Dataset, save_dataset
@@ -12,8 +13,6 @@ from sbc_onnx.io.models import load_model
 from sbc_onnx.io.onnx_io import read_onnx, write_onnx
 from sbc_onnx.io.sizes import weight_storage
 from sbc_onnx.sim import SimConfig
-
-from test_onnx import _strip
 
 
 def test_cli_compress_onnx_in_place(data_dir, tmp_path, capsys):

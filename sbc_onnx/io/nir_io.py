@@ -85,14 +85,14 @@ def _check_node_types(path: Path) -> None:
             walk(f["node"], "")
     except SbcError:
         raise
-    except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
+    except Exception as e:
         raise SbcError(f"cannot read NIR file {path}: the file is truncated or corrupt ({type(e).__name__}: {e})") from e
 
 
 def _read_unchecked(path: Path, reason: str) -> nir.NIRGraph:
     try:
         graph = nir.read(path, type_check=False)
-    except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+    except Exception as e:
         raise SbcError(f"cannot read NIR file {path}: {reason}; without type checking: {e}") from e
     fixed = repair_port_shapes(graph)
     log.warning("%s: the file's own types are inconsistent (%s); loaded without type checking%s",
@@ -158,7 +158,7 @@ def check_parameters(graph: nir.NIRGraph) -> None:
 
 def _broadcast_params(graph: nir.NIRGraph) -> None:
     """Replace 0-d parameter arrays by full per-neuron arrays of the node's shape."""
-    for name, node in flatten(graph).nodes.items():
+    for node in flatten(graph).nodes.values():
         shape = node_shape(node, "output") or node_shape(node, "input")
         for f in getattr(node, "__dataclass_fields__", {}):
             if f in _NOT_PARAMS or f in _SHAPE_FIELDS:

@@ -13,8 +13,18 @@ from onnx import numpy_helper
 
 from ..errors import SbcError
 from ..primitives import CATALOGUE, PARAM_FIELDS
-from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
-                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, decode)
+from .onnx_common import (
+    CONVENTION,
+    DOMAIN,
+    EDGE_ORDER_KEY,
+    KEY_CONVENTION,
+    KEY_DTYPE,
+    KEY_JSON,
+    KEY_NODE_FIELD,
+    KEY_NODE_META,
+    SUBGRAPHS_KEY,
+    decode,
+)
 from .onnx_weights import decode_node
 
 log = logging.getLogger("sbc_onnx")
@@ -192,4 +202,4 @@ def compute_dtype(model: onnx.ModelProto) -> str:
     return next((p.value for p in model.metadata_props if p.key == KEY_DTYPE), "float32")
 
 
-__all__ = ["model_to_graph", "check_convention", "read_metadata", "compute_dtype"]
+__all__ = ["check_convention", "compute_dtype", "model_to_graph", "read_metadata"]

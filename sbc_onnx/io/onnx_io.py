@@ -72,7 +72,7 @@ def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig |
     if check:
         try:
             onnx.checker.check_model(model, full_check=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise SbcError(f"internal error: the exported ONNX model fails onnx.checker: {e}") from e
     return write_bytes_atomic(path, model.SerializeToString())
 
@@ -165,7 +165,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None) -> ort.Infe
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SbcError(f"onnxruntime cannot load {path}: {e}") from e
 
 
@@ -209,5 +209,14 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
                            progress=progress)
 
 
-__all__ = ["read_onnx", "write_onnx", "update_onnx", "baked_config", "evaluate_onnxruntime", "infer_grid",
-           "ort_session", "run_onnxruntime", "load_proto"]
+__all__ = [
+    "baked_config",
+    "evaluate_onnxruntime",
+    "infer_grid",
+    "load_proto",
+    "ort_session",
+    "read_onnx",
+    "run_onnxruntime",
+    "update_onnx",
+    "write_onnx",
+]
