@@ -187,6 +187,7 @@ class CompressionReport:
     accuracy_compressed: float | None = None
     # layer -> (integer codes shaped like the weight, per-output-channel scale, zero point); W = s (q - z)
     quant: dict = field(default_factory=dict, repr=False)
+    files: list = field(default_factory=list)  # written files: sizes against the dense model (io/sizes.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
