@@ -1,4 +1,4 @@
-"""Framework-neutral datasets for calibration and evaluation: one ``.npz`` format, N-MNIST / MNIST loaders.
+"""Framework-neutral datasets for calibration and evaluation: one ``.npz`` format, N-MNIST / tonic / MNIST loaders.
 
 Dataset file format (``.npz``, written with ``np.savez_compressed``, read with ``allow_pickle=False``)
 ----------------------------------------------------------------------------------------------------
@@ -36,12 +36,16 @@ shape ``(T, B, *input_shape)`` (float32 by default), converted batch by batch fr
 (scale applied, static frames repeated, padding kept as zero frames).
 
 Encodings produced by the loaders (these reproduce the accuracies in shared/data/PROVENANCE.md)
-- N-MNIST (``load_nmnist``): 5-byte events (x, y, polarity bit 7 of byte 2, 23-bit microsecond timestamp;
-  overflow markers y == 240 add 2**13 us to all later timestamps and are dropped, as tonic does), binned
-  like tonic ``ToFrame(sensor_size=(34, 34, 2), time_window=W)``: bin k covers
-  ``[t0 + k W, t0 + (k+1) W)`` with t0 the sample's first timestamp, the number of bins is
-  ``max(1, floor((t_last - t0) / W))`` so the last incomplete bin is DROPPED; frames hold event counts
-  (not clipped) at ``[polarity, y, x]``.
+- N-MNIST (``load_nmnist``): the recordings are read by tonic (``tonic.io.read_mnist_file``: 5-byte events,
+  x, y, polarity bit 7 of byte 2, 23-bit microsecond timestamp; overflow markers y == 240 add 2**13 us to
+  all later timestamps and are dropped) and binned by tonic ``ToFrame(sensor_size=(34, 34, 2),
+  time_window=W)``: bin k covers ``[t0 + k W, t0 + (k+1) W)`` with t0 the sample's first timestamp, the
+  number of bins is ``max(1, floor((t_last - t0) / W))`` so the last incomplete bin is DROPPED; frames hold
+  event counts (not clipped) at ``[polarity, y, x]``.
+- Any tonic dataset on disk (``load_tonic``: NMNIST, DVSGesture, SHD, ...): tonic's reader, then tonic
+  ``ToFrame`` with the dataset's sensor size and one of time window / event count / number of time bins;
+  frames ``(polarity, y, x)``, or ``(polarity, x)`` for a 1-D sensor (SHD). ``load_tonic("NMNIST", ...)``
+  and ``load_nmnist`` store the same arrays for the same recordings in the same order.
 - MNIST Bernoulli rate code (``load_mnist(encoding="bernoulli")``): ``rng = np.random.default_rng(seed)``
   created once, then for each selected image in order ``x = rng.random((steps, *shape)) < pixel / 255``;
   stored as bool. With ``start > 0`` the generator starts fresh at the first selected image (image
@@ -56,7 +60,7 @@ import gzip
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +68,25 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import SbcError, existing_file
+from .events import Binning, bin_events, open_tonic, read_nmnist_events, tonic_version
 from .io.atomic import write_atomic
 
 __all__ = [
     "NMNIST_SENSOR",
     "Dataset",
+    "as_dataset",
     "bin_events",
     "compact_dtype",
     "load_dataset",
     "load_mnist",
     "load_nmnist",
+    "load_tonic",
     "read_labels_file",
     "read_nmnist_events",
     "save_dataset",
 ]
 
 NMNIST_SENSOR = (34, 34)  # (width, height)
-_NMNIST_OVERFLOW_Y = 240
-_NMNIST_OVERFLOW_US = 1 << 13
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -480,57 +485,37 @@ def read_labels_file(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     return ids, np.array(labels, np.int64)
 
 
-def read_nmnist_events(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Decode an N-MNIST ``.bs2``/``.bin`` file: 5 bytes per event, returns int64 arrays x, y, p, t (us).
+def _pack_frames(frames: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-sample frame stacks ``(T_i, *shape)`` -> ``x`` of shape ``(N, max T_i, *shape)`` zero-padded at the
+    end, in the smallest dtype that holds the counts, the lengths ``T_i`` and the sum of all counts.
 
-    Timestamp overflow markers (y == 240) add 2**13 us to themselves and all later events and are
-    removed (as tonic's reader does); the shared recordings have none.
+    Samples are kept sparse (flat indices and counts of the nonzero entries) until the padded array is
+    allocated, so only one dense frame stack exists at a time besides ``x``.
     """
-    p = Path(path)
-    try:
-        raw = np.fromfile(p, dtype=np.uint8)
-    except OSError as e:
-        raise SbcError(f"cannot read N-MNIST file {p}: {e}") from e
-    if raw.size % 5:
-        raise SbcError(f"N-MNIST file {p} is truncated or not N-MNIST: {raw.size} bytes is not a multiple of 5")
-    b = raw.reshape(-1, 5).astype(np.int64)
-    x, y = b[:, 0], b[:, 1]
-    pol = b[:, 2] >> 7
-    t = ((b[:, 2] & 0x7F) << 16) | (b[:, 3] << 8) | b[:, 4]
-    overflow = y == _NMNIST_OVERFLOW_Y
-    if overflow.any():
-        t = t + _NMNIST_OVERFLOW_US * np.cumsum(overflow)
-        keep = ~overflow
-        x, y, pol, t = x[keep], y[keep], pol[keep], t[keep]
-    w, h = NMNIST_SENSOR
-    if x.size and (x.max() >= w or y.max() >= h):
-        raise SbcError(f"N-MNIST file {p} has events outside the {w}x{h} sensor (max x {x.max()}, max y {y.max()})")
-    return {"x": x, "y": y, "p": pol, "t": t}
-
-
-def bin_events(ev: dict[str, np.ndarray], time_window_us: int, sensor: tuple[int, int] = NMNIST_SENSOR) -> np.ndarray:
-    """Event counts per time bin, shape (n_bins, 2, height, width) = (T, polarity, y, x), int64.
-
-    Same binning as tonic ``ToFrame(sensor_size=(w, h, 2), time_window=W)`` (``include_incomplete=False``):
-    bin k is ``[t0 + k W, t0 + (k+1) W)`` with t0 = first event's timestamp and
-    ``n_bins = max(1, floor((t_last - t0) / W))``; events in the last, incomplete bin are dropped.
-    """
-    return _bin_flat(ev, time_window_us, sensor)[0]
-
-
-def _bin_flat(ev: dict[str, np.ndarray], tw: int, sensor: tuple[int, int]) -> tuple[np.ndarray, int]:
-    w, h = sensor
-    t = ev["t"]
-    if t.size == 0:
-        raise SbcError("sample has no events")
-    t0, t_last = int(t[0]), int(t[-1])
-    n_bins = max(1, (t_last - t0) // tw)  # == int(floor(((t_last - t0) - W) / W) + 1), clipped to >= 1
-    k = (t - t0) // tw
-    keep = (k >= 0) & (k < n_bins)
-    frame = 2 * h * w
-    flat = k[keep] * frame + ev["p"][keep] * (h * w) + ev["y"][keep] * w + ev["x"][keep]
-    counts = np.bincount(flat, minlength=n_bins * frame)
-    return counts.reshape(n_bins, 2, h, w), n_bins
+    sparse: list[tuple[np.ndarray, np.ndarray]] = []
+    lengths: list[int] = []
+    shape: tuple[int, ...] | None = None
+    max_count = kept = 0
+    for i, fr in enumerate(frames):
+        if shape is None:
+            shape = fr.shape[1:]
+        elif fr.shape[1:] != shape:
+            raise SbcError(f"sample {i} has frames of shape {fr.shape[1:]}, the first sample {shape}")
+        flat = fr.reshape(-1)
+        idx = np.flatnonzero(flat)
+        vals = flat[idx].astype(np.int64)
+        sparse.append((idx, vals))
+        lengths.append(fr.shape[0])
+        kept += int(vals.sum())
+        max_count = max(max_count, int(vals.max(initial=0)))
+    if shape is None:
+        raise SbcError("no samples to pack")
+    t_max = max(lengths)
+    frame = int(np.prod(shape, dtype=np.int64))
+    x = np.zeros((len(sparse), t_max * frame), dtype=compact_dtype(np.array([0, max_count])))
+    for i, (idx, vals) in enumerate(sparse):
+        x[i, idx] = vals
+    return x.reshape((len(sparse), t_max) + shape), np.array(lengths, np.int64), kept
 
 
 def load_nmnist(
@@ -542,8 +527,10 @@ def load_nmnist(
 ) -> Dataset:
     """N-MNIST recordings as event-count frames (T, 2, 34, 34), one sample per row of ``labels_file``.
 
-    Sample ``<id>`` is read from ``directory/<id>.bs2``; order and labels follow the labels file. Samples
-    of different length are zero-padded at the end to the longest; ``lengths`` holds the true T.
+    Sample ``<id>`` is read from ``directory/<id>.bs2`` by tonic's reader and binned by tonic's
+    ``ToFrame`` (``events.read_nmnist_events``, ``events.bin_events``); order and labels follow the labels
+    file. Samples of different length are zero-padded at the end to the longest; ``lengths`` holds the
+    true T.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -557,32 +544,19 @@ def load_nmnist(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise SbcError(f"N-MNIST sample file not found: {missing[0]}{more} (listed in {labels_file})")
+    n_events = 0
 
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal n_events
+        for f in tqdm(files, desc="N-MNIST", unit="file", disable=not progress, leave=False):
+            ev = read_nmnist_events(f)
+            if len(ev) == 0:
+                raise SbcError(f"N-MNIST file {f} has no events")
+            n_events += len(ev)
+            yield bin_events(ev, tw, NMNIST_SENSOR)
+
+    x, lengths, n_kept = _pack_frames(frames())
     w, h = NMNIST_SENSOR
-    frame = 2 * h * w
-    # Pass 1: decode + bin each file to (flat index of each kept event, n_bins); events are small.
-    per_sample: list[np.ndarray] = []
-    lengths = np.zeros(len(files), np.int64)
-    n_events = n_kept = 0
-    max_count = 0
-    for i, f in enumerate(tqdm(files, desc="N-MNIST", unit="file", disable=not progress, leave=False)):
-        ev = read_nmnist_events(f)
-        if ev["t"].size == 0:
-            raise SbcError(f"N-MNIST file {f} has no events")
-        counts, n_bins = _bin_flat(ev, tw, NMNIST_SENSOR)
-        flat = np.flatnonzero(counts.reshape(-1))
-        vals = counts.reshape(-1)[flat]
-        per_sample.append(np.stack([flat, vals]))
-        lengths[i] = n_bins
-        n_events += int(ev["t"].size)
-        n_kept += int(vals.sum())
-        max_count = max(max_count, int(vals.max(initial=0)))
-    t_max = int(lengths.max())
-    dt = compact_dtype(np.array([0, max_count]))
-    x = np.zeros((len(files), t_max * frame), dtype=dt)
-    for i, fv in enumerate(per_sample):
-        x[i, fv[0]] = fv[1]
-    x = x.reshape(len(files), t_max, 2, h, w)
     meta = {
         "source": "N-MNIST",
         "directory": str(d),
@@ -594,6 +568,64 @@ def load_nmnist(
         "events_in_frames": n_kept,
     }
     return Dataset(x, labels, lengths=lengths, ids=np.array(ids), meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Any tonic dataset on disk
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_tonic(
+    name: str,
+    directory: str | os.PathLike,
+    *,
+    split: str | None = None,
+    time_window: int | None = None,
+    event_count: int | None = None,
+    n_time_bins: int | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> Dataset:
+    """A tonic dataset (``tonic.datasets.<name>``: NMNIST, DVSGesture, SHD, ...) read from its files under
+    ``directory`` (tonic's ``save_to``, holding ``<Name>/``; nothing is downloaded) and binned by tonic's
+    ``ToFrame`` with the dataset's sensor size.
+
+    Binning: one of ``time_window`` (microseconds; the default, 1000, when none is given), ``event_count``
+    or ``n_time_bins``. ``split``: train/test (default test). ``limit``: the first samples (file-path order
+    for datasets stored one sample per file, as tonic lists N-MNIST).
+    Frames are (polarity, y, x), or (polarity, x) for a 1-D sensor such as SHD's 700 channels.
+    """
+    if limit is not None and limit < 1:
+        raise SbcError(f"limit must be >= 1, got {limit}")
+    if time_window is None and event_count is None and n_time_bins is None:
+        time_window = 1000
+    binning = Binning(time_window=time_window, event_count=event_count, n_time_bins=n_time_bins)
+    src = open_tonic(name, directory, split)
+    n = src.n if limit is None else min(src.n, limit)
+    labels: list[int] = []
+    n_events = 0
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal n_events
+        stream = tqdm(src.frames(binning, n), total=n, desc=src.name, unit="sample", disable=not progress, leave=False)
+        for fr, label, n_ev in stream:
+            labels.append(label)
+            n_events += n_ev
+            yield fr
+
+    x, lengths, n_kept = _pack_frames(frames())
+    meta = {
+        "source": f"tonic {src.name}",
+        "directory": str(src.directory),
+        "split": src.split,
+        "encoding": f"event counts per frame, {binning.describe()}",
+        **{k: v for k, v in binning.as_dict().items() if v is not None},
+        "sensor_size": list(src.sensor_size),
+        "tonic_version": tonic_version(),
+        "events_total": n_events,
+        "events_in_frames": n_kept,
+    }
+    return Dataset(x, np.array(labels, np.int64), lengths=lengths, ids=src.ids()[:n], meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -704,3 +736,71 @@ def load_mnist(
     for i in tqdm(range(stop - start), desc="MNIST", unit="img", disable=not progress, leave=False):
         np.less(rng.random((steps,) + shape), sel[i].astype(np.float64) / 255.0, out=x[i])
     return Dataset(x, y, ids=ids, meta=meta)
+
+
+# -- datasets from torch (duck-typed: no torch import) -----------------------------------------------------
+def as_dataset(data: Any, *, steps: int | None = None, time_first: bool = False, limit: int | None = None) -> Dataset:
+    """A project Dataset from `data`: a Dataset (returned as is), a torch ``Dataset`` of ``(x, y)`` samples,
+    a ``DataLoader`` or any iterable of ``(x, y)`` pairs.
+
+    An item whose label is a scalar is one sample, ``x`` of shape ``(T, *input_shape)``; a label vector of
+    length B makes it a batch, ``x`` of shape ``(B, T, *input_shape)`` (``(T, B, ...)`` with
+    ``time_first=True``, snnTorch's layout). ``steps``: the samples have no time axis (``x`` is one frame,
+    ``(*input_shape)``) and each is presented for ``steps`` steps. ``limit``: stop after that many samples.
+    """
+    if isinstance(data, Dataset):
+        return data if limit is None else data.take(limit)
+    if limit is not None and int(limit) < 1:
+        raise SbcError(f"limit must be >= 1, got {limit}")
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    n = 0
+    for item in _items(data):
+        x, y = _pair(item)
+        if y.ndim == 0:
+            x, y = x[None], y[None]
+        elif time_first and x.ndim >= 2 and steps is None:
+            x = np.moveaxis(x, 1, 0)
+        if x.shape[0] != len(y):
+            raise SbcError(f"a batch of {len(y)} labels needs x with a batch axis of {len(y)} (time_first="
+                           f"{time_first}), got x of shape {x.shape}")
+        xs.append(x if steps is None else x[:, None])
+        ys.append(y)
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    if not xs:
+        raise SbcError("the data holds no samples")
+    _check_item_shapes(xs, ys)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    stop = n if limit is None else int(limit)
+    return Dataset(x[:stop], y[:stop], repeat_steps=steps)
+
+
+def _items(data: Any):
+    """Items of a map-style torch Dataset (by index), else of the iterable."""
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)) \
+            and not hasattr(data, "batch_size"):
+        return (data[i] for i in range(len(data)))
+    try:
+        return iter(data)
+    except TypeError as e:
+        raise SbcError(f"data must be a Dataset, a torch Dataset/DataLoader or an iterable of (x, y); got "
+                       f"{type(data).__name__}") from e
+
+
+def _pair(item: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise SbcError(f"each data item must be an (x, y) pair, got {type(item).__name__}")
+    x, y = (np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for v in item[:2])
+    if y.ndim > 1 or x.ndim < 1:
+        raise SbcError(f"each item must be (x, label) or (x batch, label vector); got x {x.shape}, y {y.shape}")
+    return x, y
+
+
+def _check_item_shapes(xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+    shapes = {x.shape[1:] for x in xs}
+    if len(shapes) > 1:
+        raise SbcError(f"all samples must have one shape (T, *input_shape); got {sorted(shapes)}")
+    if any(y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.array_equal(y, np.round(y))) for y in ys):
+        raise SbcError("labels must be integers")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from .data import as_dataset
 from .errors import SbcError
 from .graph import FlatGraph, flatten, node_shape
 from .sim import SimConfig, Walker
@@ -150,7 +151,9 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = False,
 ) -> EvalResult:
-    """Run `graph` in the NumPy walker over `dataset` (.batches(batch_size) yielding (x (T,B,...), y))."""
+    """Run `graph` in the NumPy walker over `dataset` (.batches(batch_size) yielding (x (T,B,...), y)), or a
+    torch Dataset / DataLoader / iterable of (x, y) (converted by `data.as_dataset`)."""
+    dataset = dataset if hasattr(dataset, "batches") else as_dataset(dataset)
     walker = graph if isinstance(graph, Walker) else Walker(graph if isinstance(graph, FlatGraph) else flatten(graph), cfg)
     fg = walker.fg
     src, out = output_source(fg), fg.outputs[0]

@@ -25,6 +25,7 @@ from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerS
 from .compress.budget import BudgetSpec, parse_budget
 from .compress.grids import GRANULARITIES
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, plan_budget
+from .data import as_dataset
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import FlatGraph, flatten
@@ -216,6 +217,7 @@ class CompressionReport:
     budget: dict | None = None  # the budget's plan: limit, used, per-layer choice (budget_plan.BudgetPlan)
     # layer -> (integer codes shaped like the weight, per-output-channel scale, zero point); W = s (q - z)
     quant: dict = field(default_factory=dict, repr=False)
+    files: list = field(default_factory=list)  # written files: sizes against the dense model (io/sizes.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -268,7 +270,8 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
              calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
              progress: bool = False, storage: StorageBits | None = None, synops: dict | None = None,
              **options) -> tuple[nir.NIRGraph, CompressionReport]:
-    """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()).
+    """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()), or a torch
+    Dataset / DataLoader / iterable of (x, y) (converted by `data.as_dataset`).
 
     plan        a `Plan`; or give its options as keywords instead (`Plan.build`: sparsity, bits, method,
                 pattern, allocation, lamp_p, grid, granularity, sequential, rel_damp, exact_resolve,
@@ -283,6 +286,7 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
         plan = Plan.build(**options)
     elif options:
         raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
+    calib = calib if hasattr(calib, "batches") else as_dataset(calib)
     run = _Compression(graph, calib, plan, cfg or SimConfig(), batch_size, progress)
     run.storage, run.synops = storage, synops
     run.calibrate(calibration)

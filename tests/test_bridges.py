@@ -279,6 +279,34 @@ def test_snntorch_rleaky_export_equals_walker(snn_mod, tmp_path):
     np.testing.assert_array_equal(orig, walk(g, x))
 
 
+@pytest.mark.parametrize("all_to_all", [True, False])
+def test_snntorch_rleaky_roundtrip_with_recurrent_bias(snn_mod, tmp_path, all_to_all):
+    """RLeaky (per-neuron beta, non-zero recurrent bias, or one weight V per neuron) == walker == imported
+    back. snnTorch adds the recurrent bias from t = 0, where a NIR back edge carries nothing: the export
+    moves it to the layer feeding the neuron."""
+    import snntorch as snn
+    import torch
+
+    torch.manual_seed(1)
+    rec = snn.RLeaky(beta=torch.rand(16) * 0.3 + 0.6, linear_features=16 if all_to_all else None,
+                     all_to_all=all_to_all, V=torch.rand(16) * 2 - 1, reset_mechanism="zero", reset_delay=False,
+                     init_hidden=True)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), rec, torch.nn.Linear(16, 4),
+                              snn.Leaky(beta=0.8, reset_mechanism="zero", reset_delay=False, init_hidden=True))
+    with torch.no_grad():
+        net[0].weight.mul_(4)
+        net[2].weight.mul_(4)
+        if all_to_all:
+            rec.recurrent.weight.mul_(3)
+            rec.recurrent.bias.copy_(torch.rand(16))
+    g = roundtrip_file(export_quiet(snn_mod, net), tmp_path)
+    x = spikes((40, 3, 8))
+    orig = snn_mod.run_snntorch(net, x)
+    assert 0 < orig.sum() < orig.size
+    np.testing.assert_array_equal(walk(g, x), orig)
+    np.testing.assert_array_equal(snn_mod.run_snntorch(snn_mod.import_snntorch(g), x), orig)
+
+
 def test_snntorch_subtract_is_recorded_and_warned(snn_mod):
     import torch
 
@@ -612,8 +640,8 @@ def test_netx_rejects_non_netx(tmp_path):
 
 
 def test_converters_import_without_torch():
-    """`import sbc_onnx.bridges` must not import torch (core install without the extra)."""
-    code = "import sys, sbc_onnx.bridges; assert 'torch' not in sys.modules; print('ok')"
+    """`import sbc_onnx.bridges` and `sbc_onnx.torch` must not import torch (core install without the extra)."""
+    code = "import sys, sbc_onnx.bridges, sbc_onnx.torch; assert 'torch' not in sys.modules; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

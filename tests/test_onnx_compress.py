@@ -1,18 +1,18 @@
-"""Compressing an ONNX file through the CLI rewrites only weight initializers and metadata."""
+"""Compressing an ONNX file through the CLI rewrites only the weights (in compact encodings) and metadata."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+from test_onnx import _strip
 
 from sbc_onnx.cli import main
 from sbc_onnx.data import Dataset, save_dataset
 from sbc_onnx.graph import diff_graphs
 from sbc_onnx.io.models import load_model
 from sbc_onnx.io.onnx_io import read_onnx, write_onnx
+from sbc_onnx.io.sizes import weight_storage
 from sbc_onnx.sim import SimConfig
-
-from test_onnx import _strip
 
 
 def test_cli_compress_onnx_in_place(data_dir, tmp_path, capsys):
@@ -26,9 +26,12 @@ def test_cli_compress_onnx_in_place(data_dir, tmp_path, capsys):
                  "--bits", "6", "-o", str(out)]) == 0
     capsys.readouterr()
     a, b = onnx.load(str(src)), onnx.load(str(out))
-    assert _strip(a) == _strip(b)  # everything but initializer data and metadata is identical
-    changed = {t.name for t, u in zip(a.graph.initializer, b.graph.initializer) if t.raw_data != u.raw_data}
-    assert changed == {"fc1.weight", "lif1.w_rec.weight", "fc2.weight"}
+    weights = ["fc1.weight", "lif1.w_rec.weight", "fc2.weight"]
+    assert _strip(a, weights) == _strip(b, weights)  # everything but the weights and metadata is identical
+    storage = weight_storage(out)  # 6-bit weights: integer codes (int8 or sparse) + float32 scales
+    assert {s.name for s in storage} == {"fc1", "lif1.w_rec", "fc2"}
+    assert all(s.encoding in ("int", "sparse-int") and s.stored_bytes * 2 < s.dense_bytes for s in storage), storage
+    assert out.stat().st_size < src.stat().st_size
     meta = {p.key: p.value for p in b.metadata_props}
     # metadata encoded as write_onnx encodes it: strings as they are, numbers as JSON under nir.json.<key>
     assert meta["sbc_onnx.method"] == "sbc" and meta["nir.json.sbc_onnx.bits"] == "6"

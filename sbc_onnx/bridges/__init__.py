@@ -8,6 +8,8 @@ Torch-based (optional extra ``sbc-onnx[torch]`` plus Norse, see sbc_onnx/bridges
 that ``import sbc_onnx.bridges`` works without torch:
     export_snntorch, import_snntorch, run_snntorch   (sbc_onnx.bridges.snntorch_bridge)
     export_norse, import_norse, run_norse            (sbc_onnx.bridges.norse_bridge)
+
+One call from a torch module to a compressed module of the same class: ``sbc_onnx.torch.compress_module``.
 """
 
 from __future__ import annotations

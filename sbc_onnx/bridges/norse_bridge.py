@@ -19,6 +19,9 @@ Discrete-time equivalence (forward Euler with the graph's dt, sbc_onnx.sim.Walke
                                                           (cuba_order "current_first")
   LIBoxCell                                          <->  LI    tau = 1/tau_mem_inv, r = 1
   IAFCell     v += x (no dt)                         <->  IF    r = 1
+  LIFRecurrentCell  i += W_in x + W_rec z[t-1], then as LIFCell
+                                                     <->  input -> w_in -> CubaLIF <-> w_rec (back edge)
+  AvgPool2d, Conv2d, Linear, Flatten                 <->  the NIR nodes of the same name
 Norse starts LIFBox/LI states at v = v_leak; NIR simulators start at 0 (equal when v_leak = 0, which
 export warns about otherwise).
 
@@ -39,26 +42,28 @@ import numpy as np
 from ._common import full, graph_dt, graph_reset, out_shapes_by_hooks, sim_metadata, to_numpy
 
 try:
-    import torch
     import nirtorch
     import norse
     import norse.torch.functional.reset as norse_reset
+    import torch
     from norse.torch.functional.iaf import IAFParameters
     from norse.torch.functional.leaky_integrator_box import LIBoxParameters
     from norse.torch.functional.lif_box import LIFBoxParameters
     from norse.torch.module.iaf import IAFCell
     from norse.torch.module.leaky_integrator_box import LIBoxCell
-    from norse.torch.module.lif import LIFCell
+    from norse.torch.module.lif import LIFCell, LIFRecurrentCell
     from norse.torch.module.lif_box import LIFBoxCell
+
+    from ._torch_modules import avgpool2d, conv2d, flatten, linear, pool_node, scale
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "sbc_onnx.bridges.norse_bridge needs torch==2.13.0, nirtorch and norse 1.1.0 "
         f"(pip install --no-deps norse==1.1.0; see sbc_onnx/bridges/README.md): {e}"
     ) from e
 
-__all__ = ["export_norse", "import_norse", "run_norse"]
+__all__ = ["export_norse", "import_norse", "run_norse", "weight_parameters"]
 
-_NEURONS = (LIFCell, LIFBoxCell, LIBoxCell, IAFCell)
+_NEURONS = (LIFCell, LIFRecurrentCell, LIFBoxCell, LIBoxCell, IAFCell)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -97,7 +102,7 @@ def _reset_mode(module: "torch.nn.Module") -> str:
                 modes.add("to_v_reset")
             else:
                 raise ValueError(f"unknown Norse reset_method {fn!r}")
-        elif isinstance(m, (LIFCell, IAFCell)):
+        elif isinstance(m, (LIFCell, LIFRecurrentCell, IAFCell)):
             modes.add("to_v_reset")  # hard-coded value reset in Norse
     if len(modes) > 1:
         raise ValueError("the network mixes reset-to-value and reset-by-subtraction; NIR graph metadata holds "
@@ -113,6 +118,38 @@ def _inv(x: np.ndarray, name: str) -> np.ndarray:
     if np.any(x <= 0):
         raise ValueError(f"{name} must be > 0")
     return 1.0 / x
+
+
+def _cuba_node(p, shape: tuple[int, ...], dt: float) -> nir.CubaLIF:
+    tau_syn = _inv(full(p.tau_syn_inv, shape, "tau_syn_inv"), "tau_syn_inv")
+    tau_mem = _inv(full(p.tau_mem_inv, shape, "tau_mem_inv"), "tau_mem_inv")
+    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=np.ones(shape), v_leak=full(p.v_leak, shape),
+                       v_threshold=full(p.v_th, shape), v_reset=full(p.v_reset, shape), w_in=tau_syn / dt)
+
+
+def _recurrent_graph(m: LIFRecurrentCell, dt: float) -> nir.NIRGraph:
+    """LIFRecurrentCell: i += W_in x + W_rec z[t-1], then LIFCell's dynamics. A subgraph
+    input -> w_in -> lif <-> w_rec -> output: both weights are weight layers feeding the same CubaLIF, the
+    recurrent one on a back edge (read at t-1, zero at t = 0 like Norse's initial z)."""
+    shape = (int(m.hidden_size),)
+    return nir.NIRGraph(
+        nodes={"input": nir.Input(input_type=np.array([int(m.input_size)])),
+               "w_in": nir.Linear(weight=to_numpy(m.input_weights).astype(np.float32)),
+               "lif": _cuba_node(m.p, shape, dt),
+               "w_rec": nir.Linear(weight=to_numpy(m.recurrent_weights).astype(np.float32)),
+               "output": nir.Output(output_type=np.array(shape))},
+        edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
+    )
+
+
+def weight_parameters(module: torch.nn.Module) -> dict[str, str]:
+    """NIR weight node -> parameter name, for the nodes not named after their module (``<node>.weight``):
+    a LIFRecurrentCell's ``<name>.w_in`` / ``<name>.w_rec``."""
+    names: dict[str, str] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, LIFRecurrentCell):
+            names.update({f"{name}.w_in": f"{name}.input_weights", f"{name}.w_rec": f"{name}.recurrent_weights"})
+    return names
 
 
 def export_norse(
@@ -142,12 +179,11 @@ def export_norse(
         if isinstance(m, _NEURONS) and shape is None:
             raise ValueError(f"{type(m).__name__} was not called by the forward pass of the sample")
         if isinstance(m, LIFCell):
-            p = m.p
-            tau_syn = _inv(full(p.tau_syn_inv, shape, "tau_syn_inv"), "tau_syn_inv")
-            tau_mem = _inv(full(p.tau_mem_inv, shape, "tau_mem_inv"), "tau_mem_inv")
-            return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=np.ones(shape), v_leak=full(p.v_leak, shape),
-                               v_threshold=full(p.v_th, shape), v_reset=full(p.v_reset, shape),
-                               w_in=tau_syn / dt)
+            return _cuba_node(m.p, shape, dt)
+        if isinstance(m, LIFRecurrentCell):
+            return _recurrent_graph(m, dt)
+        if isinstance(m, torch.nn.AvgPool2d):
+            return pool_node(m)
         if isinstance(m, LIFBoxCell):
             p = m.p
             return nir.LIF(tau=_inv(full(p.tau_mem_inv, shape, "tau_mem_inv"), "tau_mem_inv"), r=np.ones(shape),
@@ -242,27 +278,6 @@ def _maybe_gain(gain, cell):
     return cell if np.all(g == 1.0) else Gain(g, cell)
 
 
-def _linear(node) -> "torch.nn.Linear":
-    w = np.asarray(node.weight)
-    has_bias = isinstance(node, nir.Affine)
-    m = torch.nn.Linear(w.shape[-1], w.shape[-2], bias=has_bias)
-    m.weight.data = _t(w)
-    if has_bias:
-        m.bias.data = _t(node.bias)
-    return m
-
-
-def _conv2d(node) -> "torch.nn.Conv2d":
-    w = np.asarray(node.weight)
-    padding = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in np.ravel(node.padding))
-    m = torch.nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[-2:]),
-                        stride=tuple(int(s) for s in np.ravel(node.stride)), padding=padding,
-                        dilation=tuple(int(d) for d in np.ravel(node.dilation)), groups=int(node.groups))
-    m.weight.data = _t(w)
-    m.bias.data = _t(node.bias) if node.bias is not None else torch.zeros(w.shape[0])
-    return m
-
-
 def import_norse(graph: nir.NIRGraph | str, dt: float | None = None, *, reset: str | None = None) -> "torch.nn.Module":
     """NIR graph (or path) -> Norse network (torch.fx GraphModule, ``out, state = model(x_t, state)``).
 
@@ -300,12 +315,8 @@ def import_norse(graph: nir.NIRGraph | str, dt: float | None = None, *, reset: s
         w_in = 1.0 if node.w_in is None else node.w_in
         return CubaLIF(np.broadcast_to(w_in, np.shape(node.v_threshold)), synapse, node.r, neuron)
 
-    def flatten(node):
-        return torch.nn.Flatten(int(node.start_dim) + 1 if node.start_dim >= 0 else int(node.start_dim),
-                                int(node.end_dim) + 1 if node.end_dim >= 0 else int(node.end_dim))
-
-    node_map = {nir.Affine: _linear, nir.Linear: _linear, nir.Conv2d: _conv2d, nir.LIF: lif, nir.LI: li,
-                nir.IF: if_, nir.CubaLIF: cubalif, nir.Flatten: flatten}
+    node_map = {nir.Affine: linear, nir.Linear: linear, nir.Conv2d: conv2d, nir.LIF: lif, nir.LI: li,
+                nir.IF: if_, nir.CubaLIF: cubalif, nir.Flatten: flatten, nir.AvgPool2d: avgpool2d, nir.Scale: scale}
     supported = set(node_map) | {nir.Input, nir.Output}
     for name, node in graph.nodes.items():
         if type(node) not in supported:

@@ -26,7 +26,18 @@ whole layer (an SBC-compressed or any per-neuron-threshold graph fails its asser
 and v_reset. LIF/CubaLIF/IF become Leaky/Synaptic with per-neuron beta/alpha and threshold; an input gain
 ``k = r*dt/tau`` (LIF) or ``w_in*dt/tau_syn`` (CubaLIF) different from 1 is folded into the threshold
 (``threshold / k``), which is exact for reset to zero. Non-zero v_leak or v_reset cannot be expressed in
-snnTorch and is refused. Linear/Affine/Conv2d/Flatten/AvgPool2d use snnTorch's own mapping.
+snnTorch and is refused. Linear/Affine use snnTorch's own mapping; Conv2d, AvgPool2d and Flatten are built
+here so that the imported network runs with or without a batch axis (snnTorch maps NIR Flatten(0) to
+``nn.Flatten(0)``, which folds the batch into the features).
+
+Recurrent cells: RLeaky(reset_delay=False) exports as ``<name>.lif <-> <name>.w_rec`` (w_rec a Linear weight
+node on a back edge, read at t-1; all_to_all=False: a Scale), built in float64 here (snnTorch's exporter
+computes r = tau/dt in float32, so its graphs drift from snnTorch's spikes). snnTorch adds the recurrent
+bias from t = 0, where a back edge carries nothing, so the bias moves to the layer feeding the neuron.
+The import leaves the cycle to nirtorch (Leaky + Linear, the back edge in the state), spike for spike equal.
+Refused with the reason: RLeaky with reset to zero and reset_delay=True (the step after a spike drops the
+whole membrane update: a refractory step NIR cannot express), RSynaptic (the same with reset_delay=True;
+snnTorch 1.0 applies its reset_delay=False reset to a stale state), convolutional recurrences.
 """
 
 from __future__ import annotations
@@ -44,11 +55,13 @@ import numpy as np
 from ._common import full, graph_dt, graph_reset, out_shapes_by_hooks, sim_metadata, to_numpy
 
 try:
-    import torch
-    import snntorch as snn
     import nirtorch
+    import snntorch as snn
+    import torch
     from snntorch.export_nir import _extract_snntorch_module
-    from snntorch.import_nir import _nir_to_snntorch_module, _replace_rnn_subgraph_with_nirgraph
+    from snntorch.import_nir import _nir_to_snntorch_module
+
+    from ._torch_modules import avgpool2d, conv2d, flatten, pool_node, scale
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "sbc_onnx.bridges.snntorch_bridge needs the optional extra: pip install 'sbc-onnx[torch]' "
@@ -59,7 +72,7 @@ SNNTORCH_DT = 1e-4  # the time step snnTorch's own exporter/importer hard-code
 _RECURRENT = (snn.RLeaky, snn.RSynaptic)
 _SUPPORTED_NEURONS = (snn.Leaky, snn.Synaptic, snn.RLeaky, snn.RSynaptic)
 
-__all__ = ["export_snntorch", "import_snntorch", "run_snntorch", "reset_snntorch", "SNNTORCH_DT"]
+__all__ = ["SNNTORCH_DT", "export_snntorch", "import_snntorch", "reset_snntorch", "run_snntorch", "weight_parameters"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,6 +86,8 @@ def _neuron_modules(net: "torch.nn.Module") -> list:
                 f"snnTorch neuron {type(m).__name__} has no NIR equivalent in this bridge "
                 f"(supported: {', '.join(c.__name__ for c in _SUPPORTED_NEURONS)})"
             )
+        if isinstance(m, _RECURRENT):
+            _check_recurrent(m)
         if getattr(m, "inhibition", False):
             raise ValueError(f"{type(m).__name__}(inhibition=True) cannot be expressed in NIR")
         if getattr(m, "state_quant", False):
@@ -81,6 +96,24 @@ def _neuron_modules(net: "torch.nn.Module") -> list:
         if not np.all(gsf == 1.0):
             raise ValueError(f"{type(m).__name__}: graded_spikes_factor != 1 cannot be expressed in NIR")
     return neurons
+
+
+def _check_recurrent(m) -> None:
+    """RLeaky/RSynaptic that NIR (a neuron and its recurrent weight in a cycle, read at t-1) expresses."""
+    name = type(m).__name__
+    if isinstance(m, snn.RSynaptic):
+        # snnTorch 1.0 RSynaptic: with reset_delay=False its forward applies the reset to the `mem` argument
+        # (None with init_hidden=True: TypeError; the stale state otherwise); with reset_delay=True see below.
+        raise ValueError("snnTorch RSynaptic has no exact NIR equivalent: with reset_delay=True it zeroes the "
+                         "whole membrane update on the step after a spike (a refractory step NIR cannot express), "
+                         "and with reset_delay=False snnTorch 1.0 applies the reset to a stale state. Use RLeaky("
+                         "reset_delay=False) or Synaptic with an explicit Linear feedback")
+    if m.reset_delay and m.reset_mechanism == "zero":
+        raise ValueError(f"{name}(reset_mechanism='zero', reset_delay=True) zeroes the whole membrane update on "
+                         "the step after a spike (a refractory step NIR cannot express); use reset_delay=False")
+    if m.all_to_all and not m.linear_features:
+        raise ValueError(f"{name} with a convolutional recurrence is not supported by this bridge "
+                         "(only linear_features or all_to_all=False)")
 
 
 def _reset_mode(neurons: Sequence) -> tuple[str, str, bool]:
@@ -143,16 +176,52 @@ def _synaptic_node(m: "snn.Synaptic", shape: tuple[int, ...], dt: float) -> nir.
     )
 
 
-def _rescale_taus(node: nir.NIRNode, factor: float) -> nir.NIRNode:
-    """snnTorch's exporter uses dt = 1e-4; for another dt multiply every time constant (recursively)."""
-    if isinstance(node, nir.NIRGraph):
-        for sub in node.nodes.values():
-            _rescale_taus(sub, factor)
-        return node
-    for f in ("tau", "tau_mem", "tau_syn"):
-        if hasattr(node, f):
-            setattr(node, f, np.asarray(getattr(node, f), dtype=np.float64) * factor)
-    return node
+def _recurrent_graph(m, shape: tuple[int, ...], dt: float) -> nir.NIRGraph:
+    """RLeaky -> subgraph input -> lif <-> w_rec -> output (node names as snnTorch's own exporter uses).
+
+    Built here in float64 (snnTorch's exporter computes r = tau/dt in float32, so r*dt/tau != 1 and the
+    walker's spikes drift from snnTorch's); the recurrent Linear is a weight node in the cycle, compressed
+    like any other layer; all_to_all=False (one weight per neuron, V) is a Scale in the cycle."""
+    node = _leaky_node(m, shape, dt)
+    if m.all_to_all:
+        # the recurrent bias goes to the layer feeding the neuron (`_fold_recurrent_bias`): snnTorch adds it
+        # from t = 0, a NIR back edge carries nothing at t = 0
+        w_rec = nir.Linear(weight=to_numpy(m.recurrent.weight).astype(np.float32))
+    else:
+        w_rec = nir.Scale(scale=full(m.recurrent.V, shape, "V"))
+    return nir.NIRGraph(
+        nodes={"input": nir.Input(input_type=np.array(shape)), "lif": node, "w_rec": w_rec,
+               "output": nir.Output(output_type=np.array(shape))},
+        edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
+    )
+
+
+def _fold_recurrent_bias(graph: nir.NIRGraph, net) -> None:
+    """Add each RLeaky's recurrent bias to the bias of the one weight layer feeding its neuron.
+
+    snnTorch computes ``recurrent(spk)`` = W spk + b at every step, t = 0 included; a NIR back edge is read
+    at t-1 and is zero at t = 0, so a bias inside the cycle would be missing on the first step."""
+    for name, m in net.named_modules():
+        if not isinstance(m, snn.RLeaky) or not m.all_to_all or m.recurrent.bias is None:
+            continue
+        bias = to_numpy(m.recurrent.bias).astype(np.float64)
+        if not np.any(bias):
+            continue
+        lif, rec = f"{name}.lif", f"{name}.w_rec"
+        feeds = [a for a, b in graph.edges if b == lif and a != rec]
+        if len(feeds) != 1 or not isinstance(graph.nodes[feeds[0]], (nir.Affine, nir.Linear)):
+            raise ValueError(f"RLeaky {name!r} has a recurrent bias and is not fed by exactly one Linear layer: "
+                             "the bias cannot be placed outside the recurrent cycle")
+        node = graph.nodes[feeds[0]]
+        old = np.zeros(node.weight.shape[0]) if isinstance(node, nir.Linear) else np.asarray(node.bias, np.float64)
+        graph.nodes[feeds[0]] = nir.Affine(weight=node.weight, bias=(old + bias).astype(np.float32))
+
+
+def weight_parameters(net: torch.nn.Module) -> dict[str, str]:
+    """NIR weight node -> parameter name, for the nodes not named after their module (``<node>.weight``):
+    an RLeaky's recurrent weight ``<name>.w_rec`` is ``<name>.recurrent.weight``."""
+    return {f"{name}.w_rec": f"{name}.recurrent.weight" for name, m in net.named_modules()
+            if isinstance(m, snn.RLeaky) and m.all_to_all}
 
 
 def reset_snntorch(model: "torch.nn.Module") -> None:
@@ -191,14 +260,15 @@ def export_snntorch(
     reset_snntorch(net)
 
     def module_map(module):
-        if isinstance(module, _RECURRENT):
-            node = _extract_snntorch_module(module)
-            return _rescale_taus(node, dt / SNNTORCH_DT)
-        if isinstance(module, (snn.Leaky, snn.Synaptic)):
+        if isinstance(module, _SUPPORTED_NEURONS):
             shape = shapes.get(id(module))
             if shape is None:
                 raise ValueError(f"{type(module).__name__} was not called by the forward pass of the sample")
+            if isinstance(module, snn.RLeaky):
+                return _recurrent_graph(module, shape, dt)
             return (_leaky_node if isinstance(module, snn.Leaky) else _synaptic_node)(module, shape, dt)
+        if isinstance(module, torch.nn.AvgPool2d):
+            return pool_node(module)
         return _extract_snntorch_module(module)
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
@@ -217,6 +287,7 @@ def export_snntorch(
         for f in ("weight", "bias"):  # torch tensors -> numpy (snnTorch's Conv2d export leaves tensors)
             if hasattr(node, f) and not isinstance(getattr(node, f), np.ndarray) and getattr(node, f) is not None:
                 setattr(node, f, to_numpy(getattr(node, f)))
+    _fold_recurrent_bias(graph, net)
     graph.infer_types()
     graph.metadata = sim_metadata(
         dt, reset, source=f"snntorch {snn.__version__}",
@@ -312,26 +383,21 @@ def import_snntorch(
     graph = copy.deepcopy(graph)
 
     def other(node):
-        if isinstance(node, nir.NIRGraph) and dt != SNNTORCH_DT:
-            raise ValueError("recurrent (RLeaky/RSynaptic) subgraphs can only be imported with dt = 1e-4")
-        if isinstance(node, nir.NIRGraph) and mechanism != "zero":
-            raise ValueError("recurrent (RLeaky/RSynaptic) subgraphs are imported with reset to zero only")
         with contextlib.redirect_stdout(io.StringIO()):
             return _nir_to_snntorch_module(node, init_hidden=init_hidden)
 
     node_map = {
-        nir.Affine: other, nir.Linear: other, nir.Conv2d: other, nir.Flatten: other, nir.AvgPool2d: other,
-        nir.NIRGraph: other,
+        nir.Affine: other, nir.Linear: other, nir.Conv2d: conv2d, nir.Flatten: flatten, nir.AvgPool2d: avgpool2d,
+        nir.Scale: scale,
         nir.LIF: lambda n: _lif_module(n, dt, mechanism, init_hidden),
         nir.IF: lambda n: _if_module(n, mechanism, init_hidden),
         nir.CubaLIF: lambda n: _cubalif_module(n, dt, mechanism, init_hidden),
     }
-    supported = set(node_map) | {nir.Input, nir.Output}
+    supported = set(node_map) | {nir.Input, nir.Output, nir.NIRGraph}  # nirtorch recurses into subgraphs
     for name, node in graph.nodes.items():
         if type(node) not in supported:
             raise ValueError(f"node {name!r}: NIR {type(node).__name__} has no snnTorch equivalent here")
     with contextlib.redirect_stdout(io.StringIO()):
-        graph = _replace_rnn_subgraph_with_nirgraph(graph)
         return nirtorch.nir_to_torch(graph, node_map)
 
 

@@ -16,6 +16,7 @@ from ..hardware.deploy import compress_for_target, deployment_paths, target_plan
 from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
+from ..io.sizes import file_sizes
 from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
 from ..sim import SimConfig, Walker
 from . import cli
@@ -99,7 +100,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
         new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True)
         deploy, models = None, {"compressed": new}
     _show(report, deploy)
-    _save(models, outputs, model, cfg, report, deploy)
+    _save(models, outputs, model, cfg, report, deploy, dense=graph)
     if test is not None:
         _evaluate(walker, models, test, readout, batch_size, report, deploy)
     if report_path:
@@ -145,15 +146,21 @@ def _show(report, deploy) -> None:
                    err=True)
 
 
-def _save(models: dict, outputs: list[Path], model: str, cfg, report, deploy) -> None:
+def _save(models: dict, outputs: list[Path], model: str, cfg, report, deploy, dense) -> None:
+    """Write the models, then report each file's size against the dense model in the same format."""
     if deploy is not None:
         a, b = write_deployment(models["integer"], models["twin"], outputs[0], cfg, deploy)
-        click.echo(f"wrote {a} (integer weights and neuron parameters, {a.stat().st_size / 1024:.1f} KiB) and {b} "
-                   f"(dequantized float twin, {b.stat().st_size / 1024:.1f} KiB)")
-        return
-    source = model if model_format(model) == "onnx" else None
-    out = save_model(models["compressed"], outputs[0], cfg=cfg, source=source, metadata=compression_metadata(report))
-    click.echo(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
+        click.echo(f"wrote {a} (integer weights and neuron parameters) and {b} (dequantized float twin)")
+        written = [a, b]
+    else:
+        source = model if model_format(model) == "onnx" else None
+        written = [save_model(models["compressed"], outputs[0], cfg=cfg, source=source, quant=report.quant,
+                              metadata=compression_metadata(report))]
+        click.echo(f"wrote {written[0]}")
+    for path in written:
+        sizes = file_sizes(path, dense, cfg)
+        report.files.append(sizes.to_dict())
+        click.echo(sizes.table())
 
 
 def _evaluate(walker: Walker, models: dict, test, readout: str, batch_size: int, report, deploy) -> None:

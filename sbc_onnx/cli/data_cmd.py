@@ -1,4 +1,4 @@
-"""`sbc-onnx data ...`: build dataset .npz files (N-MNIST, MNIST) and inspect them."""
+"""`sbc-onnx data ...`: build dataset .npz files (N-MNIST, any tonic dataset on disk, MNIST) and inspect them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..data import Dataset, load_dataset, load_mnist, load_nmnist, save_dataset
+from ..data import Dataset, load_dataset, load_mnist, load_nmnist, load_tonic, save_dataset
 from ..errors import SbcError
 from ..io.paths import check_output
 from . import cli
@@ -63,6 +63,48 @@ def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int)
     check_output(output, what="dataset", inputs=[labels], make_dirs=True)
     t0 = time.perf_counter()
     ds = load_nmnist(directory, labels, time_window_us, progress=True)
+    save_dataset(ds, output)
+    click.echo(f"{_summary(ds, output)}; {time.perf_counter() - t0:.1f} s")
+
+
+@data.command("tonic")
+@click.argument("name")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="output .npz")
+@click.option("--split", type=click.Choice(["train", "test", "valid"]), default=None,
+              help="subset to read  [default: test, for datasets that have splits]")
+@click.option("--time-window", type=COUNT, default=None,
+              help="frame length in microseconds (tonic ToFrame time_window)  [default: 1000 if no other binning]")
+@click.option("--event-count", type=COUNT, default=None, help="events per frame (tonic ToFrame event_count)")
+@click.option("--n-time-bins", type=COUNT, default=None, help="frames per sample (tonic ToFrame n_time_bins)")
+@click.option("--limit", type=COUNT, default=None, help="number of samples, the first in file-path order (default: all)")
+def tonic_cmd(
+    name: str,
+    directory: Path,
+    output: Path,
+    split: str | None,
+    time_window: int | None,
+    event_count: int | None,
+    n_time_bins: int | None,
+    limit: int | None,
+) -> None:
+    """A tonic dataset NAME (NMNIST, DVSGesture, SHD, ...) whose files are in DIRECTORY -> event-count frames.
+
+    DIRECTORY is tonic's save_to folder, holding NAME/ in tonic's layout (e.g. NMNIST/Test/<digit>/<id>.bin);
+    nothing is downloaded. Frames are binned by tonic's ToFrame with the dataset's sensor size.
+    """
+    check_output(output, what="dataset", make_dirs=True)
+    t0 = time.perf_counter()
+    ds = load_tonic(
+        name,
+        directory,
+        split=split,
+        time_window=time_window,
+        event_count=event_count,
+        n_time_bins=n_time_bins,
+        limit=limit,
+        progress=True,
+    )
     save_dataset(ds, output)
     click.echo(f"{_summary(ds, output)}; {time.perf_counter() - t0:.1f} s")
 

@@ -44,11 +44,13 @@ def load_model(path: str | os.PathLike) -> nir.NIRGraph:
 
 def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,
                metadata: dict[str, Any] | None = None, source: str | os.PathLike | None = None,
-               int_weights: bool = False) -> Path:
+               int_weights: bool = False, compact: bool = True, quant: dict | None = None) -> Path:
     """Write `graph` to `path` by extension, with `metadata` and the settings of `cfg` (for ONNX: default the
     graph's own). With `source` the ONNX file the graph was read from and the same settings, only its weight
     initializers and metadata are rewritten (every other protobuf field is kept). `int_weights`: ONNX only,
-    weights on an integer grid stored as integers (write_onnx)."""
+    weights on an integer grid stored as integers (write_onnx). `compact` (ONNX; NIR files are always
+    gzip-compressed): sparse and low-bit weights stored in the smallest exact encoding, on `quant`'s integer
+    grids ({node: (q, scale, zero_point)}, e.g. a CompressionReport's) or inferred ones."""
     if model_format(path) == "nir":
         if int_weights:
             raise SbcError(f"{path}: integer weights (int_weights) are stored in ONNX files only")
@@ -58,7 +60,8 @@ def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig |
     if source is not None and model_format(source) == "onnx" and not int_weights:
         baked = onnx_io.baked_config(source)
         if cfg is None or cfg.to_metadata() == baked.to_metadata():
-            return onnx_io.update_onnx(source, graph, path, metadata=metadata)
+            return onnx_io.update_onnx(source, graph, path, metadata=metadata, compact=compact, quant=quant)
         log.info("%s is built for other simulation settings (%s); %s is written as a new file",
                  source, ", ".join(f"{k}={v}" for k, v in baked.to_metadata().items()), path)
-    return onnx_io.write_onnx(graph, path, cfg=cfg, metadata=metadata, int_weights=int_weights)
+    return onnx_io.write_onnx(graph, path, cfg=cfg, metadata=metadata, int_weights=int_weights, compact=compact,
+                              quant=quant)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-import ml_dtypes
 import nir
 import numpy as np
 import onnx
@@ -15,12 +15,26 @@ from ..errors import SbcError
 from ..graph import FlatGraph, flatten
 from ..primitives import NEURON, PARAM_FIELDS, primitive
 from ..sim.config import META_KEYS, SimConfig
-from .onnx_common import (CONVENTION, DOMAIN, EDGE_ORDER_KEY, SUBGRAPHS_KEY, DOMAIN_VERSION, DT_TENSOR, IR_VERSION,
-                          KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META, OPSET, dequantize,
-                          encode)
-from .onnx_functions import build_functions
 from ..sim.conv import as_tuple, conv_padding
 from ..sim.walker import Walker
+from .onnx_common import (
+    CONVENTION,
+    DOMAIN,
+    DOMAIN_VERSION,
+    DT_TENSOR,
+    EDGE_ORDER_KEY,
+    IR_VERSION,
+    KEY_CONVENTION,
+    KEY_DTYPE,
+    KEY_JSON,
+    KEY_NODE_FIELD,
+    KEY_NODE_META,
+    OPSET,
+    SUBGRAPHS_KEY,
+    encode,
+)
+from .onnx_functions import build_functions
+from .onnx_weights import encode_weight
 
 Quant = dict[str, tuple[np.ndarray, np.ndarray, Any]]
 
@@ -51,17 +65,17 @@ def infer_shapes(fg: FlatGraph, cfg: SimConfig) -> tuple[dict, dict, dict]:
         walker.run(xs, on_input=on_in, on_output=on_out, on_state={n: grab(n) for n in fg.order})
     except SbcError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SbcError(f"cannot determine tensor shapes of the graph: {type(e).__name__}: {e}") from e
     return ins, outs, states
 
 
 class _Builder:
-    def __init__(self, graph: nir.NIRGraph, cfg: SimConfig, quant: Quant | None, int_weights: bool):
+    def __init__(self, graph: nir.NIRGraph, cfg: SimConfig, quant: Quant | None, int_weights: bool, compact: bool):
         self.fg = flatten(graph)
         self.graph, self.cfg = graph, cfg
         self.quant = quant or {}
-        self.int_weights = int_weights
+        self.int_weights, self.compact = int_weights, compact
         self.dtype = np.dtype(cfg.dtype)
         self.onnx_dtype = helper.np_dtype_to_tensor_dtype(self.dtype)
         self.inits: list[TensorProto] = []
@@ -91,8 +105,10 @@ class _Builder:
         """Store NIR parameter `field` of node n as tensor `<n>.<field>` (its own dtype and shape)."""
         name = f"{n}.{field}"
         a = np.asarray(value)
-        if field == "weight" and n in self.quant and self.int_weights:
-            self._int_param(name, a, *self.quant[n])
+        if field == "weight":
+            enc = encode_weight(name, a, grid=self.quant.get(n), compact=self.compact, int_weights=self.int_weights)
+            self.inits.extend(enc.inits)
+            self.top.extend(enc.nodes)
         elif field not in ("weight", "bias") and a.size > 1 and np.all(a == a.reshape(-1)[0]):
             # uniform neuron parameter: one value + Expand (keeps the file small, shape exact)
             self.inits.append(numpy_helper.from_array(a.reshape(-1)[:1].copy(), name + "/value"))
@@ -101,53 +117,6 @@ class _Builder:
         else:
             self.inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
         return name
-
-    def _int_param(self, name: str, w: np.ndarray, q, scale, zero) -> None:
-        q = np.asarray(q)
-        scale = np.asarray(scale, dtype=np.float32).reshape(-1)
-        if q.shape != w.shape:
-            raise SbcError(f"{name}: integer weights have shape {q.shape}, the graph's {w.shape}")
-        if np.any(q != np.round(q)):
-            raise SbcError(f"{name}: integer weights are not integers")
-        if scale.size not in (1, w.shape[0]) or not np.all(scale > 0):
-            raise SbcError(f"{name}: scale must be positive, one per output channel ({w.shape[0]}) or one")
-        zp = None if zero is None else np.broadcast_to(np.asarray(zero).reshape(-1), scale.shape)
-        if zp is not None and np.all(zp == 0):
-            zp = None
-        qi = q.astype(np.int64)
-        lo, hi = int(qi.min(initial=0)), int(qi.max(initial=0))
-        if zp is not None:
-            lo, hi = min(lo, int(zp.min())), max(hi, int(zp.max()))
-        for t, (a, b), npt in ((TensorProto.INT4, (-8, 7), np.int8), (TensorProto.UINT4, (0, 15), np.uint8),
-                               (TensorProto.INT8, (-128, 127), np.int8), (TensorProto.UINT8, (0, 255), np.uint8),
-                               (TensorProto.INT16, (-32768, 32767), np.int16)):
-            if a <= lo and hi <= b:
-                break
-        else:
-            raise SbcError(f"{name}: integer weights range {lo}..{hi} does not fit 16 bits")
-        deq = dequantize(qi, scale, zp)
-        w32 = w.astype(np.float32)
-        tol = 1e-5 * max(float(np.abs(w32).max(initial=0.0)), 1e-30)
-        if np.abs(deq - w32).max(initial=0.0) > tol:
-            raise SbcError(f"{name}: the integer grid does not reproduce the graph's weights "
-                           f"(max difference {np.abs(deq - w32).max():.3g})")
-
-        def tensor(tname, arr):
-            if t in (TensorProto.INT4, TensorProto.UINT4):  # packed two per byte in raw_data
-                return numpy_helper.from_array(arr.astype(ml_dtypes.int4 if t == TensorProto.INT4
-                                                          else ml_dtypes.uint4), tname)
-            return numpy_helper.from_array(arr.astype(npt), tname)
-
-        self.inits.append(tensor(name + "/q", qi))
-        sc_name = name + "/scale"
-        self.inits.append(numpy_helper.from_array(scale if scale.size > 1 else scale.reshape(()), sc_name))
-        ins = [name + "/q", sc_name]
-        if zp is not None:
-            self.inits.append(tensor(name + "/zero_point", np.asarray(zp, dtype=np.int64).reshape(scale.shape)))
-            ins.append(name + "/zero_point")
-        self.top.append(helper.make_node("DequantizeLinear", ins, [name], name=name, axis=0))
-        if w.dtype != np.float32:
-            raise SbcError(f"{name}: integer weights need float32 weights in the graph, not {w.dtype}")
 
     # ---- parameters outside the Scan -------------------------------------------------------------------
     def decay(self, n: str, tau: str, tag: str) -> str:
@@ -167,7 +136,7 @@ class _Builder:
         p = {f: self.param(n, f, getattr(node, f)) for f in nir_fields(node)
              if f in PARAM_FIELDS and getattr(node, f) is not None}
         dt = {f: np.asarray(getattr(node, f)).dtype for f in p}
-        c = lambda f, tag=None: self.cast(f"{n}/{tag or f}", p[f], dt[f])  # noqa: E731
+        c = lambda f, tag=None: self.cast(f"{n}/{tag or f}", p[f], dt[f])
         if kind in ("Affine", "Linear"):
             w = np.asarray(node.weight)
             if w.ndim != 2:
@@ -344,10 +313,12 @@ class _Builder:
 
 
 def build_model(graph: nir.NIRGraph, cfg: SimConfig, *, metadata: dict | None = None, quant: Quant | None = None,
-                int_weights: bool = False) -> onnx.ModelProto:
+                int_weights: bool = False, compact: bool = True) -> onnx.ModelProto:
+    """The ONNX model of `graph`. Weights: `encode_weight` (compact: the smallest exact encoding; int_weights:
+    integer storage on `quant`'s or an inferred grid)."""
     if not isinstance(graph, nir.NIRGraph):
         raise SbcError(f"expected a NIR graph, got {type(graph).__name__}")
-    b = _Builder(graph, cfg, quant, int_weights)
+    b = _Builder(graph, cfg, quant, int_weights, compact)
     g = b.build()
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET),
                                                 helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],

@@ -13,13 +13,25 @@ from onnx import numpy_helper
 
 from ..errors import SbcError
 from ..primitives import CATALOGUE, PARAM_FIELDS
-from .onnx_common import (CONVENTION, DOMAIN, KEY_CONVENTION, KEY_DTYPE, KEY_JSON, KEY_NODE_FIELD, KEY_NODE_META,
-                          EDGE_ORDER_KEY, SUBGRAPHS_KEY, decode, dequantize)
+from .onnx_common import (
+    CONVENTION,
+    DOMAIN,
+    EDGE_ORDER_KEY,
+    KEY_CONVENTION,
+    KEY_DTYPE,
+    KEY_JSON,
+    KEY_NODE_FIELD,
+    KEY_NODE_META,
+    SUBGRAPHS_KEY,
+    decode,
+)
+from .onnx_weights import decode_node
 
 log = logging.getLogger("sbc_onnx")
 
 TOP_OPS = {"Constant", "Cast", "Transpose", "Reshape", "Expand", "DequantizeLinear", "Div", "Sub", "Mul", "Neg",
-           "Exp", "Round", "ReduceMax", "Add", "Shape", "Concat", "ConstantOfShape", "Scan"}
+           "Exp", "Round", "ReduceMax", "Add", "Shape", "Concat", "ConstantOfShape", "Scan",
+           "BitShift", "BitwiseAnd", "Slice", "CumSum", "Gather", "Where"}  # the last six: compact weights
 BODY_OPS = {"Add", "Identity"}
 
 
@@ -58,7 +70,8 @@ def check_convention(model: onnx.ModelProto, path) -> onnx.NodeProto:
 
 
 class _TopEval:
-    """Values of the top-level parameter tensors `<node>.<field>` (initializers, Expand, DequantizeLinear)."""
+    """Values of the top-level parameter tensors `<node>.<field>` (initializers, Expand, DequantizeLinear, the
+    compact weight encodings)."""
 
     def __init__(self, g: onnx.GraphProto):
         self.inits = {t.name: t for t in g.initializer}
@@ -79,17 +92,8 @@ class _TopEval:
             n = self.producer[name]
             if n.op_type == "Constant":
                 v = numpy_helper.to_array(n.attribute[0].t)
-            elif n.op_type == "Expand":
-                v = np.broadcast_to(self.get(n.input[0]), tuple(self.get(n.input[1]))).copy()
-            elif n.op_type == "DequantizeLinear":
-                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-                if axis != 0:
-                    raise SbcError(f"tensor {name!r}: DequantizeLinear must use axis 0 in this convention")
-                zp = self.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-                v = dequantize(self.get(n.input[0]), self.get(n.input[1]), zp)
-            else:
-                raise SbcError(f"parameter tensor {name!r} is produced by {n.op_type}; the convention stores "
-                               "parameters as initializers, Expand(value, shape) or DequantizeLinear")
+            else:  # Expand, DequantizeLinear or a compact weight encoding (onnx_weights.py)
+                v = decode_node(n, [self.get(i) if i else None for i in n.input])
         self.cache[name] = v
         return v
 
@@ -198,4 +202,4 @@ def compute_dtype(model: onnx.ModelProto) -> str:
     return next((p.value for p in model.metadata_props if p.key == KEY_DTYPE), "float32")
 
 
-__all__ = ["model_to_graph", "check_convention", "read_metadata", "compute_dtype"]
+__all__ = ["check_convention", "compute_dtype", "model_to_graph", "read_metadata"]

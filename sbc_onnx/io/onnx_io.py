@@ -30,6 +30,7 @@ from .atomic import write_bytes_atomic
 from .onnx_common import WEIGHT_FIELDS
 from .onnx_export import Quant, build_model, metadata_props, nir_fields, set_metadata
 from .onnx_import import compute_dtype, model_to_graph, read_metadata
+from .onnx_weights import encode_weight, owns
 
 
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
@@ -56,37 +57,34 @@ def baked_config(path: str | os.PathLike) -> SimConfig:
 
 def write_onnx(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,
                metadata: dict[str, Any] | None = None, int_weights: bool = False,
-               quant: Quant | None = None, check: bool = True) -> Path:
+               quant: Quant | None = None, compact: bool = True, check: bool = True) -> Path:
     """Export `graph` in the convention. `cfg` (default: the graph's metadata) fixes dt/integrator/reset and
-    the compute dtype. With `int_weights`, weights are stored as integers + per-channel scales
-    (DequantizeLinear, axis 0): `quant[node] = (q, scale, zero_point|None)` gives the grid (dequantized
-    float32(q - zero) * scale must reproduce the graph's weight); nodes missing from `quant` get a grid
-    inferred from their weights (`infer_grid`) or stay float if the weights are on no <= 8-bit grid."""
+    the compute dtype. `compact` (default): each weight in the smallest encoding that gives it back bit for
+    bit (dense, integer codes + DequantizeLinear, bitmask + nonzero values, or both; onnx_weights.py), on
+    `quant`'s grid or one inferred from the weights. With `int_weights`, weights are stored as integers +
+    per-channel scales whenever a grid fits: `quant[node] = (q, scale, zero_point|None)` gives it
+    (dequantized float32(q - zero) * scale must reproduce the graph's weight within 1e-5 relative); nodes
+    missing from `quant` get a grid inferred from their weights (`infer_grid`) or stay float if the weights
+    are on no <= 8-bit grid."""
     cfg = cfg or SimConfig.from_graph(graph)
-    quant = dict(quant or {})
-    if int_weights:
-        fg = flatten(graph)
-        for name in fg.weight_nodes():
-            node = fg.nodes[name]
-            if name not in quant:
-                grid = infer_grid(np.asarray(node.weight))
-                if grid is not None:
-                    quant[name] = grid
-    model = build_model(graph, cfg, metadata=metadata, quant=quant, int_weights=int_weights)
+    model = build_model(graph, cfg, metadata=metadata, quant=dict(quant or {}), int_weights=int_weights,
+                        compact=compact)
     if check:
         try:
             onnx.checker.check_model(model, full_check=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise SbcError(f"internal error: the exported ONNX model fails onnx.checker: {e}") from e
     return write_bytes_atomic(path, model.SerializeToString())
 
 
 def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: str | os.PathLike, *,
-                metadata: dict[str, Any] | None = None) -> Path:
-    """Copy `source_path`, replacing the data of the weight initializers (`<node>.weight`, `<node>.bias` of
-    Affine/Linear/Conv nodes) by `graph`'s values and adding `metadata` to metadata_props (encoded as
-    write_onnx does; settings keys are skipped, the file keeps the ones its time step is built for). Every
-    other protobuf field stays as it is. Non-weight parameters of `graph` must equal the file's."""
+                metadata: dict[str, Any] | None = None, compact: bool = True, quant: Quant | None = None) -> Path:
+    """Copy `source_path`, replacing the weights (`<node>.weight`, `<node>.bias` of Affine/Linear/Conv
+    nodes) by `graph`'s values and adding `metadata` to metadata_props (encoded as write_onnx does; settings
+    keys are skipped, the file keeps the ones its time step is built for). A changed weight is stored in the
+    encoding write_onnx would choose (`compact`, `quant`); its old initializers and nodes go. A dense
+    initializer that stays dense keeps its place and only its data changes. Every other protobuf field stays
+    as it is. Non-weight parameters of `graph` must equal the file's."""
     model = load_proto(source_path)
     src_graph = model_to_graph(model, source_path)
     src = flatten(src_graph).nodes
@@ -94,7 +92,7 @@ def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: s
     if set(src) != set(new):
         raise SbcError(f"the graph's nodes differ from {source_path}'s: "
                        f"{sorted(set(src) ^ set(new))[:8]}")
-    inits = {t.name: t for t in model.graph.initializer}
+    quant = quant or {}
     for name, node in new.items():
         kind = type(node).__name__
         if kind != type(src[name]).__name__:
@@ -102,7 +100,8 @@ def update_onnx(source_path: str | os.PathLike, graph: nir.NIRGraph, out_path: s
         for f in nir_fields(node):
             v, old = getattr(node, f), getattr(src[name], f)
             if (p := lookup(kind)) is not None and p.role == WEIGHT and f in WEIGHT_FIELDS and v is not None:
-                _replace_weight(inits, f"{name}.{f}", np.asarray(v), np.asarray(old), source_path)
+                _replace_weight(model.graph, f"{name}.{f}", np.asarray(v), np.asarray(old), compact,
+                                quant.get(name) if f == "weight" else None)
             elif not _same(v, old):
                 raise SbcError(f"node {name!r} field {f!r} differs from {source_path}; update_onnx rewrites "
                                "weights only (write a new file with write_onnx)")
@@ -121,20 +120,36 @@ def _same(a, b) -> bool:
     return np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def _replace_weight(inits: dict, name: str, value: np.ndarray, old: np.ndarray, path) -> None:
-    if name not in inits:
-        if np.array_equal(value.astype(np.float32), old.astype(np.float32)):
-            return  # stored as integers and unchanged
-        raise SbcError(f"{path} stores {name!r} as integers (DequantizeLinear); write a new file with "
-                       "write_onnx(..., int_weights=True) instead of updating it")
-    t = inits[name]
-    arr = numpy_helper.to_array(t)
-    if value.shape != arr.shape:
-        raise SbcError(f"{name}: new shape {value.shape} differs from the file's {arr.shape}")
-    new = numpy_helper.from_array(np.ascontiguousarray(value.astype(arr.dtype)), name)
+def _replace_weight(g: onnx.GraphProto, name: str, value: np.ndarray, old: np.ndarray, compact: bool,
+                    grid) -> None:
+    """Store `value` as parameter `name` of graph g, whose current value is `old` (decoded)."""
+    value = value.astype(old.dtype)
+    if value.shape != old.shape:
+        raise SbcError(f"{name}: new shape {value.shape} differs from the file's {old.shape}")
+    if value.tobytes() == old.tobytes():
+        return  # unchanged: the file keeps its encoding
+    enc = encode_weight(name, value, grid=grid, compact=compact) if name.endswith(".weight") \
+        else encode_weight(name, value, compact=False)
+    inits = {t.name: t for t in g.initializer}
+    if enc.kind == "dense" and name in inits and not any(name in n.output for n in g.node):
+        _set_data(inits[name], value)
+        return
+    keep_inits = [t for t in g.initializer if not owns(name, t.name)]
+    first = next((i for i, n in enumerate(g.node) if any(owns(name, o) for o in n.output)), 0)
+    keep_nodes = [n for n in g.node if not any(owns(name, o) for o in n.output)]
+    first = min(first, len(keep_nodes))
+    g.ClearField("initializer")
+    g.initializer.extend(keep_inits + enc.inits)
+    g.ClearField("node")
+    g.node.extend(keep_nodes[:first] + enc.nodes + keep_nodes[first:])
+
+
+def _set_data(t, value: np.ndarray) -> None:
+    """Replace the data of initializer t, keeping the storage field the file uses."""
+    new = numpy_helper.from_array(np.ascontiguousarray(value), t.name)
     if t.HasField("raw_data") or t.raw_data:
         t.raw_data = new.raw_data
-    else:  # keep the storage field the file uses
+    else:
         t.ClearField("float_data")
         t.ClearField("double_data")
         t.ClearField("int32_data")
@@ -150,7 +165,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None) -> ort.Infe
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SbcError(f"onnxruntime cannot load {path}: {e}") from e
 
 
@@ -194,5 +209,14 @@ def evaluate_onnxruntime(path: str | os.PathLike, dataset, *, readout: str = "co
                            progress=progress)
 
 
-__all__ = ["read_onnx", "write_onnx", "update_onnx", "baked_config", "evaluate_onnxruntime", "infer_grid",
-           "ort_session", "run_onnxruntime", "load_proto"]
+__all__ = [
+    "baked_config",
+    "evaluate_onnxruntime",
+    "infer_grid",
+    "load_proto",
+    "ort_session",
+    "read_onnx",
+    "run_onnxruntime",
+    "update_onnx",
+    "write_onnx",
+]

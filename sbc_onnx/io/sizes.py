@@ -1,0 +1,112 @@
+"""What a written model file really stores: its size against the dense model written in the same format, and
+the bytes each weight tensor takes in it (one place for the compress report and any storage budget).
+
+- weight_storage(path) -> [WeightStorage]       per weight tensor: encoding, dense bytes, stored bytes
+- file_sizes(path, dense_graph, cfg=) -> FileSizes   the file against `dense_graph` written the same way
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import nir
+import numpy as np
+
+from ..graph import flatten
+from ..sim.config import SimConfig
+from .models import model_format, save_model
+
+
+@dataclass
+class WeightStorage:
+    name: str  # flat node name
+    encoding: str  # ONNX: dense / int / sparse / sparse-int; NIR: the HDF5 filters
+    dense_bytes: int  # the tensor at its dtype, uncompressed
+    stored_bytes: int  # what the file holds for it
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_bytes / max(self.stored_bytes, 1)
+
+
+@dataclass
+class FileSizes:
+    path: str
+    format: str
+    bytes: int  # the written file
+    dense_bytes: int  # the dense model written the same way (format, settings, compact encodings)
+    weights: list[WeightStorage] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_bytes / max(self.bytes, 1)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+    def table(self) -> str:
+        head = (f"{self.path}: {self.bytes / 1024:.1f} KiB, dense {self.format.upper()} "
+                f"{self.dense_bytes / 1024:.1f} KiB, {self.ratio:.2f}x smaller")
+        lines = [head, f"  {'weight':<12} {'encoding':<14} {'dense B':>9} {'stored B':>9} {'ratio':>7}"]
+        lines += [f"  {w.name:<12} {w.encoding:<14} {w.dense_bytes:>9} {w.stored_bytes:>9} {w.ratio:>6.2f}x"
+                  for w in self.weights]
+        return "\n".join(lines)
+
+
+def weight_storage(path: str | os.PathLike) -> list[WeightStorage]:
+    """Per weight tensor of the model file at `path`: its encoding, dense and stored bytes."""
+    if model_format(path) == "onnx":
+        return _onnx_storage(path)
+    return _nir_storage(path)
+
+
+def _onnx_storage(path) -> list[WeightStorage]:
+    from .onnx_import import model_to_graph
+    from .onnx_io import load_proto  # on first use, as io/models.py
+    from .onnx_weights import encoding_kind, stored_bytes
+
+    model = load_proto(path)
+    fg = flatten(model_to_graph(model, path))
+    out = []
+    for n in fg.weight_nodes():
+        name = f"{n}.weight"
+        out.append(WeightStorage(n, encoding_kind(model.graph.node, name), np.asarray(fg.nodes[n].weight).nbytes,
+                                 stored_bytes(model.graph.initializer, name)))
+    return out
+
+
+def _nir_storage(path) -> list[WeightStorage]:
+    out = []
+    with h5py.File(path, "r") as f:
+        def walk(group, prefix):
+            for name, sub in group.get("nodes", {}).items():
+                if "weight" in sub and isinstance(sub["weight"], h5py.Dataset):
+                    d = sub["weight"]
+                    filters = "+".join(k for k in ("shuffle", "compression") if getattr(d, k))
+                    filters = filters.replace("compression", d.compression or "") or "none"
+                    out.append(WeightStorage(prefix + name, filters, int(d.size * d.dtype.itemsize),
+                                             int(d.id.get_storage_size())))
+                if "nodes" in sub:
+                    walk(sub, prefix + name + ".")
+
+        walk(f["node"], "")
+    return out
+
+
+def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfig | None = None, *,
+               compact: bool = True) -> FileSizes:
+    """The written file at `path` against `dense_graph` (the model before compression) written by the same
+    writer: same format, `cfg` and `compact`, so the ratio is what compression gained (a dense model whose
+    weights already lie on an integer grid is stored as integers too)."""
+    path = Path(path)
+    fmt = model_format(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / f"dense.{fmt}"
+        save_model(copy.deepcopy(dense_graph), ref, cfg=cfg, compact=compact)  # write_nir edits what it writes
+        dense = ref.stat().st_size
+    return FileSizes(str(path), fmt, path.stat().st_size, dense, weight_storage(path))
