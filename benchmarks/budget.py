@@ -11,7 +11,6 @@ interrupted run resumes; the markdown table is rebuilt from the log.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import pickle
 import sys
@@ -23,27 +22,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
 
-import sbc_onnx as sbc  # noqa: E402
-from sbc_onnx.io.storage import weight_storage_bits  # noqa: E402
-from sbc_onnx.repair import repair_thresholds  # noqa: E402
+import accuracy as A
 
-import accuracy as A  # noqa: E402
+import sbc_onnx as sbc
+from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+from sbc_onnx.repair import repair_thresholds
 
 CACHE = Path.home() / ".cache" / "sbc-onnx" / "budget"
 LOG = ROOT / "benchmarks" / "results" / "budget_runs.jsonl"
 
 # name -> compress() options (a budget, or a fixed rate as the baseline at a similar size) and whether to repair
 SETTINGS = {
-    "sbc-budget": dict(method="sbc", budget=True),
-    "sbc-budget+repair": dict(method="sbc", budget=True, repair=True),
-    "obc-budget": dict(method="obc", budget=True),
-    "magnitude-budget": dict(method="magnitude", budget=True),
-    "sbc-90%-8bit": dict(method="sbc", sparsity=0.9, bits=8),
-    "sbc-90%-8bit+repair": dict(method="sbc", sparsity=0.9, bits=8, repair=True),
-    "sbc-dense-2bit": dict(method="sbc", bits=2),
-    "sbc-dense-2bit+repair": dict(method="sbc", bits=2, repair=True),
+    "sbc-budget": {"method": "sbc", "budget": True},
+    "sbc-budget+repair": {"method": "sbc", "budget": True, "repair": True},
+    "obc-budget": {"method": "obc", "budget": True},
+    "magnitude-budget": {"method": "magnitude", "budget": True},
+    "sbc-90%-8bit": {"method": "sbc", "sparsity": 0.9, "bits": 8},
+    "sbc-90%-8bit+repair": {"method": "sbc", "sparsity": 0.9, "bits": 8, "repair": True},
+    "sbc-dense-2bit": {"method": "sbc", "bits": 2},
+    "sbc-dense-2bit+repair": {"method": "sbc", "bits": 2, "repair": True},
 }
 
 
@@ -66,7 +64,7 @@ def run(net, name, draw, budget):
     calib = net.calib_set(draw)
     t0 = time.perf_counter()
     g, rep = sbc.compress(net.graph, calib, cfg=net.cfg, measure_damage=False, batch_size=50,
-                          calibration=calibration(net, draw, objective), storage=weight_storage_bits, **opts)
+                          calibration=calibration(net, draw, objective), storage=onnx_weight_bits, **opts)
     out = {"setting": name, "draw": draw, "budget": budget, "compress_s": time.perf_counter() - t0,
            "layers": {l.name: [round(l.sparsity, 4), l.bits] for l in rep.layers}}
     if repair:
@@ -75,8 +73,9 @@ def run(net, name, draw, budget):
         out.update(repair_s=time.perf_counter() - t0, rate_error=[r.error(r.rates_before), r.error(r.rates_after)])
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.onnx"
-        sbc.save_model(g, path, cfg=net.cfg)
+        sbc.save_model(g, path, cfg=net.cfg, quant=rep.quant)
         out["onnx_bytes"] = path.stat().st_size
+        out["weight_bytes"] = sum(w.stored_bytes for w in weight_storage(path))
     out["acc"] = sbc.evaluate(g, net.eval, net.cfg, batch_size=250).accuracy
     return out
 

@@ -8,8 +8,8 @@ the kept fraction, for a SynOps budget).  `compress.budget.choose_options` then 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -19,16 +19,17 @@ import nir
 import numpy as np
 from tqdm import tqdm
 
+from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, plan_budget
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
 from .compress.budget import BudgetSpec, parse_budget
 from .compress.grids import GRANULARITIES
-from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, plan_budget
 from .data import as_dataset
 from .errors import SbcError
 from .evaluate import step_progress
 from .graph import FlatGraph, flatten
+from .repair import RepairReport, repair_thresholds
 from .sim import SimConfig, Walker
 
 log = logging.getLogger("sbc_onnx")
@@ -49,6 +50,8 @@ class Plan:
     layers      the weight layers to compress (default: all)
     budget      a whole-model budget (memory or SynOps) instead of sparsity and bits: each layer's
                 sparsity and bit width are chosen to fit it (budget_plan.py; dense calibration)
+    repair      after compression, rescale the spiking neurons' thresholds per channel so that their
+                calibration firing rates match the dense model's (repair.py); weights are unchanged
     """
     method: Method
     allocation: Allocation
@@ -62,13 +65,14 @@ class Plan:
     exact_resolve: bool = False
     layers: tuple[str, ...] | None = None
     budget: BudgetSpec | None = None
+    repair: bool = False
 
     @classmethod
     def build(cls, *, sparsity: float | None = None, bits: int | None = None, method: str | Method = "sbc",
               pattern: str | tuple | None = None, allocation: str = "lamp", lamp_p: float = 2.0,
               grid: str | None = None, granularity: str | None = None, sequential: bool = False,
               rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None,
-              budget: str | BudgetSpec | None = None) -> Plan:
+              budget: str | BudgetSpec | None = None, repair: bool = False) -> Plan:
         """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel.
         budget: e.g. "memory=10KiB" or a BudgetSpec (its option sets)."""
         _check_choice(grid, SCHEMES, "grid")
@@ -82,7 +86,8 @@ class Plan:
                    sparsity=None if sparsity is None else float(sparsity), bits=None if bits is None else int(bits),
                    pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
                    sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
-                   layers=None if layers is None else tuple(layers), budget=budget)
+                   layers=None if layers is None else tuple(layers), budget=budget,
+                   repair=bool(repair))
         if plan.allocation.needs_hessian and plan.sparsity and plan.sequential:
             raise SbcError(f"allocation {plan.allocation.name} needs the dense calibration of every layer up "
                            "front and unstructured pruning (not --sequential, not --pattern)")
@@ -215,6 +220,7 @@ class CompressionReport:
     accuracy_dense: float | None = None
     accuracy_compressed: float | None = None
     budget: dict | None = None  # the budget's plan: limit, used, per-layer choice (budget_plan.BudgetPlan)
+    repair: dict | None = None  # threshold repair: rate errors before/after, passes (repair.RepairReport)
     # layer -> (integer codes shaped like the weight, per-output-channel scale, zero point); W = s (q - z)
     quant: dict = field(default_factory=dict, repr=False)
     files: list = field(default_factory=list)  # written files: sizes against the dense model (io/sizes.py)
@@ -292,6 +298,8 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     run.calibrate(calibration)
     budget = run.allocate()
     run.compress_layers(budget)
+    if plan.repair:
+        run.repair(graph)
     report = run.report()
     if measure_damage:
         run.measure_damage(report)
@@ -332,6 +340,7 @@ class _Compression:
         self.storage: StorageBits | None = None
         self.synops: dict | None = None
         self.budget_plan: BudgetPlan | None = None
+        self.repair_report: RepairReport | None = None
 
     # ---- calibrate
     def calibrate(self, given: Calibration | None) -> None:
@@ -450,7 +459,8 @@ class _Compression:
             # on the grid exactly in the weight's own float type, so integer exports reproduce it bit for bit
             W_new = (q - zero.reshape(per_row)).astype(W.dtype) * scale.astype(W.dtype).reshape(per_row)
             self.quant[name] = (q, scale, zero)
-        return W_new
+        # a pruned negative weight can come out as -0.0: store plain zeros (files keep the sign bit)
+        return np.where(W_new == 0, np.zeros((), W_new.dtype), W_new)
 
     def _log_layer(self, name: str, parts) -> tuple[list, list, str | None]:
         esc = [e for r in parts for e in r.escalations]
@@ -476,7 +486,15 @@ class _Compression:
             allocation=plan.allocation.name, sim=self.cfg.to_metadata(), n_calibration=cals[0].n_samples,
             layers=self.layers, overall_sparsity=zeros / total if total else 0.0, seconds=self.seconds,
             notes=self.notes + list(cal_notes), quant=self.quant,
-            budget=None if self.budget_plan is None else self.budget_plan.to_dict())
+            budget=None if self.budget_plan is None else self.budget_plan.to_dict(),
+            repair=None if self.repair_report is None else self.repair_report.to_dict())
+
+    def repair(self, dense: nir.NIRGraph) -> None:
+        t0 = time.perf_counter()
+        r = repair_thresholds(dense, self.new, self.data, self.cfg, batch_size=self.batch_size)
+        self.repair_report = r
+        self.notes.append(r.summary())
+        self.seconds["repair"] = time.perf_counter() - t0
 
     def measure_damage(self, report: CompressionReport) -> None:
         t0 = time.perf_counter()

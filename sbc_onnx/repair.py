@@ -40,6 +40,10 @@ class RepairReport:
                 if self.rates_dense[n].sum() > 0]
         return float(np.mean(errs)) if errs else 0.0
 
+    def to_dict(self) -> dict:
+        return {"neurons": self.neurons, "passes": self.passes, "rate_error_before": self.error(self.rates_before),
+                "rate_error_after": self.error(self.rates_after), "history": self.history}
+
     def summary(self) -> str:
         return (f"threshold repair on {len(self.neurons)} neuron layer(s), {self.passes} pass(es): mean firing-rate "
                 f"error vs dense {self.error(self.rates_before):.3f} -> {self.error(self.rates_after):.3f}")

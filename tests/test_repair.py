@@ -57,8 +57,8 @@ def test_repair_matches_dense_rates_within_5_percent(case):
 
 def test_rates_are_per_channel_spikes_per_step(case):
     dense, _, data, cfg = case
-    from sbc_onnx.sim import Walker
     from sbc_onnx.graph import flatten
+    from sbc_onnx.sim import Walker
     spikes = []
     x, _ = next(data.batches(64))
     Walker(flatten(dense), cfg).run(x, on_output={"if1": lambda t, s: spikes.append(np.asarray(s))},

@@ -13,10 +13,11 @@ import click
 from ..compress import ALLOCATIONS, METHODS, SCHEMES
 from ..evaluate import evaluate
 from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
+from ..hardware.energy import energy_report
 from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
-from ..io.sizes import file_sizes
+from ..io.sizes import file_sizes, storage_model
 from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
 from ..sim import SimConfig, Walker
 from . import cli
@@ -36,6 +37,13 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 @click.option("--sparsity", type=FiniteFloat(0, 1, max_open=True), default=None,
               help="Overall fraction of weights to prune, in [0, 1), e.g. 0.9.")
 @click.option("--bits", type=click.IntRange(2, 8), default=None, help="Quantize weights to this many bits.")
+@click.option("--budget", default=None,
+              help="Fit a whole-model budget instead of giving --sparsity/--bits: memory=SIZE (weight storage of "
+                   "the .onnx output, e.g. 10KiB) or synops=COUNT (synaptic operations per calibration sample, "
+                   "e.g. 2M). Each layer's sparsity and bits are chosen by the least summed layer objective.")
+@click.option("--repair", is_flag=True,
+              help="After compression, rescale each spiking neuron's threshold per channel so that its "
+                   "calibration firing rate matches the dense model's (weights unchanged).")
 @click.option("--method", type=click.Choice(list(METHODS)), default="sbc", show_default=True, help=METHOD_HELP + ".")
 @click.option("--pattern", default=None, help="N:M semi-structured sparsity along each row's inputs, e.g. 2:4.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="lamp", show_default=True,
@@ -71,17 +79,22 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
-def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, allocation, lamp_p, grid, granularity,
+def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid, granularity,
                  damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path, eval_limit,
                  readout, force, target, dt, integrator, reset, cuba_order, precision) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
                    lamp_p=lamp_p, grid=grid, granularity=granularity, sequential=sequential, rel_damp=damp,
-                   exact_resolve=exact_resolve)
+                   exact_resolve=exact_resolve, budget=budget, repair=repair)
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     outputs = _output_paths(model, output, force, profile is not None)
+    if plan.budget is not None:
+        if profile is not None:
+            raise click.UsageError("--budget and --target cannot be combined yet: the chip profile fixes the bits")
+        if plan.budget.kind == "memory":
+            storage_model(output)  # a format with a storage model, before any work
     _check_files(model, calib_path, eval_path, report_path)
     graph = load_model(model)
     cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
@@ -97,7 +110,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
                                                      progress=True)
         report, models = deploy.compression, {"integer": int_g, "twin": float_g}
     else:
-        new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True)
+        new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True,
+                               **_budget_inputs(plan, graph, calib, cfg, outputs[0], batch_size))
         deploy, models = None, {"compressed": new}
     _show(report, deploy)
     _save(models, outputs, model, cfg, report, deploy, dense=graph)
@@ -107,6 +121,16 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
         data = {**report.to_dict(), **({"target": deploy.to_dict()} if deploy else {})}
         write_json(report_path, data)
         click.echo(f"wrote report {report_path}", err=True)
+
+
+def _budget_inputs(plan, graph, calib, cfg, output, batch_size) -> dict:
+    """What a budget counts with: the output's storage model (memory) or the dense SynOps (synops)."""
+    if plan.budget is None:
+        return {}
+    if plan.budget.kind == "memory":
+        return {"storage": storage_model(output)}
+    report = energy_report(graph, calib, cfg, batch_size=batch_size)
+    return {"synops": {l.name: l.synops_per_sample for l in report.layers}}
 
 
 def _output_paths(model: str, output: str, force: bool, deployment: bool) -> list[Path]:

@@ -44,7 +44,7 @@ class BudgetSpec:
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     bits: tuple[int | None, ...] = DEFAULT_BITS
 
-    def options(self) -> list["Option"]:
+    def options(self) -> list[Option]:
         return [Option(float(s), b) for s in self.sparsities for b in self.bits]
 
     def text(self) -> str:
@@ -72,7 +72,7 @@ def parse_budget(text: str, *, sparsities=None, bits=None) -> BudgetSpec:
         raise ValueError("budget sparsities must be in [0, 1)")
     if any(b is not None and not 2 <= int(b) <= 8 for b in bt):
         raise ValueError("budget bit widths must be between 2 and 8")
-    return BudgetSpec(kind, int(math.floor(amount)), sp, bt)
+    return BudgetSpec(kind, math.floor(amount), sp, bt)
 
 
 def _bytes_text(n: int) -> str:

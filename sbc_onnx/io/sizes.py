@@ -8,6 +8,7 @@ the bytes each weight tensor takes in it (one place for the compress report and 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ import h5py
 import nir
 import numpy as np
 
+from ..errors import SbcError
 from ..graph import flatten
 from ..sim.config import SimConfig
 from .models import model_format, save_model
@@ -110,3 +112,41 @@ def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfi
         save_model(copy.deepcopy(dense_graph), ref, cfg=cfg, compact=compact)  # write_nir edits what it writes
         dense = ref.stat().st_size
     return FileSizes(str(path), fmt, path.stat().st_size, dense, weight_storage(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def onnx_weight_bits(shape: tuple, kept: int, bits: int | None) -> int:
+    """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores for a float32
+    weight of `shape` with `kept` nonzero entries on a symmetric per-channel `bits`-bit grid (None: float
+    values off any grid).  Found by encoding a stand-in tensor of that structure whose codes span the whole
+    grid, so it is exact for the encodings the writer has, and an upper bound for a weight with fewer
+    nonzeros or a narrower code range (the writer keeps the smallest encoding)."""
+    from .onnx_weights import encode_weight  # on first use, as the other ONNX helpers
+
+    n = int(np.prod(shape))
+    if not 0 <= kept <= n:
+        raise ValueError(f"kept must be in [0, {n}], got {kept}")
+    rows = int(shape[0]) if len(shape) else 1
+    if bits is None:
+        flat = np.zeros(n, np.float32)
+        flat[:kept] = np.float32(np.pi) * (1 + np.arange(kept, dtype=np.float32) / max(n, 1))
+        enc = encode_weight("w", flat.reshape(shape))
+    else:
+        top = 2 ** (bits - 1)
+        codes = np.zeros(n, np.int64)
+        codes[:kept] = np.where(np.arange(kept) % 2, top - 1, -top)  # both ends of the grid
+        codes[:kept][codes[:kept] == 0] = 1
+        scale = np.full(rows, 2.0**-bits, np.float32)
+        q = codes.reshape(shape)
+        w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(np.float32)
+        enc = encode_weight("w", w, grid=(q, scale, None))
+    return 8 * sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in enc.inits)
+
+
+def storage_model(path: str | os.PathLike):
+    """The storage model (shape, kept, bits) -> bits of a memory budget for an output written to `path`.
+    Only ONNX has one: a NIR file's gzip compression depends on the values, not only on their count."""
+    if model_format(path) != "onnx":
+        raise SbcError(f"{path}: a memory budget counts the weight storage of an ONNX file; NIR files are "
+                       "gzip-compressed, so their size is known only once written: write .onnx")
+    return onnx_weight_bits
