@@ -19,8 +19,8 @@ from .errors import SbcError
 
 __all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "plan_budget"]
 
-# bits a layer's weights take in the output: (weight shape, weights kept, bit width or None for float)
-StorageBits = Callable[[tuple, int, "int | None"], int]
+# bits a layer's weights take in the output: (weight shape, weights kept, bit width or None for float, dtype name)
+StorageBits = Callable[[tuple, int, "int | None", str], int]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class BudgetLayer:
     H: np.ndarray        # its dense calibration Hessian
     groups: int
     shape: tuple         # the weight's own shape (what the output stores)
+    dtype: str = "float32"
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _size(layer: BudgetLayer, o: Option, spec: BudgetSpec, storage, synops) -> i
     if spec.kind == "memory":
         if storage is None:
             raise SbcError("a memory budget needs the output format's storage model")
-        return int(storage(tuple(layer.shape), kept, o.bits))
+        return int(storage(tuple(layer.shape), kept, o.bits, layer.dtype))
     if synops is None or layer.name not in synops:
         raise SbcError(f"a SynOps budget needs the dense SynOps of layer {layer.name}")
     return int(np.ceil(synops[layer.name] * kept / n))

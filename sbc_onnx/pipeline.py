@@ -400,7 +400,8 @@ class _Compression:
         t0 = time.perf_counter()
         plan = self.plan
         layers = [BudgetLayer(n, _layer_matrix(self.fg.nodes[n]), self.calibs[n].layers[n].H,
-                              self.calibs[n].layers[n].groups, tuple(np.shape(self.fg.nodes[n].weight)))
+                              self.calibs[n].layers[n].groups, tuple(np.shape(self.fg.nodes[n].weight)),
+                              np.asarray(self.fg.nodes[n].weight).dtype.name)
                   for n in self.names]
         self.budget_plan = plan_budget(layers, plan.budget, method=plan.method, storage=self.storage,
                                        synops=self.synops, rel_damp=plan.rel_damp, grid_scheme=plan.grid,

@@ -63,3 +63,108 @@ def test_bad_shapes_are_refused():
         choose_options([[1.0, 2.0]], [[1]], 5)
     with pytest.raises(ValueError):
         choose_options([[1.0]], [[-1]], 5)
+
+
+def test_parse_budget_units_and_errors():
+    from sbc_onnx.compress.budget import parse_budget
+    assert parse_budget("memory=10KiB").amount == 10 * 1024
+    assert parse_budget("memory=64kB").amount == 64_000
+    assert parse_budget("synops=2.5M").amount == 2_500_000
+    for bad in ("memory=", "memory=-1", "memory=nan", "mem=3", "memory=10XB", "synops=0"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+
+
+@pytest.mark.parametrize("shape,kept,bits", [((16, 2, 5, 5), 800, None), ((16, 2, 5, 5), 80, 4),
+                                             ((30, 20), 61, 8), ((30, 20), 600, 3), ((10, 7), 0, None)])
+def test_onnx_storage_model_is_what_the_writer_stores(shape, kept, bits, tmp_path):
+    """The predicted bits equal the bytes a written file holds for a real weight of that structure."""
+    import nir
+
+    import sbc_onnx as sbc
+    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+
+    rng = np.random.default_rng(0)
+    n = int(np.prod(shape))
+    if bits is None:
+        w = rng.normal(size=n).astype(np.float32)
+        quant = None
+    else:
+        top = 2 ** (bits - 1)
+        q = rng.integers(-top, top, n)
+        q[q == 0] = 1
+        scale = (rng.random(shape[0]) + 0.5).astype(np.float32)
+    keep = np.zeros(n, bool)
+    keep[rng.choice(n, kept, replace=False)] = True
+    if bits is None:
+        w = np.where(keep, w, 0).reshape(shape)
+    else:
+        q = np.where(keep, q, 0).reshape(shape)
+        w = (q * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(np.float32)
+        quant = {"layer": (q, scale, np.zeros(shape[0], np.int64))}
+    node = nir.Conv2d(None, w, 1, 0, 1, 1, np.zeros(shape[0], np.float32)) if len(shape) == 4 else \
+        nir.Linear(w)
+    in_shape = (shape[1], 9, 9) if len(shape) == 4 else (shape[1],)
+    g = nir.NIRGraph(nodes={"input": nir.Input(np.array(in_shape)), "layer": node,
+                            "output": nir.Output(np.array([shape[0], 5, 5] if len(shape) == 4 else [shape[0]]))},
+                     edges=[("input", "layer"), ("layer", "output")])
+    path = tmp_path / "m.onnx"
+    sbc.save_model(g, path, quant=quant)
+    stored = {s.name: s.stored_bytes for s in weight_storage(path)}["layer"]
+    assert onnx_weight_bits(shape, kept, bits) == 8 * stored
+
+
+@pytest.fixture(scope="module")
+def mlp_files(tmp_path_factory):
+    """A 32-48-10 LIF MLP (8 KB of float32 weights) and 24 calibration samples of random spikes."""
+    import nir
+
+    import sbc_onnx as sbc
+    from sbc_onnx.data import Dataset, save_dataset
+    from topologies import DT, _affine, _lif
+
+    d = tmp_path_factory.mktemp("mlp")
+    rng = np.random.default_rng(1)
+    g = nir.NIRGraph(nodes={"input": nir.Input(np.array([32])), "a1": _affine(rng, 48, 32), "l1": _lif(48),
+                            "a2": _affine(rng, 10, 48), "l2": _lif(10), "output": nir.Output(np.array([10]))},
+                     edges=[("input", "a1"), ("a1", "l1"), ("l1", "a2"), ("a2", "l2"), ("l2", "output")])
+    for n in ("a1", "a2"):  # float32, as the frameworks export: the integer encodings need it
+        g.nodes[n].weight, g.nodes[n].bias = g.nodes[n].weight.astype(np.float32), g.nodes[n].bias.astype(np.float32)
+    sbc.save_model(g, d / "m.nir", cfg=sbc.SimConfig(dt=DT))
+    save_dataset(Dataset((rng.random((24, 30, 32)) < 0.3).astype(np.uint8), rng.integers(0, 10, 24)), d / "c.npz")
+    return d
+
+
+def _compress_cli(files, *args):
+    from sbc_onnx.cli import main
+    return main(["compress", str(files / "m.nir"), "--calib", str(files / "c.npz"), *args])
+
+
+@pytest.mark.parametrize("budget", [3000, 1500])
+def test_cli_budget_is_met_in_the_written_file(mlp_files, tmp_path, capsys, budget):
+    import json
+
+    from sbc_onnx.io.sizes import weight_storage
+
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert _compress_cli(mlp_files, "-o", str(out), "--budget", f"memory={budget}B", "--report", str(rep)) == 0
+    text = capsys.readouterr().out
+    stored = sum(w.stored_bytes for w in weight_storage(out))
+    dense = sum(w.dense_bytes for w in weight_storage(out))
+    assert stored <= budget < dense
+    r = json.loads(rep.read_text())
+    assert r["budget"]["limit"] == 8 * budget and r["budget"]["used"] <= 8 * budget
+    assert "budget memory=" in text and "the chosen plan uses" in text
+    assert any(layer["bits"] for layer in r["layers"])  # float32 weights: low bits pay at these budgets
+
+
+def test_cli_budget_refusals(mlp_files, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert _compress_cli(mlp_files, "-o", str(out), "--budget", "memory=100B") == 2
+    assert "no choice of the allowed sparsities and bit widths fits" in capsys.readouterr().err
+    assert not out.exists()
+    assert _compress_cli(mlp_files, "-o", str(tmp_path / "o.nir"), "--budget", "memory=1KiB") == 2
+    assert "write .onnx" in capsys.readouterr().err
+    assert _compress_cli(mlp_files, "-o", str(out), "--budget", "memory=1KiB", "--bits", "4") == 2
+    assert "without --sparsity, --bits or --pattern" in capsys.readouterr().err
+    assert _compress_cli(mlp_files, "-o", str(out), "--budget", "memory=lots") == 2

@@ -115,8 +115,8 @@ def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfi
 
 
 @functools.lru_cache(maxsize=4096)
-def onnx_weight_bits(shape: tuple, kept: int, bits: int | None) -> int:
-    """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores for a float32
+def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "float32") -> int:
+    """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores for a `dtype`
     weight of `shape` with `kept` nonzero entries on a symmetric per-channel `bits`-bit grid (None: float
     values off any grid).  Found by encoding a stand-in tensor of that structure whose codes span the whole
     grid, so it is exact for the encodings the writer has, and an upper bound for a weight with fewer
@@ -128,8 +128,8 @@ def onnx_weight_bits(shape: tuple, kept: int, bits: int | None) -> int:
         raise ValueError(f"kept must be in [0, {n}], got {kept}")
     rows = int(shape[0]) if len(shape) else 1
     if bits is None:
-        flat = np.zeros(n, np.float32)
-        flat[:kept] = np.float32(np.pi) * (1 + np.arange(kept, dtype=np.float32) / max(n, 1))
+        flat = np.zeros(n, dtype)
+        flat[:kept] = np.pi * (1 + np.arange(kept) / max(n, 1))
         enc = encode_weight("w", flat.reshape(shape))
     else:
         top = 2 ** (bits - 1)
@@ -138,7 +138,7 @@ def onnx_weight_bits(shape: tuple, kept: int, bits: int | None) -> int:
         codes[:kept][codes[:kept] == 0] = 1
         scale = np.full(rows, 2.0**-bits, np.float32)
         q = codes.reshape(shape)
-        w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(np.float32)
+        w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(dtype)
         enc = encode_weight("w", w, grid=(q, scale, None))
     return 8 * sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in enc.inits)
 
