@@ -27,7 +27,6 @@ import accuracy as A
 
 import sbc_onnx as sbc
 from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
-from sbc_onnx.repair import repair_thresholds
 
 CACHE = Path.home() / ".cache" / "sbc-onnx" / "budget"
 LOG = ROOT / "benchmarks" / "results" / "budget_runs.jsonl"
@@ -57,7 +56,6 @@ def calibration(net, draw, objective):
 
 def run(net, name, draw, budget):
     opts = dict(SETTINGS[name])
-    repair = opts.pop("repair", False)
     if opts.pop("budget", False):
         opts["budget"] = budget
     objective = "current" if opts["method"] == "obc" else "smp"
@@ -67,10 +65,9 @@ def run(net, name, draw, budget):
                           calibration=calibration(net, draw, objective), storage=onnx_weight_bits, **opts)
     out = {"setting": name, "draw": draw, "budget": budget, "compress_s": time.perf_counter() - t0,
            "layers": {l.name: [round(l.sparsity, 4), l.bits] for l in rep.layers}}
-    if repair:
-        t0 = time.perf_counter()
-        r = repair_thresholds(net.graph, g, calib, net.cfg, batch_size=50)
-        out.update(repair_s=time.perf_counter() - t0, rate_error=[r.error(r.rates_before), r.error(r.rates_after)])
+    if rep.repair:
+        out.update(repair_s=rep.seconds["repair"],
+                   rate_error=[rep.repair["rate_error_before"], rep.repair["rate_error_after"]])
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.onnx"
         sbc.save_model(g, path, cfg=net.cfg, quant=rep.quant)

@@ -1,14 +1,16 @@
 """Compression to a whole-model budget: the per-layer sparsity and bit width (docs/sbc_method.md §B).
 
 Each layer's cost of every option is its relative SMP objective, measured with its dense calibration
-Hessian (`compress.budget.option_costs`); each option's size is what the output stores (`storage`, bits
-of weight storage for a memory budget) or the synaptic operations it keeps (dense SynOps per sample times
-the kept fraction, for a SynOps budget).  `compress.budget.choose_options` then picks one option per layer.
+Hessian (`compress.budget.option_costs`); each option's size is measured on the weights it produces: the
+bits the output format stores for them (`storage`, memory budget) or the synaptic operations per sample of
+their non-zero fan-out on the dense calibration activity (`synops`, SynOps budget; the SMP objective keeps
+the weights of busy inputs, so SynOps do not fall in proportion to sparsity).
+`compress.budget.choose_options` then picks one option per layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,10 +19,12 @@ from .compress import Budget, Method
 from .compress.budget import BudgetSpec, Option, choose_options, option_costs
 from .errors import SbcError
 
-__all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "plan_budget"]
+__all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "SynOpsOf", "plan_budget"]
 
-# bits a layer's weights take in the output: (weight shape, weights kept, bit width or None for float, dtype name)
+# bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name)
 StorageBits = Callable[[tuple, int, "int | None", str], int]
+# SynOps per sample of a layer with these weights (layer name, weight array), on the calibration activity
+SynOpsOf = Callable[[str, np.ndarray], float]
 
 
 @dataclass(frozen=True)
@@ -68,15 +72,26 @@ class BudgetPlan:
                            for i, n in enumerate(self.names)}}
 
 
-def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Method, storage: StorageBits | None,
-                synops: Mapping[str, float] | None = None, rel_damp: float = 0.01, grid_scheme: str = "symmetric",
-                granularity: str = "channel") -> BudgetPlan:
-    """The per-layer option of least summed objective within `spec` (SbcError if none fits)."""
+def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Method,
+                storage: StorageBits | None = None, synops: SynOpsOf | None = None, rel_damp: float = 0.01,
+                grid_scheme: str = "symmetric", granularity: str = "channel") -> BudgetPlan:
+    """The per-layer option of least summed objective within `spec` (SbcError if none fits).  Sizes are
+    measured on each option's compressed weights: the storage of their non-zeros (memory), or the
+    SynOps of their non-zero fan-out (synops), so the final compression, which recomputes the chosen
+    option identically, has exactly the planned size."""
+    if spec.kind == "memory" and storage is None:
+        raise SbcError("a memory budget needs the output format's storage model")
+    if spec.kind == "synops" and synops is None:
+        raise SbcError("a SynOps budget needs the calibration SynOps model (hardware.energy.synops_model)")
     options = spec.options()
-    costs = [option_costs(l.W, l.H, l.groups, options, method=method, rel_damp=rel_damp, grid_scheme=grid_scheme,
-                          granularity=granularity) for l in layers]
-    sizes = [[_size(l, o, spec, storage, synops) for o in options] for l in layers]
-    plan = BudgetPlan(spec, options, [], [list(c) for c in costs], sizes, 0, [l.name for l in layers])
+    costs, sizes = [], []
+    for layer in layers:
+        c, s = option_costs(layer.W, layer.H, layer.groups, options, method=method, rel_damp=rel_damp,
+                            grid_scheme=grid_scheme, granularity=granularity,
+                            size_of=_sizer(layer, spec, storage, synops))
+        costs.append(list(c))
+        sizes.append([int(x) for x in s])
+    plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers])
     try:
         choice = choose_options(costs, sizes, plan.limit())
     except ValueError:
@@ -87,16 +102,11 @@ def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Meth
     return plan
 
 
-def _size(layer: BudgetLayer, o: Option, spec: BudgetSpec, storage, synops) -> int:
-    n = int(np.prod(layer.shape))
-    kept = n - o.prune_count(int(np.size(layer.W)))
+def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops):
+    """size_of(option, compressed layer matrix) for this layer and budget kind."""
     if spec.kind == "memory":
-        if storage is None:
-            raise SbcError("a memory budget needs the output format's storage model")
-        return int(storage(tuple(layer.shape), kept, o.bits, layer.dtype))
-    if synops is None or layer.name not in synops:
-        raise SbcError(f"a SynOps budget needs the dense SynOps of layer {layer.name}")
-    return int(np.ceil(synops[layer.name] * kept / n))
+        return lambda o, Wc: storage(tuple(layer.shape), int(np.count_nonzero(Wc)), o.bits, layer.dtype)
+    return lambda o, Wc: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
 
 
 def _amount(spec: BudgetSpec, size: int) -> str:

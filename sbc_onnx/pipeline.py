@@ -19,7 +19,7 @@ import nir
 import numpy as np
 from tqdm import tqdm
 
-from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, plan_budget
+from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, plan_budget
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
@@ -274,7 +274,7 @@ def compression_metadata(report: CompressionReport) -> dict[str, Any]:
 
 def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimConfig | None = None,
              calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
-             progress: bool = False, storage: StorageBits | None = None, synops: dict | None = None,
+             progress: bool = False, storage: StorageBits | None = None, synops: SynOpsOf | None = None,
              **options) -> tuple[nir.NIRGraph, CompressionReport]:
     """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()), or a torch
     Dataset / DataLoader / iterable of (x, y) (converted by `data.as_dataset`).
@@ -285,8 +285,8 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
                 share one calibration pass); its objective must match the method ("current" for obc).
     storage     for a memory budget: the bits a layer's weights take in the output format
-                (io.storage_model(path)); synops: for a SynOps budget, each layer's dense SynOps per sample
-                (hardware.energy.layer_synops).
+                (io.sizes.storage_model(path)); synops: for a SynOps budget, the SynOps per sample of a
+                layer's weights on the calibration activity (hardware.energy.synops_model).
     """
     if plan is None:
         plan = Plan.build(**options)
@@ -338,7 +338,7 @@ class _Compression:
         self.quant: dict[str, tuple] = {}
         self.notes: list[str] = []
         self.storage: StorageBits | None = None
-        self.synops: dict | None = None
+        self.synops: SynOpsOf | None = None
         self.budget_plan: BudgetPlan | None = None
         self.repair_report: RepairReport | None = None
 

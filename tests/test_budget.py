@@ -118,10 +118,10 @@ def test_onnx_storage_model_is_what_the_writer_stores(shape, kept, bits, tmp_pat
 def mlp_files(tmp_path_factory):
     """A 32-48-10 LIF MLP (8 KB of float32 weights) and 24 calibration samples of random spikes."""
     import nir
+    from topologies import DT, _affine, _lif
 
     import sbc_onnx as sbc
     from sbc_onnx.data import Dataset, save_dataset
-    from topologies import DT, _affine, _lif
 
     d = tmp_path_factory.mktemp("mlp")
     rng = np.random.default_rng(1)
@@ -168,3 +168,29 @@ def test_cli_budget_refusals(mlp_files, tmp_path, capsys):
     assert _compress_cli(mlp_files, "-o", str(out), "--budget", "memory=1KiB", "--bits", "4") == 2
     assert "without --sparsity, --bits or --pattern" in capsys.readouterr().err
     assert _compress_cli(mlp_files, "-o", str(out), "--budget", "memory=lots") == 2
+
+
+def test_synops_budget_counts_the_kept_fan_out(mlp_files):
+    """A SynOps budget sizes each option by the SynOps of its own non-zero fan-out on the dense calibration
+    activity: the plan fits, and the final weights do exactly the planned SynOps on that activity."""
+    import sbc_onnx as sbc
+    from sbc_onnx.data import load_dataset
+    from sbc_onnx.hardware.energy import energy_report, synops_model
+
+    graph = sbc.load_model(mlp_files / "m.nir")
+    cfg = sbc.SimConfig.from_graph(graph)
+    data = load_dataset(mlp_files / "c.npz")
+    model = synops_model(graph, data, cfg)
+    dense = {l.name: l.synops_per_sample for l in energy_report(graph, data, cfg).layers}
+    assert model("a2", graph.nodes["a2"].weight) == pytest.approx(dense["a2"]) and model("a1", graph.nodes["a1"].weight) == 0
+    limit = int(0.4 * sum(dense.values()))
+    g, rep = sbc.compress(graph, data, budget=f"synops={limit}", synops=model, cfg=cfg, measure_damage=False)
+    assert rep.budget["kind"] == "synops" and rep.budget["used"] <= limit
+    final = sum(int(np.ceil(model(n, g.nodes[n].weight))) for n in ("a1", "a2"))
+    assert final == rep.budget["used"]
+
+
+def test_cli_synops_budget(mlp_files, tmp_path, capsys):
+    out = tmp_path / "o.nir"
+    assert _compress_cli(mlp_files, "-o", str(out), "--budget", "synops=1000") == 0
+    assert "SynOps per sample" in capsys.readouterr().out

@@ -13,7 +13,7 @@ import click
 from ..compress import ALLOCATIONS, METHODS, SCHEMES
 from ..evaluate import evaluate
 from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
-from ..hardware.energy import energy_report
+from ..hardware.energy import synops_model
 from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
@@ -129,8 +129,7 @@ def _budget_inputs(plan, graph, calib, cfg, output, batch_size) -> dict:
         return {}
     if plan.budget.kind == "memory":
         return {"storage": storage_model(output)}
-    report = energy_report(graph, calib, cfg, batch_size=batch_size)
-    return {"synops": {l.name: l.synops_per_sample for l in report.layers}}
+    return {"synops": synops_model(graph, calib, cfg, batch_size=batch_size)}
 
 
 def _output_paths(model: str, output: str, force: bool, deployment: bool) -> list[Path]:

@@ -16,6 +16,7 @@ Weight memory (weights only; scales and biases not counted), b bits per stored w
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -176,7 +177,7 @@ def _simulate(walker: Walker, fanout: dict[str, np.ndarray], dataset, batch_size
 def _layer_energy(fg: FlatGraph, n: str, fanout: np.ndarray, act: _Activity) -> LayerEnergy:
     node = fg.nodes[n]
     srcs = sorted(fg.sources_of(n))
-    spike_in = all(fg.role(s) == NEURON for s in srcs) and not any(s in fg.inputs for s in srcs)
+    spike_in = _spike_input(fg, n)
     b = weight_bits(node)
     dense, csr, mask = memory_bits(node.weight, b)
     events, n_samples = act.events[n], act.n_samples
@@ -188,6 +189,31 @@ def _layer_energy(fg: FlatGraph, n: str, fanout: np.ndarray, act: _Activity) -> 
         macs_per_sample=0.0 if spike_in else dense_macs_per_step(node) * act.step_total / n_samples,
         nz_macs_per_sample=0.0 if spike_in else nonzero_macs_per_step(node) * act.step_total / n_samples,
         mem_dense_bits=dense, mem_csr_bits=csr, mem_bitmask_bits=mask)
+
+
+def synops_model(graph, dataset, cfg: SimConfig | None = None, *, batch_size: int = 50):
+    """f(layer, weight) -> SynOps per sample that `layer` would do with `weight` (its non-zero fan-out)
+    on the events this dataset drives into it in `graph` (0 for a layer fed by the graph input, whose
+    work is MACs).  One simulation pass; a SynOps budget sizes its options with it."""
+    fg = flatten(graph)
+    walker = Walker(fg, cfg)
+    layers = fg.weight_nodes()
+    act = _simulate(walker, {n: layer_fanout(fg.nodes[n]) for n in layers}, dataset, batch_size,
+                    output_source(fg), None)
+    spike_in = {n: _spike_input(fg, n) for n in layers}
+
+    def synops(layer: str, weight) -> float:
+        if not spike_in[layer]:
+            return 0.0
+        node = copy.copy(fg.nodes[layer])
+        node.weight = np.asarray(weight)
+        return float((act.events[layer] * layer_fanout(node)).sum()) / act.n_samples
+    return synops
+
+
+def _spike_input(fg: FlatGraph, n: str) -> bool:
+    srcs = fg.sources_of(n)
+    return all(fg.role(s) == NEURON for s in srcs) and not any(s in fg.inputs for s in srcs)
 
 
 def energy_report(graph, dataset, cfg: SimConfig | None = None, *, name: str = "model", batch_size: int = 50,
