@@ -129,9 +129,11 @@ class _Bracket:
 
 
 def _thresholds(fg: FlatGraph, name: str, shape: tuple) -> np.ndarray:
-    """The node's threshold broadcast to one per neuron of its (per-sample) output shape."""
+    """The node's threshold with a channel axis: broadcast to (channels, 1, ...) against the node's
+    per-sample output shape, so a shared threshold becomes one per channel (not one per neuron)."""
     thr = np.asarray(getattr(fg.nodes[name], fg.prim(name).threshold))
-    return np.broadcast_to(thr, np.broadcast_shapes(thr.shape, shape)).copy()
+    per_channel = (shape[0],) + (1,) * (len(shape) - 1)
+    return np.broadcast_to(thr, np.broadcast_shapes(thr.shape, per_channel)).copy()
 
 
 def _set_threshold(fg: FlatGraph, name: str, thr: np.ndarray) -> None:

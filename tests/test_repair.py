@@ -67,7 +67,7 @@ def test_rates_are_per_channel_spikes_per_step(case):
     np.testing.assert_allclose(firing_rates(dense, data, cfg, ["if1"], batch_size=64)["if1"], want)
 
 
-def test_scalar_threshold_becomes_per_neuron(case):
+def test_scalar_threshold_becomes_per_channel(case):
     dense, comp, data, cfg = case
     comp.nodes["if2"].v_threshold = np.float32(1.0)
     repair_thresholds(dense, comp, data, cfg, passes=1, neurons=["if2"])
