@@ -129,14 +129,22 @@ class _Bracket:
 
 
 def _thresholds(fg: FlatGraph, name: str, shape: tuple) -> np.ndarray:
-    """The node's threshold with a channel axis: broadcast to (channels, 1, ...) against the node's
-    per-sample output shape, so a shared threshold becomes one per channel (not one per neuron)."""
-    thr = np.asarray(getattr(fg.nodes[name], fg.prim(name).threshold))
+    """The node's threshold with a channel axis: broadcast against (channels, 1, ...) of the node's
+    per-sample output shape and against its other parameters (NIR keeps a node's parameters one shape)."""
+    node = fg.nodes[name]
+    thr = np.asarray(getattr(node, fg.prim(name).threshold))
     per_channel = (shape[0],) + (1,) * (len(shape) - 1)
-    return np.broadcast_to(thr, np.broadcast_shapes(thr.shape, per_channel)).copy()
+    others = [np.shape(getattr(node, f)) for f in fg.prim(name).params if getattr(node, f, None) is not None]
+    return np.broadcast_to(thr, np.broadcast_shapes(thr.shape, per_channel, *others)).copy()
 
 
 def _set_threshold(fg: FlatGraph, name: str, thr: np.ndarray) -> None:
+    """Set the threshold; parameters of a smaller shape are broadcast to its shape (a scalar-parameter
+    node gets one value per channel in every parameter, each the same as before)."""
     node = fg.nodes[name]
     field_name = fg.prim(name).threshold
     setattr(node, field_name, np.asarray(thr, dtype=np.asarray(getattr(node, field_name)).dtype))
+    for f in fg.prim(name).params:
+        v = getattr(node, f, None)
+        if f != field_name and v is not None and np.shape(v) != np.shape(thr):
+            setattr(node, f, np.broadcast_to(np.asarray(v), np.shape(thr)).copy())

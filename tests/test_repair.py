@@ -67,8 +67,16 @@ def test_rates_are_per_channel_spikes_per_step(case):
     np.testing.assert_allclose(firing_rates(dense, data, cfg, ["if1"], batch_size=64)["if1"], want)
 
 
-def test_scalar_threshold_becomes_per_channel(case):
+def test_shared_parameters_become_per_channel_and_the_model_still_writes(case, tmp_path):
+    import sbc_onnx as sbc
+
     dense, comp, data, cfg = case
-    comp.nodes["if2"].v_threshold = np.float32(1.0)
+    for f in ("r", "v_threshold", "v_reset"):  # one value shared by the layer's neurons
+        setattr(comp.nodes["if2"], f, np.asarray(getattr(comp.nodes["if2"], f)[0]))
     repair_thresholds(dense, comp, data, cfg, passes=1, neurons=["if2"])
-    assert np.shape(comp.nodes["if2"].v_threshold) == (10,)
+    node = comp.nodes["if2"]
+    assert np.shape(node.v_threshold) == np.shape(node.r) == np.shape(node.v_reset) == (10,)
+    assert len(np.unique(node.v_threshold)) > 1 and len(np.unique(node.r)) == 1
+    for ext in ("nir", "onnx"):  # NIR keeps a node's parameters one shape
+        sbc.save_model(comp, tmp_path / f"m.{ext}", cfg=cfg)
+        np.testing.assert_array_equal(sbc.load_model(tmp_path / f"m.{ext}").nodes["if2"].v_threshold, node.v_threshold)
