@@ -22,7 +22,7 @@ from sbc_onnx.hardware import (
     write_deployment,
 )
 from sbc_onnx.hardware.fanout import layer_fanout
-from sbc_onnx.hardware.profiles import PROFILE_DIR
+from sbc_onnx.hardware.profiles import PROFILE_DIR, UNCITED
 from sbc_onnx.io.nir_io import read_nir
 from sbc_onnx.sim import SimConfig, Walker
 
@@ -34,11 +34,49 @@ PROFILES = ["loihi2", "speck", "spinnaker2", "xylo-audio2", "brainscales2"]
 @pytest.mark.parametrize("name", PROFILES + ["int4", "int8"])
 def test_profiles_load_and_validate(name):
     p = load_profile(name)
-    assert p.name == name and p.sources
+    assert p.name == name and (p.sources or p.citations)
     assert p.weight_min < 0 < p.weight_max
     assert p.grid_scheme in ("symmetric", "symmetric_restricted")
     lo, hi = p.weight_min, p.weight_max
     assert hi <= 2 ** (p.weight_bits - 1) - 1 and lo >= -(2 ** (p.weight_bits - 1))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_constraint_cites_its_source(name):
+    """Each constraint of a built-in profile is {"value", "source"}: a repository file and line (with the commit
+    and the quoted text), or null with the reason no public source was found."""
+    raw = json.loads((PROFILE_DIR / f"{name}.json").read_text())
+    constraints = {k: v for k, v in raw.items() if k not in UNCITED}
+    assert constraints
+    for k, v in constraints.items():
+        assert isinstance(v, dict) and set(v) >= {"value", "source"}, f"{name}.{k} has no source"
+        src = v["source"]
+        if src is None:
+            assert v.get("why", "").strip(), f"{name}.{k}: a null source needs a why"
+            continue
+        assert src.get("repo") and len(src.get("commit", "")) == 40, f"{name}.{k}: repository and commit"
+        assert src.get("file") and isinstance(src.get("line"), int) and src["line"] >= 1, f"{name}.{k}: file and line"
+        assert src.get("quote"), f"{name}.{k}: the quoted line"
+    p = load_profile(name)
+    assert {k for k, _, _ in p.citations} == set(constraints)
+    for k in constraints:  # the loader unwrapped every value
+        value = raw[k]["value"]
+        assert getattr(p, k) == (tuple(value) if isinstance(value, list) else value)
+
+
+@pytest.mark.parametrize("source, match", [
+    ({"repo": "a/b", "commit": "0" * 40, "file": "x.py"}, "line"),
+    ({"repo": "a/b", "commit": "0" * 40, "line": 3}, "file"),
+    ({"repo": "a/b", "file": "x.py", "line": 3}, "commit"),
+    ({"repo": "a/b", "commit": "0" * 40, "file": "x.py", "line": 0}, "line"),
+    (None, "why"),
+])
+def test_profile_citation_without_file_and_line_is_refused(tmp_path, source, match):
+    d = json.loads((PROFILE_DIR / "speck.json").read_text())
+    d["bias_bits"] = {"value": 8, "source": source}
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(SbcError, match=match):
+        load_profile(tmp_path / "p.json")
 
 
 def test_profile_errors(tmp_path):
