@@ -345,3 +345,38 @@ def test_cli_check_report_exit_codes(deployed, data_dir, tmp_path, capsys):
     assert png.stat().st_size > 1000
     rep = json.loads((tmp_path / "r.json").read_text())
     assert len(rep["reports"]) == 2 and rep["reports"][1]["synops_per_sample"] > 0
+
+
+# ---------------------------------------------------------------- compress --target: exit code
+
+def _violation_keys(text: str) -> set[tuple[str, str | None]]:
+    """(rule, node) of every ERROR line `check` / `compress --target` prints."""
+    keys = set()
+    for line in text.splitlines():
+        if line.startswith("ERROR"):
+            parts = line.split()
+            keys.add((parts[1], parts[2][1:-1] if parts[2].startswith("[") else None))
+    return keys
+
+
+def test_cli_compress_for_a_chip_the_model_cannot_fit_writes_lists_and_exits_1(data_dir, tmp_path, capsys):
+    """cnn_sinabs for Xylo Audio 2: both files are written, every violation of the integer model is listed,
+    the exit code is 1 (as `check` on the written file)."""
+    from sbc_onnx.data import Dataset, load_nmnist, save_dataset
+
+    one = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(1)
+    save_dataset(Dataset(one.x[:, 100:130], one.y), tmp_path / "c.npz")  # 30 steps keep the calibration short
+    cnn, out = data_dir / "nir_paper/02_cnn/cnn_sinabs.nir", tmp_path / "cnn_xylo.nir"
+    assert main(["compress", str(cnn), "--calib", str(tmp_path / "c.npz"), "--dt", "1", "--target", "xylo-audio2",
+                 "--method", "rtn", "-o", str(out)]) == 1
+    printed, err = capsys.readouterr()
+    listed = _violation_keys(printed)
+    assert out.exists() and out.with_name("cnn_xylo.float.nir").exists()
+    assert f"violates {len(listed)} constraint(s) of xylo-audio2" in err
+    found = {(v.rule, v.node) for v in check_graph(read_nir(out), "xylo-audio2", SimConfig(dt=1.0))
+             if v.severity == "error"}
+    assert listed == found
+    # the model cannot fit whatever the compression: convolutions, 8970 neurons, 2312 inputs, 10 outputs
+    assert {("node-type", "0"), ("neurons", None), ("inputs", "input"), ("outputs", "output")} <= listed
+    assert main(["check", str(out), "--target", "xylo-audio2"]) == 1
+    assert _violation_keys(capsys.readouterr().out) == listed

@@ -358,6 +358,11 @@ class DeployReport:
     violations: list[Violation] = field(default_factory=list)
     accuracy_twin: float | None = None  # the integer model's is compression.accuracy_compressed
 
+    @property
+    def errors(self) -> list[Violation]:
+        """The check's errors (warnings excluded): the chip cannot run the integer model as written."""
+        return [v for v in self.violations if v.severity == "error"]
+
     def to_dict(self) -> dict[str, Any]:
         """The deployment's own part (the compression report is its own dict)."""
         d = {k: v for k, v in self.__dict__.items() if k != "compression"}
