@@ -215,9 +215,32 @@ def test_check_lists_real_violations_on_oversized_graph():
     rules = {v.rule for v in check_graph(g, "brainscales2") if v.severity == "error"}
     assert {"fan-in", "neurons", "node-type", "weight-bits"} <= rules, rules
     msgs = [v.message for v in check_graph(g, "brainscales2")]
-    assert any("1024 non-zero synapses; brainscales2 allows 256" in m for m in msgs)
+    assert any("need 2048 synapse rows" in m and "brainscales2 allows 256" in m for m in msgs)  # 1024 inputs x 2 signs
     rules = {v.rule for v in check_graph(g, "xylo-audio2") if v.severity == "error"}
     assert {"inputs", "outputs", "fan-out", "reset"} <= rules, rules  # 600 hidden fit in 1000
+
+
+def _linear_cubalif(w):
+    n = w.shape[0]
+    return nir.NIRGraph.from_list(
+        nir.Input(np.array([w.shape[1]])), nir.Linear(weight=w),
+        nir.CubaLIF(tau_mem=np.full(n, 0.01), tau_syn=np.full(n, 0.005), r=np.ones(n), v_leak=np.zeros(n),
+                    v_threshold=np.ones(n), v_reset=np.zeros(n), w_in=np.ones(n)), nir.Output(np.array([n])))
+
+
+def test_brainscales2_fan_in_counts_a_row_per_input_and_sign():
+    """Each neuron has 150 non-zero inputs (<= 256 rows), but the 150 inputs reach one neuron excitatorily and
+    another inhibitorily: the layer takes 150 + 150 synapse rows, which the chip does not have."""
+    w = np.zeros((4, 200), np.int8)
+    w[0, :150], w[1, :150] = 5, -5
+    w[2, 150:], w[3, 150:] = 7, 7  # 50 more inputs, one sign: 50 rows
+    rows = [v for v in check_graph(_linear_cubalif(w), "brainscales2", SimConfig(dt=1e-3)) if v.rule == "fan-in"]
+    assert len(rows) == 1 and "need 350 synapse rows" in rows[0].message
+    w[1, :150] = 0  # one sign per input: 200 rows fit
+    assert not [v for v in check_graph(_linear_cubalif(w), "brainscales2", SimConfig(dt=1e-3)) if v.rule == "fan-in"]
+    w[1, :57] = -5  # 57 inputs with both signs: 257 rows
+    rows = [v for v in check_graph(_linear_cubalif(w), "brainscales2", SimConfig(dt=1e-3)) if v.rule == "fan-in"]
+    assert len(rows) == 1 and "need 257 synapse rows" in rows[0].message
 
 
 def test_check_speck_rules():

@@ -23,6 +23,8 @@ Fields (None = not limited / not checked):
   reset_modes           subset of {to_v_reset, subtract};  v_reset_zero_only: reset potential must be 0
   decay                 none | fixed12 (Loihi du/dv) | bitshift (Xylo dash) | float | analog
   fan_in_max, fan_out_max   non-zero synapses into / out of one neuron
+  signed_rows           fan-in counts synapse rows: an input takes one row per sign of its weights
+                        (BrainScaleS-2: excitatory and inhibitory rows), shared by the layer's neurons
   fan_out_layers_max    destinations (layers) one layer may send to
   neurons_per_core, cores, neurons_max, synapses_max, inputs_max, outputs_max
   homogeneous_params    neuron parameters must be equal within a layer (one value per population)
@@ -66,6 +68,7 @@ class Profile:
     v_reset_zero_only: bool = False
     decay: str = "float"
     fan_in_max: int | None = None
+    signed_rows: bool = False
     fan_out_max: int | None = None
     fan_out_layers_max: int | None = None
     neurons_per_core: int | None = None
