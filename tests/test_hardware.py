@@ -204,6 +204,31 @@ def test_integerize_twin_is_exact_and_requantizes_shared_neurons():
     assert not rules & {"weight-bits", "threshold-bits", "state-bits", "granularity", "homogeneous"}, rules
 
 
+def test_speck_bias_is_fitted_into_the_8_bit_weight_precision():
+    """sinabs discretizes a Speck bias with the 8-bit weight precision: a bias worth 300 weight codes makes
+    integerize enlarge the layer's one scale until bias and weights both fit; integer model == twin."""
+    rng = np.random.default_rng(8)
+    q = rng.integers(-127, 128, (6, 5))
+    s = np.full(6, 0.01)
+    bias = np.array([3.0, -1.2, 0.5, 0.0, 2.0, -0.4])  # 3.0 / 0.01 = 300 codes
+    g = nir.NIRGraph.from_list(
+        nir.Input(np.array([5])), nir.Affine(weight=(q * s[:, None]).astype(np.float32), bias=bias),
+        nir.IF(r=np.ones(6), v_threshold=np.full(6, 4.0), v_reset=np.zeros(6)), nir.Output(np.array([6])))
+    im = integerize(g, {"affine": (q, s, None)}, "speck")
+    fi = flatten(im.int_graph)
+    b = np.asarray(fi.nodes["affine"].bias)
+    assert b.dtype.kind == "i" and b.min() >= -128 and b.max() <= 127 and b.max() >= 120  # fits, barely rounded
+    assert any("8-bit bias of speck" in n for n in im.notes)
+    cfg = SimConfig(dt=1.0)
+    assert not [v for v in check_graph(im.int_graph, "speck", cfg) if v.rule in ("bias-bits", "weight-bits")]
+    x = rng.integers(0, 2, (80, 4, 5)).astype(np.float32)
+    ri, rt = Walker(im.int_graph, cfg).run(x), Walker(im.float_graph, cfg).run(x)
+    np.testing.assert_array_equal(ri.counts["if"], rt.counts["if"])
+    assert ri.counts["if"].sum() > 10
+    # spinnaker2 keeps neuron parameters and biases float: no re-quantization for the bias
+    assert not any("bias" in n for n in integerize(g, {"affine": (q, s, None)}, "spinnaker2").notes)
+
+
 # ---------------------------------------------------------------- check
 
 def test_check_lists_real_violations_on_oversized_graph():

@@ -224,6 +224,37 @@ def _foldable(fg: FlatGraph, layers: list[str]) -> tuple[list[str], dict[str, st
     return ok, why
 
 
+def _fit_bias(fg: FlatGraph, layers: list[str], codes: dict[str, np.ndarray], svec: dict[str, np.ndarray],
+              profile: Profile, notes: list[str]) -> set[str]:
+    """Enlarge a layer's scale until its folded bias fits the chip's bias width, and re-quantize its codes to
+    that scale (round to nearest), as sinabs' discretization takes the smallest of the weight and bias scales
+    for the layer (profile speck, bias_bits).  Returns the layers changed; `codes`, `svec` are updated."""
+    if profile.bias_bits is None or not profile.integer_neurons:
+        return set()
+    lo, hi = profile.int_range(profile.bias_bits)
+    changed = set()
+    for layer in layers:
+        b = getattr(fg.nodes[layer], "bias", None)
+        if b is None or np.isscalar(b) or not np.any(np.asarray(b)):
+            continue
+        b = np.asarray(b, np.float64).reshape(-1)
+        s = np.broadcast_to(svec[layer], b.shape).astype(np.float64)
+        # half a code of margin: rounding the scale to its mantissa may move b/s by up to 2^-8 relative
+        need = np.where(b > 0, b / (hi - 0.5), -b / (-lo - 0.5))
+        new = np.maximum(s, need) if profile.per_channel else np.full_like(s, max(s.max(), need.max()))
+        if np.all(new <= s):
+            continue
+        shape = (-1,) + (1,) * (codes[layer].ndim - 1)
+        q = np.round(codes[layer] * (s / new).reshape(shape))
+        codes[layer] = np.clip(q, profile.weight_min, profile.weight_max).astype(np.int64)
+        svec[layer] = new
+        changed.add(layer)
+        notes.append(f"layer {layer}: the folded bias reaches {float(np.max(np.abs(b) / s)):.4g}, beyond the "
+                     f"{profile.bias_bits}-bit bias of {profile.name}; scale enlarged up to "
+                     f"x{float(np.max(new / s)):.3g} and the weights re-quantized (round to nearest) to it")
+    return changed
+
+
 def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | str) -> IntegerModel:
     """Integer model + float twin from a quantized graph and its codes (quant[layer] = (q, scale, zero),
     W = scale * (q - zero), scale per output channel, as in CompressionReport.quant)."""
@@ -242,7 +273,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
             raise SbcError(f"layer {layer}: asymmetric grid (zero point) cannot be folded into thresholds")
         codes[layer] = np.asarray(q, np.int64)
         svec[layer] = np.asarray(s, np.float64).reshape(-1)
-    requant: set[str] = set()
+    requant = _fit_bias(fg, fold, codes, svec, profile, notes)
     # neurons fed by several layers need one scale: re-quantize those layers (RTN) to the largest scale
     groups: dict[str, list[str]] = {}
     for layer in fold:
@@ -384,7 +415,7 @@ def _folded_row(r: FoldedLayer) -> str:
     thr = "-" if r.threshold is None else (
         f"{r.threshold[0]:.6g}" if r.threshold[0] == r.threshold[1] else f"{r.threshold[0]:.6g}..{r.threshold[1]:.6g}")
     return (f"{r.layer:<10} {','.join(r.neurons):<16} {sc:<22} {f'{r.code_min}..{r.code_max}':<11} "
-            f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized to a shared scale)" if r.requantized else ""))
+            f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized, see the notes)" if r.requantized else ""))
 
 
 def target_settings(profile: Profile, bits: int | None = None) -> tuple[int, str, str]:
