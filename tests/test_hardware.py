@@ -64,6 +64,17 @@ def test_every_profile_constraint_cites_its_source(name):
         assert getattr(p, k) == (tuple(value) if isinstance(value, list) else value)
 
 
+def test_cli_profiles_prints_each_constraint_with_its_source(capsys):
+    assert main(["profiles", "speck"]) == 0
+    out = capsys.readouterr().out
+    sources = out.split("sources:")[1].splitlines()
+    bias = next(x for x in sources if x.split()[:1] == ["bias_bits"])
+    assert "synsense/sinabs@904eb89398" in bias and "discretize.py:268" in bias and "WEIGHT_PRECISION_BITS" in bias
+    assert main(["profiles", "loihi2"]) == 0
+    cores = next(x for x in capsys.readouterr().out.splitlines() if x.split()[:1] == ["cores"] and "source" in x)
+    assert "no public source: only a secondary source" in cores
+
+
 @pytest.mark.parametrize("source, match", [
     ({"repo": "a/b", "commit": "0" * 40, "file": "x.py"}, "line"),
     ({"repo": "a/b", "commit": "0" * 40, "line": 3}, "file"),
