@@ -87,7 +87,7 @@ class Profile:
     core_neuron_memory: tuple | None = None
     no_consecutive_weight_layers: bool = False
     sources: tuple = field(default_factory=tuple)  # free-text notes
-    citations: tuple = field(default_factory=tuple)  # (field, source dict or None, why) per cited field
+    citations: tuple = field(default_factory=tuple, compare=False)  # (field, source dict or None, why) per field
 
     @property
     def per_channel(self) -> bool:
