@@ -240,6 +240,32 @@ def test_speck_bias_is_fitted_into_the_8_bit_weight_precision():
     assert not any("bias" in n for n in integerize(g, {"affine": (q, s, None)}, "spinnaker2").notes)
 
 
+def test_xylo_threshold_overflow_enlarges_only_that_neurons_scale():
+    """Xylo stores int16 thresholds with one scale per target neuron: a threshold worth 10^5 weight codes
+    gets its neuron's scale enlarged (Rockpool's channel_quantize does the same); the other neurons keep
+    theirs, and the integer model still spikes exactly like its twin."""
+    rng = np.random.default_rng(9)
+    q = rng.integers(-127, 128, (4, 6))
+    s = np.full(4, 1e-4)
+    thr = np.array([10.0, 0.02, 0.03, 0.02])  # 10 / 1e-4 = 100000 > 32767
+    g = nir.NIRGraph.from_list(
+        nir.Input(np.array([6])), nir.Linear(weight=(q * s[:, None]).astype(np.float32)),
+        nir.LIF(tau=np.full(4, 2.0), r=np.ones(4), v_leak=np.zeros(4), v_threshold=thr, v_reset=np.zeros(4)),
+        nir.Output(np.array([4])))
+    im = integerize(g, {"linear": (q, s, None)}, "xylo-audio2")
+    fi = flatten(im.int_graph)
+    t = np.asarray(fi.nodes["lif"].v_threshold)
+    assert t.max() <= 32767 and t[0] >= 32000  # fits, and only just
+    scale = np.asarray(fi.nodes["linear"].metadata["sbc_onnx.scale"])
+    assert scale[0] > 3 * s[0] and np.allclose(scale[1:], s[1:], rtol=2 ** -8)
+    assert any("16-bit threshold of xylo-audio2" in n for n in im.notes)
+    cfg = SimConfig(dt=1.0, reset="subtract")
+    assert not [v for v in check_graph(im.int_graph, "xylo-audio2", cfg) if v.rule.endswith("-bits")]
+    x = rng.integers(0, 2, (60, 4, 6)).astype(np.float32)
+    ri, rt = Walker(im.int_graph, cfg).run(x), Walker(im.float_graph, cfg).run(x)
+    np.testing.assert_array_equal(ri.counts["lif"], rt.counts["lif"])
+
+
 # ---------------------------------------------------------------- check
 
 def test_check_lists_real_violations_on_oversized_graph():
