@@ -6,7 +6,9 @@ by 1/s_i and leaves every spike unchanged (tau dv/dt = v_leak - v + r I is linea
 threshold test and both resets are homogeneous).  r, tau, w_in do not change.  The per-channel scale is
 carried to the neuron's shape through the stateless nodes between them (Scale, pooling, Flatten, Delay);
 every input of N must come from a folded layer, and all layers feeding N must give it the same scale
-(otherwise `integerize` re-quantizes them to one common scale and says so).
+(otherwise `integerize` re-quantizes them to one common scale and says so).  Where a folded bias or
+threshold would overflow the chip's bias or threshold width, the layer's scale is enlarged first and its
+codes re-quantized to it (`_fit_widths`), as the vendors' own quantizers do.
 
 Integer model.  The folded scale is rounded to `profile.scale_mantissa_bits` significant bits
 (s = m * 2^e, m < 2^8); neuron parameters and biases are rounded to integers on chips with integer
