@@ -20,6 +20,7 @@ from ..io.sizes import file_sizes
 from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
 from ..sim import SimConfig, Walker
 from . import cli
+from .hardware_cmd import CheckFailed
 from .model_cmd import load_data_for, print_eval, setup_logging, sim_options
 from .output import write_json
 from .params import COUNT, NON_NEGATIVE, POSITIVE, FiniteFloat
@@ -107,6 +108,9 @@ def compress_cmd(model, calib_path, output, sparsity, bits, method, pattern, all
         data = {**report.to_dict(), **({"target": deploy.to_dict()} if deploy else {})}
         write_json(report_path, data)
         click.echo(f"wrote report {report_path}", err=True)
+    if deploy is not None and deploy.errors:  # written and listed, but the chip cannot run it: exit 1 like `check`
+        raise CheckFailed(f"{outputs[0]} violates {len(deploy.errors)} constraint(s) of {deploy.profile} (listed "
+                          "above); the files are written")
 
 
 def _output_paths(model: str, output: str, force: bool, deployment: bool) -> list[Path]:

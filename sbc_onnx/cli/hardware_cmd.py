@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
-from ..hardware import (E_AC_PJ, E_MAC_PJ, check_graph, compare_table, energy_report, load_profile, plot_reports,
-                        profile_names)
+from ..hardware import (
+    E_AC_PJ,
+    E_MAC_PJ,
+    check_graph,
+    compare_table,
+    energy_report,
+    load_profile,
+    plot_reports,
+    profile_names,
+)
+from ..hardware.profiles import format_source
 from ..io.models import load_model
 from ..io.paths import check_output
 from ..sim import SimConfig, Walker
@@ -37,9 +46,11 @@ def profiles_cmd(name) -> None:
     p = load_profile(name)
     click.echo(p.description)
     for k, v in p.__dict__.items():
-        if k not in ("description", "sources") and v is not None:
+        if k not in ("description", "sources", "citations") and v is not None:
             click.echo(f"  {k:<28} {v}")
     click.echo("sources:")
+    for k, src, why in p.citations:
+        click.echo(f"  {k:<28} {format_source(src, why)}")
     for s in p.sources:
         click.echo(f"  - {s}")
 

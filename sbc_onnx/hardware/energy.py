@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..evaluate import output_source, progress_bar
 from ..compress.grids import infer_grid
+from ..evaluate import output_source, progress_bar
 from ..graph import FlatGraph, flatten
 from ..primitives import NEURON
 from ..sim import SimConfig, Walker
