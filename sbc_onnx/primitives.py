@@ -117,9 +117,10 @@ def decay(tau: Any, cfg: "SimConfig", what: str = "tau") -> np.ndarray:
         if cfg.integrator != "euler":
             return -np.expm1(-cfg.dt / tau)
         k = cfg.dt / tau
-    if k.size and np.nanmax(k) > _EULER_MAX_K:
-        raise ValueError(f"dt/{what} = {np.nanmax(k):g} > 1 under the Euler integrator (dt = {cfg.dt:g}, smallest "
-                         f"{what} = {np.nanmin(tau):g}): each step overshoots the resting value, so the neuron "
+    over = k[(tau > 0) & (k > _EULER_MAX_K)]  # a tau <= 0 is the parameter checks' to refuse (io/nir_io.py)
+    if over.size:
+        raise ValueError(f"dt/{what} = {over.max():g} > 1 under the Euler integrator (dt = {cfg.dt:g}, smallest "
+                         f"{what} = {cfg.dt / over.max():g}): each step overshoots the resting value, so the neuron "
                          f"oscillates or diverges; use the exact integrator (--integrator exact) or dt <= {what} "
                          "(--dt)")
     return k
