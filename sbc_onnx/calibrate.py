@@ -107,7 +107,7 @@ class LayerCalibration:
         if why is None and not self.acc.is_finite:
             why = "its calibration Hessian has non-finite entries (the simulation or the neuron's filter diverged)"
         if why is not None:
-            raise SbcError(f"layer {self.name}: {why} over the {n_samples} calibration sample(s); compressing it "
+            raise SbcError(f"layer {self.name}: over the {n_samples} calibration sample(s), {why}; compressing it "
                            "would be meaningless: check the calibration data and the model's simulation settings")
 
 

@@ -107,8 +107,13 @@ def assumed_settings(graph: Any, **overrides: Any) -> dict[str, Any]:
 
 def describe_assumed(assumed: Mapping[str, Any], source: str = "the model") -> str:
     """One line naming each assumed setting, the value used and the option that sets it."""
-    parts = ", ".join(f"{k}={v:g} ({FLAGS[k]})" if k == "dt" else f"{k}={v} ({FLAGS[k]})" for k, v in assumed.items())
-    return f"{source} does not record {', '.join(assumed)}: assuming the default {parts}"
+    return f"{source} does not record {', '.join(assumed)}: assuming the default {_values(assumed, True)}"
+
+
+def _values(assumed: Mapping[str, Any], flags: bool) -> str:
+    """"dt=0.0001, reset=to_v_reset", with each setting's option after it if `flags`."""
+    parts = [f"{k}={v:g}" if k == "dt" else f"{k}={v}" for k, v in assumed.items()]
+    return ", ".join(f"{p} ({FLAGS[k]})" if flags else p for p, k in zip(parts, assumed))
 
 
 def config_for(graph: Any, *, strict: bool = False, source: str = "the model", **overrides: Any) -> SimConfig:
@@ -118,8 +123,9 @@ def config_for(graph: Any, *, strict: bool = False, source: str = "the model", *
     cfg = SimConfig.from_graph(graph, **overrides)
     assumed = assumed_settings(graph, **overrides)
     if assumed and strict:
-        raise SbcError(f"{describe_assumed(assumed, source)}; strict mode refuses to assume: give "
-                       + " ".join(f"{FLAGS[k]} ..." for k in assumed))
+        raise SbcError(f"{source} does not record {', '.join(assumed)}, which its simulation depends on; strict "
+                       f"mode does not assume the defaults ({_values(assumed, False)}): give "
+                       + ", ".join(FLAGS[k] for k in assumed))
     if assumed:
         log.info("%s; --strict refuses instead", describe_assumed(assumed, source))
     check_steppable(graph, cfg)
