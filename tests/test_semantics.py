@@ -13,6 +13,7 @@ import warnings
 import nir
 import numpy as np
 import pytest
+from topologies import ALL, DT
 
 import sbc_onnx as sbc
 from sbc_onnx.calibrate import calibrate
@@ -20,8 +21,6 @@ from sbc_onnx.cli import main
 from sbc_onnx.data import Dataset, save_dataset
 from sbc_onnx.errors import SbcError
 from sbc_onnx.sim.config import assumed_settings, config_for
-
-from topologies import ALL, DT
 
 
 @pytest.fixture

@@ -86,7 +86,8 @@ def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_p
         if path is not None:
             check_output(path, what=what, inputs=[model, data_path, baseline])
     graph = load_model(model)
-    opts = dict(strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order, precision=precision)
+    opts = {"strict": strict, "dt": dt, "integrator": integrator, "reset": reset, "cuba_order": cuba_order,
+            "precision": precision}
     cfg = sim_config(graph, model, **opts)
     ds = load_data_for(Walker(graph, cfg), data_path, limit)
     click.echo(f"energy proxy E = E_AC x SynOps + E_MAC x first-layer MACs, E_AC = {e_ac} pJ, E_MAC = {e_mac} pJ; "
