@@ -28,6 +28,7 @@ from .errors import SbcError
 from .evaluate import step_progress
 from .graph import FlatGraph, flatten
 from .sim import SimConfig, Walker
+from .sim.config import config_for
 
 log = logging.getLogger("sbc_onnx")
 
@@ -240,13 +241,17 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
                 layers), e.g. compress(graph, calib, sparsity=0.9, method="sbc").
     calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
                 share one calibration pass); its objective must match the method ("current" for obc).
+    cfg         the simulation settings; default: the graph's metadata, with a note naming every default
+                assumed for a setting it does not record (`sim.config.config_for`).
+    A layer whose calibration input is dead or saturated, or whose Hessian is not finite, stops the
+    compression with an SbcError naming it (`Calibration.check`), before any weight changes.
     """
     if plan is None:
         plan = Plan.build(**options)
     elif options:
         raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
     calib = calib if hasattr(calib, "batches") else as_dataset(calib)
-    run = _Compression(graph, calib, plan, cfg or SimConfig(), batch_size, progress)
+    run = _Compression(graph, calib, plan, cfg or config_for(graph), batch_size, progress)
     run.calibrate(calibration)
     budget = run.allocate()
     run.compress_layers(budget)
@@ -315,12 +320,14 @@ class _Compression:
         missing = [n for n in self.names if n not in cal.layers]
         if missing:
             raise SbcError(f"the calibration has no Hessian for layer(s) {missing}")
+        cal.check(self.names)
 
     def _calibrate(self, walker: Walker, layers: list[str], progress: bool) -> Calibration:
         t0 = time.perf_counter()
         cal = calibrate(walker, self.data, layers=layers, objective=self.plan.method.objective,
                         batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
         self.seconds["calibration"] += time.perf_counter() - t0
+        cal.check(layers)  # before any layer is compressed
         return cal
 
     def layer_calibration(self, name: str) -> LayerCalibration:

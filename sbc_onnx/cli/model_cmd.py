@@ -14,7 +14,7 @@ from ..graph import flatten, node_shape, param_count
 from ..io.models import load_model, model_format
 from ..primitives import NEURON
 from ..sim import Walker
-from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS, SimConfig
+from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS, SimConfig, config_for
 from . import cli
 from .params import COUNT, POSITIVE
 
@@ -31,7 +31,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def sim_options(f):
-    """Discretization options shared by every command that simulates."""
+    """Discretization options shared by every command that simulates (read them with `sim_config`)."""
+    f = click.option("--strict", is_flag=True,
+                     help="Refuse a model that does not record a setting its simulation depends on (dt, "
+                          "integrator, reset, cuba order) instead of assuming the default, unless the option "
+                          "gives it.")(f)
     f = click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
                      show_default=True, help="Simulation float type.")(f)
     f = click.option("--cuba-order", type=click.Choice(CUBA_ORDERS), default=None,
@@ -43,6 +47,13 @@ def sim_options(f):
     f = click.option("--dt", type=POSITIVE, default=None,
                      help="Time step in the graph's time unit [default: graph metadata, else 1e-4].")(f)
     return f
+
+
+def sim_config(graph, model: str, *, strict: bool, dt, integrator, reset, cuba_order, precision) -> SimConfig:
+    """The settings of `sim_options` for MODEL: its metadata, then the options; a note names each default
+    assumed for a setting neither gives (--strict: an error instead, `config_for`)."""
+    return config_for(graph, strict=strict, source=str(model), dt=dt, integrator=integrator, reset=reset,
+                      cuba_order=cuba_order, dtype=precision)
 
 
 def load_data_for(walker: Walker, path: str, limit: int | None, start: int = 0, *, labels: bool = False):
@@ -134,12 +145,12 @@ def _fmt(shape) -> str:
               help="Simulator: the NumPy walker, or onnxruntime for .onnx models.")
 @sim_options
 def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, integrator, reset, cuba_order,
-             precision) -> None:
+             precision, strict) -> None:
     """Simulate MODEL on a dataset; print firing rates and the accuracy."""
     setup_logging()
     graph = load_model(model)
-    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                               dtype=precision)
+    cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                     precision=precision)
     walker = Walker(graph, cfg)
     ds = load_data_for(walker, data_path, limit, start, labels=True)
     click.echo(f"{model}: {ds.n} samples x {ds.steps} steps, dt={cfg.dt:g}, integrator={cfg.integrator}, "

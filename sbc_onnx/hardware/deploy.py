@@ -37,6 +37,7 @@ from ..io.models import save_model
 from ..pipeline import CompressionReport, Plan, compress, compression_metadata
 from ..primitives import primitive
 from ..sim import SimConfig
+from ..sim.config import config_for
 from ..sim.ops import build_op
 from .check import Violation, check_graph
 from .profiles import Profile, load_profile
@@ -502,7 +503,7 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan
     weight scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl.
     the profile check of the integer graph)."""
     profile = load_profile(profile)
-    cfg = cfg or SimConfig()
+    cfg = cfg or config_for(graph)
     if plan is None:
         plan = target_plan(profile, **options)
     elif options:
