@@ -61,10 +61,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .errors import SbcError, existing_file
 from .io.atomic import write_atomic
+from .progress import iterate
 
 __all__ = [
     "NMNIST_SENSOR",
@@ -565,7 +565,7 @@ def load_nmnist(
     lengths = np.zeros(len(files), np.int64)
     n_events = n_kept = 0
     max_count = 0
-    for i, f in enumerate(tqdm(files, desc="N-MNIST", unit="file", disable=not progress, leave=False)):
+    for i, f in enumerate(iterate(files, "N-MNIST", "file", progress)):
         ev = read_nmnist_events(f)
         if ev["t"].size == 0:
             raise SbcError(f"N-MNIST file {f} has no events")
@@ -701,6 +701,6 @@ def load_mnist(
     )
     rng = np.random.default_rng(seed)
     x = np.empty((stop - start, steps) + shape, dtype=np.bool_)
-    for i in tqdm(range(stop - start), desc="MNIST", unit="img", disable=not progress, leave=False):
+    for i in iterate(range(stop - start), "MNIST", "img", progress):
         np.less(rng.random((steps,) + shape), sel[i].astype(np.float64) / 255.0, out=x[i])
     return Dataset(x, y, ids=ids, meta=meta)

@@ -17,15 +17,14 @@ from typing import Any
 
 import nir
 import numpy as np
-from tqdm import tqdm
 
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
 from .compress.grids import GRANULARITIES
 from .errors import SbcError
-from .evaluate import step_progress
 from .graph import FlatGraph, flatten
+from .progress import progress_bar, step_progress
 from .sim import SimConfig, Walker
 
 log = logging.getLogger("sbc_onnx")
@@ -345,7 +344,7 @@ class _Compression:
 
     # ---- compress the layers
     def compress_layers(self, budget: Budget) -> None:
-        bar = _bar(len(self.names), self.progress, "compressing")
+        bar = progress_bar(len(self.names), "compressing", self.progress)
         for i, (name, k) in enumerate(zip(self.names, budget.counts)):
             self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar))
         if bar is not None:
@@ -453,7 +452,7 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
         return
     decay = {n: _van_rossum_decay(dense, n) for n in targets}
     acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0, "steps": 1} for n in targets}
-    bar = _bar(getattr(dataset, "n", None), progress, "measuring spike damage")
+    bar = progress_bar(getattr(dataset, "n", None), "measuring spike damage", progress)
     for x_tb, y in dataset.batches(batch_size):
         seqs = {n: {"d": [], "c": []} for n in targets}
         for walker, which in ((dense, "d"), (comp, "c")):
@@ -515,9 +514,3 @@ def _layer_progress(bar, shown, groups):
             shown[0] = frac
     return on_rows
 
-
-def _bar(total, enabled, desc):
-    if not enabled:
-        return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")

@@ -14,6 +14,7 @@ from typing import Any
 import nir
 
 from ..errors import SbcError
+from ..graph import check_weight_inputs, flatten
 from ..sim.config import SimConfig
 from .nir_io import check_parameters, read_nir, write_nir
 
@@ -39,6 +40,7 @@ def load_model(path: str | os.PathLike) -> nir.NIRGraph:
     else:
         graph = read_nir(path)
     check_parameters(graph)
+    check_weight_inputs(flatten(graph))
     return graph
 
 
