@@ -1,0 +1,244 @@
+"""Property-based tests (hypothesis) of the input boundary (issue #14): random or mutated model files,
+datasets and option values never end in a traceback or a hang, and invalid input never ends in exit 0.
+
+The number of examples and the per-example deadline are bounded so that each test takes a few seconds; the
+runs are derandomized, so CI sees the same examples every time. SBC_FUZZ_EXAMPLES=500 searches longer."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sbc_onnx as sbc
+from sbc_onnx.cli import main
+from sbc_onnx.data import Dataset, load_dataset
+from sbc_onnx.errors import SbcError
+
+FUZZ = settings(max_examples=int(os.environ.get("SBC_FUZZ_EXAMPLES", "25")), deadline=timedelta(seconds=10), derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def files(tiny_lif_files):
+    sbc.save_model(sbc.load_model(tiny_lif_files / "m.nir"), tiny_lif_files / "m.onnx",
+                   cfg=sbc.SimConfig.from_graph(sbc.load_model(tiny_lif_files / "m.nir")))
+    return tiny_lif_files
+
+
+def _scratch(suffix: str, data: bytes) -> Path:
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
+        f.write(data)
+    return Path(f.name)
+
+
+def _mutate(raw: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    """`raw` with bytes overwritten at (position mod length, value) and optionally truncated."""
+    b = bytearray(raw)
+    for pos, val in edits:
+        b[pos % len(b)] = val
+    return bytes(b[:cut]) if cut is not None else bytes(b)
+
+
+MUTATIONS = {"edits": st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), min_size=1, max_size=8),
+             "cut": st.one_of(st.none(), st.integers(0, 4000))}
+
+
+def _load_or_refuse(path: Path):
+    """load_model either returns a graph whose parameters are all finite, or raises SbcError."""
+    try:
+        graph = sbc.load_model(path)
+    except SbcError:
+        return None
+    from sbc_onnx.graph import flatten
+
+    for node in flatten(graph).nodes.values():
+        for f in ("weight", "bias", "tau", "r", "v_threshold", "v_leak", "v_reset"):
+            v = getattr(node, f, None)
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                assert np.all(np.isfinite(v)), (type(node).__name__, f)
+    return graph
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+@FUZZ
+@given(**MUTATIONS)
+def test_mutated_nir_file_is_read_or_refused(files, edits, cut):
+    path = _scratch(".nir", _mutate((files / "m.nir").read_bytes(), edits, cut))
+    try:
+        _load_or_refuse(path)
+    finally:
+        path.unlink()
+
+
+@FUZZ
+@given(**MUTATIONS)
+def test_mutated_onnx_file_is_read_or_refused(files, edits, cut):
+    path = _scratch(".onnx", _mutate((files / "m.onnx").read_bytes(), edits, cut))
+    try:
+        _load_or_refuse(path)
+    finally:
+        path.unlink()
+
+
+PARAM_VALUES = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -1e-3, 1e300, -5.0, 2e-3])
+
+
+@FUZZ
+@given(ext=st.sampled_from(["nir", "onnx"]), node=st.sampled_from(["a1", "l1", "a2", "l2"]),
+       value=PARAM_VALUES, index=st.integers(0, 100), field=st.sampled_from(["weight", "bias", "tau", "v_threshold"]))
+def test_changed_parameter_is_accepted_only_if_valid(files, ext, node, value, index, field):
+    """One parameter set to an arbitrary value: `inspect` exits 0 exactly when every parameter is finite and
+    every time constant positive (the independent rule), else 2 with one line."""
+    import warnings
+
+    graph = sbc.load_model(files / "m.nir")
+    target = graph.nodes[node]
+    if not hasattr(target, field):
+        return
+    arr = getattr(target, field)
+    arr.reshape(-1)[index % arr.size] = value
+    valid = math.isfinite(value) and (field != "tau" or value > 0)
+    with tempfile.TemporaryDirectory() as d:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = sbc.save_model(graph, Path(d) / f"m.{ext}", cfg=sbc.SimConfig(dt=1e-4))
+        code = main(["inspect", str(path)])
+    assert code == (0 if valid else 2)
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+DTYPES = st.sampled_from([np.uint8, np.int16, np.float32, np.float64, np.bool_, np.int64])
+
+
+@st.composite
+def raw_dataset(draw):
+    """x and y of random shapes, dtypes and values (NaN and inf included), and an optional extra key."""
+    n = draw(st.integers(0, 4))
+    t = draw(st.integers(0, 3))
+    shape = draw(st.sampled_from([(4,), (2, 2), (5,), (4, 1), ()]))
+    dtype = draw(DTYPES)
+    x = np.asarray(draw(st.lists(st.sampled_from([0, 1, 2, -1, np.nan, np.inf, 0.5]),
+                                 min_size=n * t * max(1, int(np.prod(shape))),
+                                 max_size=n * t * max(1, int(np.prod(shape))))), np.float64)
+    with np.errstate(invalid="ignore"):
+        x = x.reshape((n, t, *shape)).astype(dtype) if dtype in (np.float32, np.float64) else \
+            np.nan_to_num(x, posinf=3).astype(dtype).reshape((n, t, *shape))
+    if draw(st.booleans()):
+        x = np.swapaxes(x, 0, 1) if x.ndim >= 2 else x
+    y = np.asarray(draw(st.lists(st.sampled_from([0, 1, 2, 3, -1, 99]), min_size=n, max_size=n + 1)))
+    extra = draw(st.sampled_from([{}, {"lengths": np.full(n, t + 1)}, {"x_scale": np.array(np.nan)},
+                                  {"repeat_steps": np.array(0)}, {"meta": np.array("{")}]))
+    return {"x": x, "y": y, **extra}
+
+
+def _valid_for_the_model(a: dict) -> bool:
+    """Independent rule: eval of the 4-input, 3-class model may succeed only on this."""
+    x, y = a["x"], a["y"]
+    return (x.ndim == 3 and x.shape[2:] == (4,) and x.shape[0] == y.shape[0] >= 1 and x.shape[1] >= 1
+            and (x.dtype.kind != "f" or bool(np.all(np.isfinite(x)))) and y.ndim == 1
+            and bool(np.all((y >= 0) & (y <= 2))) and len(a) == 2)
+
+
+@FUZZ
+@given(arrays=raw_dataset())
+def test_random_dataset_is_loaded_or_refused(files, capsys, arrays):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "d.npz"
+        np.savez(path, **arrays)
+        try:
+            ds = load_dataset(path)
+        except SbcError:
+            ds = None
+        if ds is not None:  # what was accepted is usable: finite, T >= 1, one integer label per sample
+            assert ds.steps >= 1 and ds.y.shape == (ds.n,) and ds.y.dtype.kind in "iu"
+            assert ds.x.dtype.kind != "f" or np.all(np.isfinite(ds.x))
+        capsys.readouterr()
+        code = main(["eval", str(files / "m.nir"), "--data", str(path)])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err
+    if code == 2:
+        assert err.strip().splitlines()[-1].startswith("error: ")
+    else:
+        assert _valid_for_the_model(arrays), arrays  # exit 0 only on a valid dataset
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+def _number_text():
+    return st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-10, 10**6).map(str),
+                     st.sampled_from(["nan", "-inf", "inf", "1e400", "", "0x10", "1_0", " 3", "1e-400", "½"]),
+                     st.text(max_size=6))
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _int(s: str) -> int | None:
+    try:
+        return int(s)
+    except ValueError:
+        return None
+
+
+OPTION_RULES = {  # option -> (parse, valid value): the documented ranges
+    "--dt": (_float, lambda v: math.isfinite(v) and v > 0),
+    "--limit": (_int, lambda v: v >= 1),
+    "--start": (_int, lambda v: 0 <= v < 16),  # past the 16 samples: "no samples"
+    "--batch-size": (_int, lambda v: v >= 1),
+}
+
+
+@FUZZ
+@given(option=st.sampled_from(sorted(OPTION_RULES)), text=_number_text())
+def test_numeric_option_values(files, capsys, option, text):
+    """Any text as a numeric option of `eval`: exit 0 exactly for the documented range, else 2 with one
+    `error:` line naming the option (or the empty selection)."""
+    parse, ok = OPTION_RULES[option]
+    value = parse(text)
+    valid = value is not None and ok(value)
+    capsys.readouterr()
+    code = main(["eval", str(files / "m.nir"), "--data", str(files / "c.npz"), f"{option}={text}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == (0 if valid else 2), (text, err)
+    if not valid:
+        assert len(err) == 1 and err[0].startswith("error: ") and (option in err[0] or "start" in err[0])
+
+
+@FUZZ
+@given(sparsity=_number_text(), damp=_number_text(), bits=_number_text())
+def test_compress_options_refused_before_any_work(files, capsys, sparsity, damp, bits):
+    """Random --sparsity/--damp/--bits: when one is outside its range, exit 2 before the model is loaded
+    (one line, no output); when all are valid the command may run (exit 0)."""
+    s, dm, b = _float(sparsity), _float(damp), _int(bits)
+    valid = (s is not None and math.isfinite(s) and 0 <= s < 1 and dm is not None and math.isfinite(dm)
+             and dm >= 0 and b is not None and 2 <= b <= 8)
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "o.nir"
+        capsys.readouterr()
+        code = main(["compress", str(files / "m.nir"), "--calib", str(files / "c.npz"), "-o", str(out),
+                     "--method", "magnitude", f"--sparsity={sparsity}", f"--damp={damp}", f"--bits={bits}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == (0 if valid else 2), (sparsity, damp, bits, err)
+        assert out.exists() == valid
+    if not valid:
+        assert len(err) == 1 and err[0].startswith("error: Invalid value for '--")
+
+
+def test_dataset_nan_guard_unit():
+    """The guard the dataset fuzz leans on, named: NaN/inf in x is refused."""
+    with pytest.raises(SbcError, match="NaN/inf"):
+        Dataset(np.array([[[np.nan]]]), [0])
