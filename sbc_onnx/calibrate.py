@@ -189,7 +189,6 @@ def calibrate(
             msg = (f"layer {cal.name}: calibration has {units} independent samples x positions for {live} "
                    f"live inputs; the Hessian is rank-deficient and compensation may overfit "
                    f"(use more calibration samples)")
-            calib.notes.append(msg)
-            log.warning(msg)
+            calib.notes.append(msg)  # printed once, with the report's notes (not logged as well)
     return calib
 

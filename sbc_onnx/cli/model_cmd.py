@@ -19,11 +19,18 @@ from . import cli
 from .params import COUNT, POSITIVE
 
 
+class _NoteHandler(logging.Handler):
+    """Writes to the stderr of the moment (a StreamHandler keeps the stream it was created with)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Library notes (e.g. a file loaded without type checking) go to stderr as 'note: ...'."""
     log = logging.getLogger("sbc_onnx")
-    if not log.handlers:
-        h = logging.StreamHandler()
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        h = _NoteHandler()
         h.setFormatter(logging.Formatter("note: %(message)s"))
         log.addHandler(h)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
