@@ -118,40 +118,56 @@ def test_changed_parameter_is_accepted_only_if_valid(files, ext, node, value, in
 # ------------------------------------------------------------------------------------------------ datasets
 
 DTYPES = st.sampled_from([np.uint8, np.int16, np.float32, np.float64, np.bool_, np.int64])
+DEFECTS = {  # one way each to break a valid dataset for the 4-input, 3-class model
+    "nan": lambda a: a["x"].__setitem__((0, 0, 0), np.nan) if a["x"].dtype.kind == "f" else None,
+    "inf": lambda a: a["x"].__setitem__((-1, -1, -1), -np.inf) if a["x"].dtype.kind == "f" else None,
+    "t0": lambda a: a.update(x=a["x"][:, :0]),
+    "label3": lambda a: a["y"].__setitem__(0, 3),
+    "label-1": lambda a: a["y"].__setitem__(-1, -1),
+    "swap": lambda a: a.update(x=np.swapaxes(a["x"], 0, 1).copy()),
+    "layout": lambda a: a.update(x=a["x"].reshape(a["x"].shape[:2] + (2, 2))),
+    "width": lambda a: a.update(x=np.concatenate([a["x"], a["x"][..., :1]], axis=-1)),
+    "short_y": lambda a: a.update(y=a["y"][:-1]),
+    "y2d": lambda a: a.update(y=a["y"][:, None]),
+    "no_y": lambda a: a.pop("y"),
+    "lengths": lambda a: a.update(lengths=np.full(a["x"].shape[0], a["x"].shape[1] + 1)),
+    "x_scale": lambda a: a.update(x_scale=np.array(np.nan)),
+    "repeat": lambda a: a.update(repeat_steps=np.array(0)),
+    "meta": lambda a: a.update(meta=np.array("{")),
+}
 
 
 @st.composite
 def raw_dataset(draw):
-    """x and y of random shapes, dtypes and values (NaN and inf included), and an optional extra key."""
-    n = draw(st.integers(0, 4))
-    t = draw(st.integers(0, 3))
-    shape = draw(st.sampled_from([(4,), (2, 2), (5,), (4, 1), ()]))
+    """A valid dataset (random size, dtype and values) with 0-2 random defects; returns (arrays, defects)."""
+    n, t = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     dtype = draw(DTYPES)
-    x = np.asarray(draw(st.lists(st.sampled_from([0, 1, 2, -1, np.nan, np.inf, 0.5]),
-                                 min_size=n * t * max(1, int(np.prod(shape))),
-                                 max_size=n * t * max(1, int(np.prod(shape))))), np.float64)
-    with np.errstate(invalid="ignore"):
-        x = x.reshape((n, t, *shape)).astype(dtype) if dtype in (np.float32, np.float64) else \
-            np.nan_to_num(x, posinf=3).astype(dtype).reshape((n, t, *shape))
-    if draw(st.booleans()):
-        x = np.swapaxes(x, 0, 1) if x.ndim >= 2 else x
-    y = np.asarray(draw(st.lists(st.sampled_from([0, 1, 2, 3, -1, 99]), min_size=n, max_size=n + 1)))
-    extra = draw(st.sampled_from([{}, {"lengths": np.full(n, t + 1)}, {"x_scale": np.array(np.nan)},
-                                  {"repeat_steps": np.array(0)}, {"meta": np.array("{")}]))
-    return {"x": x, "y": y, **extra}
+    values = draw(st.lists(st.sampled_from([0, 1, 2, 0.5]), min_size=n * t * 4, max_size=n * t * 4))
+    x = np.asarray(values, np.float64).reshape(n, t, 4)
+    x = x.astype(dtype) if dtype in (np.float32, np.float64) else np.round(x).astype(dtype)
+    arrays = {"x": x, "y": np.asarray(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))}
+    defects = draw(st.lists(st.sampled_from(sorted(DEFECTS)), max_size=2, unique=True))
+    for d in sorted(defects, key=lambda d: d == "no_y"):  # the others may need y
+        DEFECTS[d](arrays)
+    return arrays, defects
 
 
 def _valid_for_the_model(a: dict) -> bool:
     """Independent rule: eval of the 4-input, 3-class model may succeed only on this."""
+    if set(a) != {"x", "y"}:
+        return False
     x, y = a["x"], a["y"]
-    return (x.ndim == 3 and x.shape[2:] == (4,) and x.shape[0] == y.shape[0] >= 1 and x.shape[1] >= 1
-            and (x.dtype.kind != "f" or bool(np.all(np.isfinite(x)))) and y.ndim == 1
-            and bool(np.all((y >= 0) & (y <= 2))) and len(a) == 2)
+    return (x.ndim == 3 and x.shape[2:] == (4,) and y.ndim == 1 and x.shape[0] == y.shape[0] >= 1
+            and x.shape[1] >= 1 and (x.dtype.kind != "f" or bool(np.all(np.isfinite(x))))
+            and bool(np.all((y >= 0) & (y <= 2))))
 
 
 @FUZZ
-@given(arrays=raw_dataset())
-def test_random_dataset_is_loaded_or_refused(files, capsys, arrays):
+@given(drawn=raw_dataset())
+def test_random_dataset_is_loaded_or_refused(files, capsys, drawn):
+    """A valid dataset with random defects: loaded only if usable, and `eval` exits 0 exactly when it is valid
+    for the model, else 2 with one `error:` line."""
+    arrays, defects = drawn
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "d.npz"
         np.savez(path, **arrays)
@@ -164,12 +180,10 @@ def test_random_dataset_is_loaded_or_refused(files, capsys, arrays):
             assert ds.x.dtype.kind != "f" or np.all(np.isfinite(ds.x))
         capsys.readouterr()
         code = main(["eval", str(files / "m.nir"), "--data", str(path)])
-    err = capsys.readouterr().err
-    assert code in (0, 2) and "Traceback" not in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == (0 if _valid_for_the_model(arrays) else 2), (defects, err)
     if code == 2:
-        assert err.strip().splitlines()[-1].startswith("error: ")
-    else:
-        assert _valid_for_the_model(arrays), arrays  # exit 0 only on a valid dataset
+        assert len(err) == 1 and err[0].startswith("error: "), err
 
 
 # ------------------------------------------------------------------------------------------------ options
