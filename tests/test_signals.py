@@ -20,6 +20,10 @@ import pytest
 from sbc_onnx.io.atomic import TEST_PAUSE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
+# `python -m sbc_onnx ARGS` with SIGINT raising KeyboardInterrupt, as in an interactive shell (a shell that runs
+# the tests in the background starts them with SIGINT ignored, and the command would inherit that)
+RUN_WITH_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "sys.argv[0] = 'sbc-onnx'; runpy.run_module('sbc_onnx', run_name='__main__')")
 CODES = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
 
 
@@ -39,7 +43,7 @@ def _start(files: Path, out: Path, calib: str, pause: float | None) -> subproces
     env.pop(TEST_PAUSE_ENV, None)
     if pause is not None:
         env[TEST_PAUSE_ENV] = str(pause)
-    cmd = [sys.executable, "-m", "sbc_onnx", "compress", str(files / "m.nir"), "--calib", str(files / calib),
+    cmd = [sys.executable, "-c", RUN_WITH_SIGINT, "compress", str(files / "m.nir"), "--calib", str(files / calib),
            "-o", str(out), "--sparsity", "0.5", "--method", "magnitude"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -80,7 +84,16 @@ def test_signal_stops_compress_cleanly(inputs, tmp_path, sig, phase):
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
 
 
-def test_signal_held_during_a_write_in_process(tmp_path):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raising KeyboardInterrupt in this process, as in an interactive one (a background shell
+    starts the tests with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signal_held_during_a_write_in_process(tmp_path, sigint_raises):
     """In the library: a SIGINT during `write_atomic` is acted on once the writer returns, even when the
     writer swallows exceptions the way h5py's C callbacks do (print and go on): a KeyboardInterrupt, the
     target keeps its old content, no temporary file, and the handlers are restored."""
@@ -98,10 +111,9 @@ def test_signal_held_during_a_write_in_process(tmp_path):
             pass  # what a C callback does with it
         tmp.write_text("newer")  # the writer finishes
 
-    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, writer)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
-    assert signal.getsignal(signal.SIGINT) is handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     write_atomic(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new"
