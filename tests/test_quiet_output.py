@@ -40,10 +40,10 @@ def test_each_note_is_printed_once(files, tmp_path, capsys):
     assert len(notes) == len(set(notes)), notes
 
 
-def test_table_columns_time_what_they_say(files, tmp_path, capsys):
+def test_table_columns_time_what_they_say(files):
     """`hess s` is the layer's Hessian time (part of calibration), `comp s` its compression time; the
-    compression total printed below covers the `comp s` column."""
-    import numpy as np
+    compression total printed below the table covers the `comp s` column."""
+    import dataclasses
 
     import sbc_onnx as sbc
     from sbc_onnx.pipeline import Plan
@@ -51,15 +51,14 @@ def test_table_columns_time_what_they_say(files, tmp_path, capsys):
     graph = sbc.load_model(files / "m.nir")
     _, report = sbc.compress(graph, sbc.load_dataset(files / "c.npz"), Plan.build(sparsity=0.5, method="magnitude"),
                              cfg=sbc.SimConfig.from_graph(graph))
-    lines = report.table().splitlines()
+    assert sum(r.seconds for r in report.layers) <= report.seconds["compression"] + 1e-9
+    layers = [dataclasses.replace(r, seconds=1.25 + i, hessian_seconds=3.5 + i) for i, r in enumerate(report.layers)]
+    lines = dataclasses.replace(report, layers=layers).table().splitlines()
     head = lines[0].split()
     hess, comp = head.index("hess"), head.index("comp") - 1  # "hess s" and "comp s" are two words each
-    for r, line in zip(report.layers, lines[2:]):
+    for r, line in zip(layers, lines[2:]):
         cells = line.split()
-        assert float(cells[hess]) == pytest.approx(r.hessian_seconds, abs=0.006)
-        assert float(cells[comp]) == pytest.approx(r.seconds, abs=0.006)
-    assert sum(r.seconds for r in report.layers) <= report.seconds["compression"] + 1e-9
-    assert np.isfinite(report.seconds["calibration"])
+        assert (float(cells[hess]), float(cells[comp])) == (r.hessian_seconds, r.seconds)
 
 
 def test_force_keeps_the_mode_of_the_replaced_file(files, tmp_path):
