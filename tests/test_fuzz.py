@@ -243,24 +243,35 @@ def test_numeric_option_values(files, capsys, option, text):
         assert len(err) == 1 and err[0].startswith("error: ") and (option in err[0] or "start" in err[0])
 
 
+COMPRESS_RULES = {  # option -> (parse, valid value); the other options stay at valid values
+    "--sparsity": (_float, lambda v: math.isfinite(v) and 0 <= v < 1),
+    "--damp": (_float, lambda v: math.isfinite(v) and v >= 0),
+    "--lamp-p": (_float, lambda v: math.isfinite(v) and v > 0),
+    "--bits": (_int, lambda v: 2 <= v <= 8),
+    "--calib-limit": (_int, lambda v: v >= 1),
+}
+
+
 @FUZZ
-@given(sparsity=_number_text(), damp=_number_text(), bits=_number_text())
-def test_compress_options_refused_before_any_work(files, capsys, sparsity, damp, bits):
-    """Random --sparsity/--damp/--bits: when one is outside its range, exit 2 before the model is loaded
-    (one line, no output); when all are valid the command may run (exit 0)."""
-    s, dm, b = _float(sparsity), _float(damp), _int(bits)
-    valid = (s is not None and math.isfinite(s) and 0 <= s < 1 and dm is not None and math.isfinite(dm)
-             and dm >= 0 and b is not None and 2 <= b <= 8)
+@given(option=st.sampled_from(sorted(COMPRESS_RULES)), text=_number_text())
+def test_compress_options_refused_before_any_work(files, capsys, option, text):
+    """Any text as one numeric option of `compress`: outside its range, exit 2 in click's check before the
+    model is loaded (one line, no output); inside, the command runs (exit 0, output written)."""
+    parse, ok = COMPRESS_RULES[option]
+    value = parse(text)
+    valid = value is not None and ok(value)
+    base = {"--sparsity": "0.5", "--damp": "0.01", "--lamp-p": "2", "--bits": "4", "--calib-limit": "8"}
+    args = [f"{k}={text if k == option else v}" for k, v in base.items()]
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "o.nir"
         capsys.readouterr()
         code = main(["compress", str(files / "m.nir"), "--calib", str(files / "c.npz"), "-o", str(out),
-                     "--method", "magnitude", f"--sparsity={sparsity}", f"--damp={damp}", f"--bits={bits}"])
+                     "--method", "magnitude", *args])
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == (0 if valid else 2), (sparsity, damp, bits, err)
+        assert code == (0 if valid else 2), (option, text, err)
         assert out.exists() == valid
     if not valid:
-        assert len(err) == 1 and err[0].startswith("error: Invalid value for '--")
+        assert len(err) == 1 and err[0].startswith(f"error: Invalid value for '{option}'"), err
 
 
 def test_dataset_nan_guard_unit():
