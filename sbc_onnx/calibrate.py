@@ -25,8 +25,8 @@ import numpy as np
 
 from .compress.hessian import HessianAccumulator, TimeFilter
 from .errors import SbcError
-from .evaluate import step_progress
 from .graph import FlatGraph
+from .progress import progress_bar, step_progress
 from .sim import SimConfig, Walker
 from .sim.conv import as_tuple, conv_padding, im2col_t
 
@@ -218,13 +218,7 @@ def calibrate(
         return on_input
 
     hooks = {n: observer(c) for n, c in cals.items()}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=getattr(dataset, "n", None), unit="sample", desc="calibrating", leave=False,
-                   dynamic_ncols=True,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
+    bar = progress_bar(getattr(dataset, "n", None), "calibrating", progress)
     n_samples, steps = 0, 0
     for batch in dataset.batches(batch_size, with_lengths=True):
         x_tb, y, lengths = batch
@@ -247,7 +241,6 @@ def calibrate(
             msg = (f"layer {cal.name}: calibration has {units} independent samples x positions for {live} "
                    f"live inputs; the Hessian is rank-deficient and compensation may overfit "
                    f"(use more calibration samples)")
-            calib.notes.append(msg)
-            log.warning(msg)
+            calib.notes.append(msg)  # printed once, with the report's notes (not logged as well)
     return calib
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import nir
 import numpy as np
-from tqdm import tqdm
 
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
@@ -25,8 +24,8 @@ from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerS
 from .compress.grids import GRANULARITIES
 from .data import as_dataset
 from .errors import SbcError
-from .evaluate import step_progress
 from .graph import FlatGraph, flatten
+from .progress import progress_bar, step_progress
 from .sim import SimConfig, Walker
 from .sim.config import config_for
 
@@ -197,10 +196,12 @@ class CompressionReport:
 
     def table(self) -> str:
         head = (f"{'layer':<12} {'kind':<7} {'shape':<14} {'sparsity':>8} {'bits':>4} {'obj.base':>9} "
-                f"{'obj.'+self.method:>9} {'damp':>7} {'sec':>6} {'rate d/c':>13} {'VRD':>8}")
+                f"{'obj.'+self.method:>9} {'damp':>7} {'hess s':>6} {'comp s':>6} {'rate d/c':>13} {'VRD':>8}")
         lines = [head, "-" * len(head)] + [_table_row(r) for r in self.layers]
         lines.append(f"overall sparsity {self.overall_sparsity:.4f} over {len(self.layers)} layers; "
-                     "obj = relative layer output error tr(dW H dW^T)/tr(W H W^T); base = magnitude/RTN")
+                     "obj = relative layer output error tr(dW H dW^T)/tr(W H W^T); base = magnitude/RTN; "
+                     "hess s = seconds accumulating the layer's Hessian (part of calibration), comp s = seconds "
+                     "compressing it")
         return "\n".join(lines)
 
 
@@ -210,7 +211,7 @@ def _table_row(r: LayerReport) -> str:
     vrd = f"{r.van_rossum:.4f}" if r.van_rossum is not None else "-"
     return (f"{r.name:<12} {r.kind:<7} {'x'.join(map(str, r.shape)):<14} {r.sparsity:>8.3f} "
             f"{r.bits if r.bits else '-':>4} {r.objective_before:>9.4f} {r.objective_after:>9.4f} "
-            f"{damp:>7} {r.seconds + r.hessian_seconds:>6.2f} {rate:>13} {vrd:>8}"
+            f"{damp:>7} {r.hessian_seconds:>6.2f} {r.seconds:>6.2f} {rate:>13} {vrd:>8}"
             + (f"  fallback: {r.fallback}" if r.fallback else ""))
 
 
@@ -356,7 +357,7 @@ class _Compression:
 
     # ---- compress the layers
     def compress_layers(self, budget: Budget) -> None:
-        bar = _bar(len(self.names), self.progress, "compressing")
+        bar = progress_bar(len(self.names), "compressing", self.progress)
         for i, (name, k) in enumerate(zip(self.names, budget.counts)):
             self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar))
         if bar is not None:
@@ -464,7 +465,7 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
         return
     decay = {n: _van_rossum_decay(dense, n) for n in targets}
     acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0, "steps": 1} for n in targets}
-    bar = _bar(getattr(dataset, "n", None), progress, "measuring spike damage")
+    bar = progress_bar(getattr(dataset, "n", None), "measuring spike damage", progress)
     for x_tb, y in dataset.batches(batch_size):
         seqs = {n: {"d": [], "c": []} for n in targets}
         for walker, which in ((dense, "d"), (comp, "c")):
@@ -526,9 +527,3 @@ def _layer_progress(bar, shown, groups):
             shown[0] = frac
     return on_rows
 
-
-def _bar(total, enabled, desc):
-    if not enabled:
-        return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")

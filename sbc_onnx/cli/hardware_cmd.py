@@ -99,13 +99,13 @@ def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_p
     graph = load_model(model)
     opts = {"strict": strict, "dt": dt, "integrator": integrator, "reset": reset, "cuba_order": cuba_order,
             "precision": precision}
+    bg = load_model(baseline) if baseline else None  # both models checked before any simulation
     cfg = sim_config(graph, model, **opts)
     ds = load_data_for(Walker(graph, cfg), data_path, limit)
     click.echo(f"energy proxy E = E_AC x SynOps + E_MAC x first-layer MACs, E_AC = {e_ac} pJ, E_MAC = {e_mac} pJ; "
                "SynOps counted with the exact non-zero fan-out of every input position", err=True)
     reports = []
-    if baseline:
-        bg = load_model(baseline)
+    if bg is not None:
         bcfg = sim_config(bg, baseline, **opts)
         reports.append(energy_report(bg, ds, bcfg, name=Path(baseline).name, batch_size=batch_size, e_ac=e_ac,
                                      e_mac=e_mac, progress=True))

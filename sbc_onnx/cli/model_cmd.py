@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data import load_dataset
 from ..errors import SbcError
-from ..evaluate import evaluate
+from ..evaluate import check_readout, evaluate, output_source
 from ..graph import flatten, node_shape, param_count
 from ..io.models import load_model, model_format
 from ..primitives import NEURON
@@ -19,11 +19,18 @@ from . import cli
 from .params import COUNT, POSITIVE
 
 
+class _NoteHandler(logging.Handler):
+    """Writes to the stderr of the moment (a StreamHandler keeps the stream it was created with)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Library notes (e.g. a file loaded without type checking) go to stderr as 'note: ...'."""
     log = logging.getLogger("sbc_onnx")
-    if not log.handlers:
-        h = logging.StreamHandler()
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        h = _NoteHandler()
         h.setFormatter(logging.Formatter("note: %(message)s"))
         log.addHandler(h)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -152,23 +159,31 @@ def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, in
     cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
                      precision=precision)
     walker = Walker(graph, cfg)
+    if engine == "onnxruntime":
+        _check_onnxruntime(model, graph, cfg)
+    src = output_source(walker.fg)
+    check_readout(readout, src, src in walker.spiking)  # before any simulation
     ds = load_data_for(walker, data_path, limit, start, labels=True)
     click.echo(f"{model}: {ds.n} samples x {ds.steps} steps, dt={cfg.dt:g}, integrator={cfg.integrator}, "
                f"reset={cfg.reset}, engine={engine}", err=True)
     if engine == "onnxruntime":
-        if model_format(model) != "onnx":
-            raise SbcError("--engine onnxruntime needs an .onnx model (convert with `sbc-onnx convert`)")
-        stored = SimConfig.from_graph(graph)
-        if cfg.to_metadata() != stored.to_metadata():
-            raise SbcError("the onnxruntime engine runs the discretization stored in the file "
-                           f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
-                           "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
         from ..io.onnx_io import evaluate_onnxruntime  # on first use: importing onnx is slow
 
         res = evaluate_onnxruntime(model, ds, readout=readout, batch_size=batch_size, progress=True)
     else:
         res = evaluate(walker, ds, readout=readout, batch_size=batch_size, progress=True)
     print_eval(res)
+
+
+def _check_onnxruntime(model: str, graph, cfg: SimConfig) -> None:
+    """onnxruntime runs the .onnx file as stored: an .onnx model and its own discretization."""
+    if model_format(model) != "onnx":
+        raise SbcError("--engine onnxruntime needs an .onnx model (convert with `sbc-onnx convert`)")
+    stored = SimConfig.from_graph(graph)
+    if cfg.to_metadata() != stored.to_metadata():
+        raise SbcError("the onnxruntime engine runs the discretization stored in the file "
+                       f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
+                       "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
 
 
 def print_eval(res) -> None:

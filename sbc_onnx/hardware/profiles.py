@@ -230,7 +230,9 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     path = PROFILE_DIR / f"{s.lower()}.json"
     if not path.exists():
         path = Path(s)
-        if not (path.suffix == ".json" and path.exists()):
+        if path.suffix == ".json" and not path.is_file():
+            raise SbcError(f"profile file not found: {path}")
+        if path.suffix != ".json":
             raise SbcError(f"unknown hardware profile {s!r}; built-in: {', '.join(profile_names())}, "
                            f"or a path to a profile .json")
     try:
