@@ -31,6 +31,7 @@ test: install-test
 bench: install
 	$(BIN)/python benchmarks/bench_sim.py
 	$(BIN)/python benchmarks/bench_compress.py --quick
+	$(BIN)/python benchmarks/bad_input_table.py
 
 clean:
 	rm -rf $(VENV) out

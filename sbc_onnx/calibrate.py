@@ -25,8 +25,8 @@ import numpy as np
 
 from .compress.hessian import HessianAccumulator, TimeFilter
 from .errors import SbcError
-from .evaluate import step_progress
 from .graph import FlatGraph
+from .progress import progress_bar, step_progress
 from .sim import SimConfig, Walker
 from .sim.conv import as_tuple, conv_padding, im2col_t
 
@@ -51,6 +51,39 @@ def kernel_betas(fg: FlatGraph, layer: str, cfg: SimConfig, objective: str = "sm
 
 
 @dataclass
+class InputStats:
+    """What a layer's input did over the whole calibration set (padding past a sample's length excluded):
+    its mean (spikes per input per step for spiking inputs), smallest and largest value."""
+
+    total: float = 0.0
+    count: int = 0
+    low: float = np.inf
+    high: float = -np.inf
+
+    def add(self, x: np.ndarray) -> None:
+        if x.size:
+            self.total += float(np.sum(x, dtype=np.float64))
+            self.count += x.size
+            self.low, self.high = min(self.low, float(np.min(x))), max(self.high, float(np.max(x)))
+
+    @property
+    def rate(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def problem(self) -> str | None:
+        """Why this input makes the layer's Hessian meaningless, or None: it never spiked (H = 0), or it
+        was one constant everywhere, e.g. every input spiking at every step (H has rank 1)."""
+        if not np.isfinite(self.total) or not (np.isfinite(self.low) and np.isfinite(self.high)):
+            return f"its input has non-finite values (mean {self.rate:g})"
+        if self.high == self.low == 0:
+            return "its input never spiked (firing rate 0 on every input at every step)"
+        if self.high == self.low:
+            what = "saturated: every input spiked at every step" if self.high == 1 else "constant everywhere"
+            return f"its input is {what} (rate {self.rate:g})"
+        return None
+
+
+@dataclass
 class LayerCalibration:
     name: str
     kind: str
@@ -61,10 +94,21 @@ class LayerCalibration:
     conv: dict | None = None  # kernel, stride, pads, dilation for im2col
     filt: TimeFilter | None = None
     seconds: float = 0.0
+    inputs: InputStats = field(default_factory=InputStats)
 
     @property
     def H(self) -> np.ndarray:
         return self.acc.H
+
+    def check(self, n_samples: int) -> None:
+        """SbcError naming this layer if its calibration cannot guide compression: a dead, saturated or
+        non-finite input, or a Hessian with non-finite entries (the simulation or its filter diverged)."""
+        why = self.inputs.problem()
+        if why is None and not self.acc.is_finite:
+            why = "its calibration Hessian has non-finite entries (the simulation or the neuron's filter diverged)"
+        if why is not None:
+            raise SbcError(f"layer {self.name}: over the {n_samples} calibration sample(s), {why}; compressing it "
+                           "would be meaningless: check the calibration data and the model's simulation settings")
 
 
 @dataclass
@@ -76,6 +120,12 @@ class Calibration:
     objective: str = "smp"
     input_norms: bool = True
     notes: list[str] = field(default_factory=list)
+
+    def check(self, layers: list[str] | None = None) -> None:
+        """SbcError naming the first of `layers` (default: all) whose calibration is unusable
+        (`LayerCalibration.check`)."""
+        for name in layers if layers is not None else list(self.layers):
+            self.layers[name].check(self.n_samples)
 
 
 def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> LayerCalibration:
@@ -139,10 +189,12 @@ def calibrate(
                 cal.filt = TimeFilter(cal.betas, x.shape)
             z = cal.filt.step(x) if cal.betas else np.asarray(x, dtype=np.float64)
             valid = state["valid"]
-            if valid is not None:  # samples past their true length contribute nothing (padding)
-                alive = valid > t
-                if not alive.all():
-                    z = z * alive.reshape((-1,) + (1,) * (z.ndim - 1))
+            alive = None if valid is None else valid > t
+            if alive is not None and not alive.all():  # samples past their true length contribute nothing
+                z = z * alive.reshape((-1,) + (1,) * (z.ndim - 1))
+                cal.inputs.add(x[alive])
+            else:
+                cal.inputs.add(x)
             if cal.conv is None:
                 rows = z.reshape(-1, z.shape[-1])
                 units = rows.shape[0] if t == 0 else 0
@@ -166,13 +218,7 @@ def calibrate(
         return on_input
 
     hooks = {n: observer(c) for n, c in cals.items()}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=getattr(dataset, "n", None), unit="sample", desc="calibrating", leave=False,
-                   dynamic_ncols=True,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
+    bar = progress_bar(getattr(dataset, "n", None), "calibrating", progress)
     n_samples, steps = 0, 0
     for batch in dataset.batches(batch_size, with_lengths=True):
         x_tb, y, lengths = batch
@@ -195,7 +241,6 @@ def calibrate(
             msg = (f"layer {cal.name}: calibration has {units} independent samples x positions for {live} "
                    f"live inputs; the Hessian is rank-deficient and compensation may overfit "
                    f"(use more calibration samples)")
-            calib.notes.append(msg)
-            log.warning(msg)
+            calib.notes.append(msg)  # printed once, with the report's notes (not logged as well)
     return calib
 

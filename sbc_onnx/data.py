@@ -65,11 +65,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .errors import SbcError, existing_file
 from .events import Binning, bin_events, open_tonic, read_nmnist_events, tonic_version
 from .io.atomic import write_atomic
+from .progress import iterate
 
 __all__ = [
     "NMNIST_SENSOR",
@@ -548,7 +548,7 @@ def load_nmnist(
 
     def frames() -> Iterator[np.ndarray]:
         nonlocal n_events
-        for f in tqdm(files, desc="N-MNIST", unit="file", disable=not progress, leave=False):
+        for f in iterate(files, "N-MNIST", "file", progress):
             ev = read_nmnist_events(f)
             if len(ev) == 0:
                 raise SbcError(f"N-MNIST file {f} has no events")
@@ -607,7 +607,7 @@ def load_tonic(
 
     def frames() -> Iterator[np.ndarray]:
         nonlocal n_events
-        stream = tqdm(src.frames(binning, n), total=n, desc=src.name, unit="sample", disable=not progress, leave=False)
+        stream = iterate(src.frames(binning, n), src.name, "sample", progress, total=n)
         for fr, label, n_ev in stream:
             labels.append(label)
             n_events += n_ev
@@ -733,7 +733,7 @@ def load_mnist(
     )
     rng = np.random.default_rng(seed)
     x = np.empty((stop - start, steps) + shape, dtype=np.bool_)
-    for i in tqdm(range(stop - start), desc="MNIST", unit="img", disable=not progress, leave=False):
+    for i in iterate(range(stop - start), "MNIST", "img", progress):
         np.less(rng.random((steps,) + shape), sel[i].astype(np.float64) / 255.0, out=x[i])
     return Dataset(x, y, ids=ids, meta=meta)
 

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from .data import as_dataset
 from .errors import SbcError
 from .graph import FlatGraph, flatten, node_shape
+from .progress import progress_bar, step_progress
 from .sim import SimConfig, Walker
 
 READOUTS = ("count", "count+potential", "potential")
@@ -51,24 +51,6 @@ def output_source(fg: FlatGraph) -> str:
     return preds[0]
 
 
-def progress_bar(total: int | None, desc: str, enabled: bool = True):
-    """The package's progress bar on stderr, or None when not `enabled`. Counts are shown rounded, so the
-    fractional updates of `step_progress` move it smoothly."""
-    if not enabled:
-        return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
-
-
-def step_progress(bar, batch: int, steps: int):
-    """on_step callback advancing a per-sample progress bar smoothly through a batch's time steps."""
-    if bar is None:
-        return None
-    step = batch / steps
-    # the float steps of a batch can add up to a hair more than its size; tqdm warns once n passes total
-    return lambda t: bar.update(min(step, bar.total - bar.n) if bar.total else step)
-
-
 @dataclass
 class BatchOutputs:
     """What a simulator engine returns for one batch; the readout is computed from it."""
@@ -78,16 +60,23 @@ class BatchOutputs:
     source_v: np.ndarray | None = None  # membrane potential of the output's source after the last step
 
 
-def score_batch(readout: str, src: str, src_spiking: bool, outs: BatchOutputs) -> tuple[np.ndarray, int, int]:
-    """(predictions, tied samples, silent samples) of one batch under `readout`."""
-    if readout == "potential":
-        if src_spiking:
-            raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes "
-                           "(use --readout count)")
-        return np.argmax(outs.final.reshape(outs.final.shape[0], -1), axis=1), 0, 0
-    if not src_spiking or src not in outs.counts:
+def check_readout(readout: str, src: str, src_spiking: bool) -> None:
+    """SbcError unless `readout` can be read from the output's source `src` (called before any simulation)."""
+    if readout not in READOUTS:
+        raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
+    if readout == "potential" and src_spiking:
+        raise SbcError(f"readout 'potential' needs a non-spiking output node; {src!r} spikes "
+                       "(use --readout count)")
+    if readout != "potential" and not src_spiking:
         raise SbcError(f"readout {readout!r} needs a spiking output node; {src!r} does not spike "
                        "(use --readout potential)")
+
+
+def score_batch(readout: str, src: str, src_spiking: bool, outs: BatchOutputs) -> tuple[np.ndarray, int, int]:
+    """(predictions, tied samples, silent samples) of one batch under `readout`."""
+    check_readout(readout, src, src_spiking and (readout == "potential" or src in outs.counts))
+    if readout == "potential":
+        return np.argmax(outs.final.reshape(outs.final.shape[0], -1), axis=1), 0, 0
     counts = outs.counts[src].reshape(outs.counts[src].shape[0], -1)
     top = counts.max(axis=1, keepdims=True)
     ties, silent = int(((counts == top).sum(axis=1) > 1).sum()), int((top[:, 0] == 0).sum())
@@ -102,9 +91,8 @@ def score_batch(readout: str, src: str, src_spiking: bool, outs: BatchOutputs) -
 def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, readout: str = "count",
                     batch_size: int = 64, progress: bool = False) -> EvalResult:
     """Accuracy loop shared by the engines: run_batch(x_tb, on_step) -> BatchOutputs."""
-    if readout not in READOUTS:
-        raise SbcError(f"readout must be one of {', '.join(READOUTS)}")
     src = output_source(fg)
+    check_readout(readout, src, src in spiking)
     shape = node_shape(fg.nodes[fg.outputs[0]], "input")
     n_classes = None if shape is None else int(np.prod(shape))
     preds, labels = [], []

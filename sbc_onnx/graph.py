@@ -278,3 +278,15 @@ def diff_graphs(a: nir.NIRGraph, b: nir.NIRGraph, *, ignore_fields: tuple[str, .
             if not same:
                 out.append(f"{name}.{f} differs")
     return out
+
+
+def check_weight_inputs(fg: FlatGraph) -> None:
+    """SbcError when a weight layer takes another number of inputs than the node feeding it gives: no
+    simulator can run such a model, so it is refused on load rather than failing inside the first step."""
+    for name in fg.weight_nodes():
+        want = node_shape(fg.nodes[name], "input")
+        for src in fg.preds[name] + fg.back_preds[name]:
+            got = node_shape(fg.nodes[src], "output")
+            if want and got and int(np.prod(want)) != int(np.prod(got)):
+                raise SbcError(f"node {name!r} ({fg.kind(name)}) takes input of shape {want} but {src!r} "
+                               f"({fg.kind(src)}) gives shape {got}: the model's shapes do not fit")

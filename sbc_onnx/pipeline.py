@@ -17,7 +17,6 @@ from typing import Any
 
 import nir
 import numpy as np
-from tqdm import tqdm
 
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, plan_budget
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
@@ -27,10 +26,11 @@ from .compress.budget import BudgetSpec, parse_budget
 from .compress.grids import GRANULARITIES
 from .data import as_dataset
 from .errors import SbcError
-from .evaluate import step_progress
 from .graph import FlatGraph, flatten
+from .progress import progress_bar, step_progress
 from .repair import RepairReport, repair_thresholds
 from .sim import SimConfig, Walker
+from .sim.config import config_for
 
 log = logging.getLogger("sbc_onnx")
 
@@ -232,10 +232,12 @@ class CompressionReport:
 
     def table(self) -> str:
         head = (f"{'layer':<12} {'kind':<7} {'shape':<14} {'sparsity':>8} {'bits':>4} {'obj.base':>9} "
-                f"{'obj.'+self.method:>9} {'damp':>7} {'sec':>6} {'rate d/c':>13} {'VRD':>8}")
+                f"{'obj.'+self.method:>9} {'damp':>7} {'hess s':>6} {'comp s':>6} {'rate d/c':>13} {'VRD':>8}")
         lines = [head, "-" * len(head)] + [_table_row(r) for r in self.layers]
         lines.append(f"overall sparsity {self.overall_sparsity:.4f} over {len(self.layers)} layers; "
-                     "obj = relative layer output error tr(dW H dW^T)/tr(W H W^T); base = magnitude/RTN")
+                     "obj = relative layer output error tr(dW H dW^T)/tr(W H W^T); base = magnitude/RTN; "
+                     "hess s = seconds accumulating the layer's Hessian (part of calibration), comp s = seconds "
+                     "compressing it")
         if self.budget:
             b = self.budget
             used = (f"{b['used'] / 8192:.2f} of {b['limit'] / 8192:.2f} KiB of weight storage"
@@ -250,7 +252,7 @@ def _table_row(r: LayerReport) -> str:
     vrd = f"{r.van_rossum:.4f}" if r.van_rossum is not None else "-"
     return (f"{r.name:<12} {r.kind:<7} {'x'.join(map(str, r.shape)):<14} {r.sparsity:>8.3f} "
             f"{r.bits if r.bits else '-':>4} {r.objective_before:>9.4f} {r.objective_after:>9.4f} "
-            f"{damp:>7} {r.seconds + r.hessian_seconds:>6.2f} {rate:>13} {vrd:>8}"
+            f"{damp:>7} {r.hessian_seconds:>6.2f} {r.seconds:>6.2f} {rate:>13} {vrd:>8}"
             + (f"  fallback: {r.fallback}" if r.fallback else ""))
 
 
@@ -284,16 +286,20 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
                 layers), e.g. compress(graph, calib, sparsity=0.9, method="sbc").
     calibration a Calibration from `calibrate()` on the dense graph to reuse (sweeps over sparsity/bits
                 share one calibration pass); its objective must match the method ("current" for obc).
+    cfg         the simulation settings; default: the graph's metadata, with a note naming every default
+                assumed for a setting it does not record (`sim.config.config_for`).
     storage     for a memory budget: the bits a layer's weights take in the output format
                 (io.sizes.storage_model(path)); synops: for a SynOps budget, the SynOps per sample of a
                 layer's weights on the calibration activity (hardware.energy.synops_model).
+    A layer whose calibration input is dead or saturated, or whose Hessian is not finite, stops the
+    compression with an SbcError naming it (`Calibration.check`), before any weight changes.
     """
     if plan is None:
         plan = Plan.build(**options)
     elif options:
         raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
     calib = calib if hasattr(calib, "batches") else as_dataset(calib)
-    run = _Compression(graph, calib, plan, cfg or SimConfig(), batch_size, progress)
+    run = _Compression(graph, calib, plan, cfg or config_for(graph), batch_size, progress)
     run.storage, run.synops = storage, synops
     run.calibrate(calibration)
     budget = run.allocate()
@@ -369,12 +375,14 @@ class _Compression:
         missing = [n for n in self.names if n not in cal.layers]
         if missing:
             raise SbcError(f"the calibration has no Hessian for layer(s) {missing}")
+        cal.check(self.names)
 
     def _calibrate(self, walker: Walker, layers: list[str], progress: bool) -> Calibration:
         t0 = time.perf_counter()
         cal = calibrate(walker, self.data, layers=layers, objective=self.plan.method.objective,
                         batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
         self.seconds["calibration"] += time.perf_counter() - t0
+        cal.check(layers)  # before any layer is compressed
         return cal
 
     def layer_calibration(self, name: str) -> LayerCalibration:
@@ -418,7 +426,7 @@ class _Compression:
 
     # ---- compress the layers
     def compress_layers(self, budget: Budget) -> None:
-        bar = _bar(len(self.names), self.progress, "compressing")
+        bar = progress_bar(len(self.names), "compressing", self.progress)
         for i, (name, k) in enumerate(zip(self.names, budget.counts)):
             self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar,
                                                     budget.bits_of(i, self.plan.bits)))
@@ -537,7 +545,7 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
         return
     decay = {n: _van_rossum_decay(dense, n) for n in targets}
     acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0, "steps": 1} for n in targets}
-    bar = _bar(getattr(dataset, "n", None), progress, "measuring spike damage")
+    bar = progress_bar(getattr(dataset, "n", None), "measuring spike damage", progress)
     for x_tb, y in dataset.batches(batch_size):
         seqs = {n: {"d": [], "c": []} for n in targets}
         for walker, which in ((dense, "d"), (comp, "c")):
@@ -599,9 +607,3 @@ def _layer_progress(bar, shown, groups):
             shown[0] = frac
     return on_rows
 
-
-def _bar(total, enabled, desc):
-    if not enabled:
-        return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")

@@ -80,9 +80,20 @@ class Primitive:
         leaks = tuple(s.leak for s in self.stages if s.leak)
         return leaks + tuple(f for f in (self.threshold, self.reset) if f)
 
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The SimConfig settings this primitive's step depends on (a model that records none of them needs
+        no note about them): dt and the integrator for a leak, dt for a delay, the reset mode for a spiking
+        neuron, the update order for a cascade of two stages."""
+        used = ("dt", "integrator") if self.leaky else ()
+        used += ("dt",) if "delay" in self.params else ()
+        used += ("reset",) if self.reset else ()
+        return used + (("cuba_order",) if len(self.stages) > 1 else ())
+
     def decays(self, node: Any, cfg: "SimConfig") -> list[np.ndarray | None]:
-        """Per-stage decay k (float64 arrays; None for an integrator stage)."""
-        return [None if s.tau is None else decay(getattr(node, s.tau), cfg) for s in self.stages]
+        """Per-stage decay k (float64 arrays; None for an integrator stage); ValueError if an Euler step
+        would overshoot (`decay`)."""
+        return [None if s.tau is None else decay(getattr(node, s.tau), cfg, s.tau) for s in self.stages]
 
     def kernel_betas(self, node: Any, cfg: "SimConfig") -> tuple[float, ...]:
         """Decays beta = 1 - k of the SMP filter cascade M, one per stage (mean over neurons)."""
@@ -92,11 +103,27 @@ class Primitive:
         return tuple(betas)
 
 
-def decay(tau: Any, cfg: "SimConfig") -> np.ndarray:
-    """Fraction k of the way to the target per step (float64): dt/tau (Euler) or 1 - exp(-dt/tau) (exact)."""
+# Euler's k = dt/tau above 1 steps past the target every step (1 < k < 2: v oscillates; k > 2: it diverges);
+# k == 1 exactly (tau == dt, e.g. snnTorch beta = 0) is a memoryless neuron and fine. The slack absorbs the
+# rounding of tau = dt/(1 - beta) in the bridges.
+_EULER_MAX_K = 1 + 1e-9
+
+
+def decay(tau: Any, cfg: "SimConfig", what: str = "tau") -> np.ndarray:
+    """Fraction k of the way to the target per step (float64): dt/tau (Euler) or 1 - exp(-dt/tau) (exact).
+    ValueError under Euler when dt/tau > 1 (`what` names the time constant in the message)."""
     tau = np.asarray(tau, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        return cfg.dt / tau if cfg.integrator == "euler" else -np.expm1(-cfg.dt / tau)
+        if cfg.integrator != "euler":
+            return -np.expm1(-cfg.dt / tau)
+        k = cfg.dt / tau
+    over = k[(tau > 0) & (k > _EULER_MAX_K)]  # a tau <= 0 is the parameter checks' to refuse (io/nir_io.py)
+    if over.size:
+        raise ValueError(f"dt/{what} = {over.max():g} > 1 under the Euler integrator (dt = {cfg.dt:g}, smallest "
+                         f"{what} = {cfg.dt / over.max():g}): each step overshoots the resting value, so the neuron "
+                         f"oscillates or diverges; use the exact integrator (--integrator exact) or dt <= {what} "
+                         "(--dt)")
+    return k
 
 
 def _mean(beta: np.ndarray, what: str) -> float:

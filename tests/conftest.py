@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SBC_SHARED", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("SBC_SHARED", ROOT.parent / "shared")).resolve()  # CI passes a relative path
 DATA = SHARED / "data"
 
 

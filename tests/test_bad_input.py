@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_input_cases import CASES, expand, make_base, problems, snapshot
 from topologies import ALL, DT
 
 import sbc_onnx as sbc
@@ -110,61 +111,24 @@ def test_lamp_exponent_must_be_finite_positive(p):
         lamp_scores(np.ones(3), p)
 
 
-# ---------------------------------------------------------------------------------------------- 2. options
+# ---------------------------------------------------------------------------------------------- 2. the CLI cases
 
-@pytest.mark.parametrize("args,needle", [
-    (["--sparsity", "0.5", "--damp", "nan"], "--damp"),
-    (["--sparsity", "0.5", "--damp", "-1"], "--damp"),
-    (["--sparsity", "0.5", "--damp", "inf"], "--damp"),
-    (["--sparsity", "0.5", "--lamp-p", "nan"], "--lamp-p"),
-    (["--sparsity", "0.5", "--lamp-p", "0"], "--lamp-p"),
-    (["--sparsity", "0.5", "--lamp-p", "-2"], "--lamp-p"),
-    (["--sparsity", "nan"], "--sparsity"),
-    (["--sparsity", "1"], "--sparsity"),
-    (["--sparsity", "-0.1"], "--sparsity"),
-    (["--sparsity", "0.5", "--calib-limit", "0"], "--calib-limit"),
-    (["--sparsity", "0.5", "--calib-limit", "-3"], "--calib-limit"),
-    (["--sparsity", "0.5", "--eval-limit", "0"], "--eval-limit"),
-    (["--sparsity", "0.5", "--batch-size", "0"], "--batch-size"),
-    (["--sparsity", "0.5", "--dt", "nan"], "--dt"),
-    (["--sparsity", "0.5", "--dt", "0"], "--dt"),
-    (["--sparsity", "0.5", "--dt", "-1e-4"], "--dt"),
-])
-def test_compress_numeric_options_exit_2_before_any_work(files, tmp_path, capsys, args, needle):
-    out = tmp_path / "o.nir"
-    assert main(compress_args(files, out, *args)) == 2
-    one_error(capsys, f"Invalid value for '{needle}'")  # click's check, before the model is even loaded
-    assert not out.exists()
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("base"))
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--limit", "0"], "--limit"), (["--limit", "-1"], "--limit"), (["--start", "-1"], "--start"),
-    (["--batch-size", "0"], "--batch-size"), (["--dt", "inf"], "--dt"),
-])
-def test_eval_numeric_options(files, capsys, args, needle):
-    assert main(["eval", str(files / "m.nir"), "--data", str(files / "c.npz"), *args]) == 2
-    one_error(capsys, f"Invalid value for '{needle}'")
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--limit", "0"], "--limit"), (["--e-ac", "nan"], "--e-ac"), (["--e-mac", "-1"], "--e-mac"),
-    (["--batch-size", "0"], "--batch-size"),
-])
-def test_report_numeric_options(files, capsys, args, needle):
-    assert main(["report", str(files / "m.nir"), "--data", str(files / "c.npz"), *args]) == 2
-    one_error(capsys, f"Invalid value for '{needle}'")
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["mnist", "DIR", "-o", "x.npz", "--steps", "0"], "--steps"),
-    (["mnist", "DIR", "-o", "x.npz", "--steps", "5", "--limit", "0"], "--limit"),
-    (["mnist", "DIR", "-o", "x.npz", "--steps", "5", "--start", "-1"], "--start"),
-    (["nmnist", "DIR", "LABELS", "-o", "x.npz", "--time-window-us", "0"], "--time-window-us"),
-])
-def test_data_numeric_options(tmp_path, capsys, args, needle):
-    args = [str(tmp_path / a) if a in ("DIR", "LABELS", "x.npz") else a for a in args]
-    assert main(["data", *args]) == 2
-    one_error(capsys, f"Invalid value for '{needle}'")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the ONNX writer runs the bad models once
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_cli_case(base, tmp_path, capsys, case):
+    """Every case of tests/bad_input_cases.py (the table docs/bad_input.md is made of): exit 2, one `error:`
+    line naming the problem, nothing written, the inputs unchanged."""
+    argv = expand(case, base, tmp_path)
+    before = snapshot(tmp_path, base["m"].parent)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert problems(case, code, err, before, snapshot(tmp_path, base["m"].parent)) == [], err
 
 
 def test_take_refuses_a_zero_limit():
@@ -176,18 +140,6 @@ def test_take_refuses_a_zero_limit():
 
 # ---------------------------------------------------------------------------------------------- 3. paths
 
-@pytest.mark.parametrize("where", ["output", "report", "eval"])
-def test_compress_paths_fail_at_the_start(files, tmp_path, capsys, where):
-    """A missing output or report directory, a missing --eval file: one line before any simulation (the
-    calibration's progress line would be a second line on stderr)."""
-    out, missing = tmp_path / "o.nir", tmp_path / "missing"
-    args = {"output": [], "report": ["--report", str(missing / "r.json")], "eval": ["--eval", str(missing / "t.npz")]}
-    target = missing / "o.nir" if where == "output" else out
-    assert main(compress_args(files, target, "--sparsity", "0.5", *args[where])) == 2
-    one_error(capsys, str(missing))
-    assert not out.exists() and not missing.exists()
-
-
 def test_compress_read_only_directory_fails_at_the_start(files, tmp_path, capsys, monkeypatch):
     from sbc_onnx.io import paths
 
@@ -197,13 +149,6 @@ def test_compress_read_only_directory_fails_at_the_start(files, tmp_path, capsys
     monkeypatch.setattr(paths.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
     assert main(compress_args(files, ro / "o.nir", "--sparsity", "0.5")) == 2
     one_error(capsys, "not writable", str(ro))
-
-
-def test_compress_report_must_not_overwrite_an_input(files, tmp_path, capsys):
-    out = tmp_path / "o.nir"
-    assert main(compress_args(files, out, "--sparsity", "0.5", "--report", str(files / "c.npz"))) == 2
-    one_error(capsys, "refusing to overwrite the input")
-    assert not out.exists()
 
 
 def test_convert_refuses_to_overwrite_its_input(files, tmp_path, capsys):
@@ -217,18 +162,6 @@ def test_convert_refuses_to_overwrite_its_input(files, tmp_path, capsys):
     assert src.read_bytes() == before
     assert main(["convert", str(src), str(tmp_path / "missing" / "m.onnx")]) == 2
     one_error(capsys, "does not exist")
-
-
-@pytest.mark.parametrize("opt", ["--json", "--plot"])
-def test_report_outputs_checked_before_simulating(files, tmp_path, capsys, opt):
-    assert main(["report", str(files / "m.nir"), "--data", str(files / "c.npz"), opt,
-                 str(tmp_path / "missing" / "r.out")]) == 2
-    one_error(capsys, "does not exist")
-
-
-def test_data_output_may_not_be_a_directory(tmp_path, capsys):
-    assert main(["data", "mnist", str(tmp_path / "mnist"), "-o", str(tmp_path), "--steps", "2"]) == 2
-    one_error(capsys, "is a directory")
 
 
 def test_check_output_unit(tmp_path):
@@ -250,52 +183,8 @@ def test_check_output_unit(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 4. datasets
 
-def _raw_npz(path, x, y):
-    """Written with np.savez directly: Dataset itself refuses such content."""
-    np.savez(path, x=x, y=np.asarray(y))
-    return path
-
-
 def _spikes(n=6, t=5, shape=(4,)):
     return (np.random.default_rng(1).random((n, t, *shape)) < 0.3).astype(np.float32)
-
-
-@pytest.mark.parametrize("case,needle", [
-    ("nan", "NaN/inf"), ("inf", "NaN/inf"), ("t0", "T = 0"),
-    ("layout", "(2, 2)"), ("layout_t", "(4, 1)"), ("labels99", "0..2"), ("labels-1", "0..2"),
-])
-def test_eval_refuses_bad_dataset_content(files, tmp_path, capsys, case, needle):
-    x, y = _spikes(), np.zeros(6, int)
-    if case in ("nan", "inf"):
-        x[2, 3, 1] = np.nan if case == "nan" else np.inf
-    elif case == "t0":
-        x = x[:, :0]
-    elif case == "layout":
-        x = x.reshape(6, 5, 2, 2)  # same element count as the network's (4,): no silent reshape
-    elif case == "layout_t":
-        x = x.reshape(6, 5, 4, 1)
-    else:
-        y[4] = 99 if case == "labels99" else -1
-    data = _raw_npz(tmp_path / "d.npz", x, y)
-    assert main(["eval", str(files / "m.nir"), "--data", str(data)]) == 2
-    line = one_error(capsys, needle)
-    if case.startswith("layout"):
-        assert "(4,)" in line  # both shapes named
-
-
-def test_compress_checks_the_eval_set_before_calibrating(files, tmp_path, capsys):
-    """Calibration labels are unused (any value is fine); the --eval set's labels must be classes."""
-    bad = _raw_npz(tmp_path / "bad.npz", _spikes(), [0, 1, 2, 99, 0, 1])
-    out = tmp_path / "o.nir"
-    assert main(["compress", str(files / "m.nir"), "--calib", str(bad), "-o", str(out), "--sparsity", "0.5",
-                 "--method", "magnitude", "--eval", str(bad)]) == 2
-    one_error(capsys, "labels", "99")  # one line: before the calibration's progress line
-    assert not out.exists()
-
-
-def test_eval_refuses_an_empty_selection(files, tmp_path, capsys):
-    assert main(["eval", str(files / "m.nir"), "--data", str(files / "c.npz"), "--start", "16"]) == 2
-    one_error(capsys, "no samples")
 
 
 def test_dataset_content_unit(files):
@@ -318,15 +207,6 @@ def _model(tmp_path, name, change):
     graph, _ = ALL["sequential"](np.random.default_rng(0))
     change(graph)
     return sbc.save_model(graph, tmp_path / name, cfg=sbc.SimConfig(dt=DT))
-
-
-def test_nan_in_an_onnx_initializer_is_refused(tmp_path, capsys):
-    def nan_weight(g):
-        g.nodes["a2"].weight[1, 2] = np.nan
-
-    path = _model(tmp_path, "nan.onnx", nan_weight)
-    assert main(["inspect", str(path)]) == 2
-    one_error(capsys, "'a2'", "'weight'", "NaN")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the ONNX writer runs the bad model once

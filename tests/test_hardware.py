@@ -22,7 +22,7 @@ from sbc_onnx.hardware import (
     write_deployment,
 )
 from sbc_onnx.hardware.fanout import layer_fanout
-from sbc_onnx.hardware.profiles import PROFILE_DIR
+from sbc_onnx.hardware.profiles import PROFILE_DIR, UNCITED
 from sbc_onnx.io.nir_io import read_nir
 from sbc_onnx.sim import SimConfig, Walker
 
@@ -34,11 +34,60 @@ PROFILES = ["loihi2", "speck", "spinnaker2", "xylo-audio2", "brainscales2"]
 @pytest.mark.parametrize("name", PROFILES + ["int4", "int8"])
 def test_profiles_load_and_validate(name):
     p = load_profile(name)
-    assert p.name == name and p.sources
+    assert p.name == name and (p.sources or p.citations)
     assert p.weight_min < 0 < p.weight_max
     assert p.grid_scheme in ("symmetric", "symmetric_restricted")
     lo, hi = p.weight_min, p.weight_max
     assert hi <= 2 ** (p.weight_bits - 1) - 1 and lo >= -(2 ** (p.weight_bits - 1))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_constraint_cites_its_source(name):
+    """Each constraint of a built-in profile is {"value", "source"}: a repository file and line (with the commit
+    and the quoted text), or null with the reason no public source was found."""
+    raw = json.loads((PROFILE_DIR / f"{name}.json").read_text())
+    constraints = {k: v for k, v in raw.items() if k not in UNCITED}
+    assert constraints
+    for k, v in constraints.items():
+        assert isinstance(v, dict) and set(v) >= {"value", "source"}, f"{name}.{k} has no source"
+        src = v["source"]
+        if src is None:
+            assert v.get("why", "").strip(), f"{name}.{k}: a null source needs a why"
+            continue
+        assert src.get("repo") and len(src.get("commit", "")) == 40, f"{name}.{k}: repository and commit"
+        assert src.get("file") and isinstance(src.get("line"), int) and src["line"] >= 1, f"{name}.{k}: file and line"
+        assert src.get("quote"), f"{name}.{k}: the quoted line"
+    p = load_profile(name)
+    assert {k for k, _, _ in p.citations} == set(constraints)
+    for k in constraints:  # the loader unwrapped every value
+        value = raw[k]["value"]
+        assert getattr(p, k) == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_cli_profiles_prints_each_constraint_with_its_source(capsys):
+    assert main(["profiles", "speck"]) == 0
+    out = capsys.readouterr().out
+    sources = out.split("sources:")[1].splitlines()
+    bias = next(x for x in sources if x.split()[:1] == ["bias_bits"])
+    assert "synsense/sinabs@904eb89398" in bias and "discretize.py:268" in bias and "WEIGHT_PRECISION_BITS" in bias
+    assert main(["profiles", "loihi2"]) == 0
+    cores = next(x for x in capsys.readouterr().out.splitlines() if x.split()[:1] == ["cores"] and "source" in x)
+    assert "no public source: only a secondary source" in cores
+
+
+@pytest.mark.parametrize("source, match", [
+    ({"repo": "a/b", "commit": "0" * 40, "file": "x.py"}, "line"),
+    ({"repo": "a/b", "commit": "0" * 40, "line": 3}, "file"),
+    ({"repo": "a/b", "file": "x.py", "line": 3}, "commit"),
+    ({"repo": "a/b", "commit": "0" * 40, "file": "x.py", "line": 0}, "line"),
+    (None, "why"),
+])
+def test_profile_citation_without_file_and_line_is_refused(tmp_path, source, match):
+    d = json.loads((PROFILE_DIR / "speck.json").read_text())
+    d["bias_bits"] = {"value": 8, "source": source}
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(SbcError, match=match):
+        load_profile(tmp_path / "p.json")
 
 
 def test_profile_errors(tmp_path):
@@ -166,6 +215,57 @@ def test_integerize_twin_is_exact_and_requantizes_shared_neurons():
     assert not rules & {"weight-bits", "threshold-bits", "state-bits", "granularity", "homogeneous"}, rules
 
 
+def test_speck_bias_is_fitted_into_the_8_bit_weight_precision():
+    """sinabs discretizes a Speck bias with the 8-bit weight precision: a bias worth 300 weight codes makes
+    integerize enlarge the layer's one scale until bias and weights both fit; integer model == twin."""
+    rng = np.random.default_rng(8)
+    q = rng.integers(-127, 128, (6, 5))
+    s = np.full(6, 0.01)
+    bias = np.array([3.0, -1.2, 0.5, 0.0, 2.0, -0.4])  # 3.0 / 0.01 = 300 codes
+    g = nir.NIRGraph.from_list(
+        nir.Input(np.array([5])), nir.Affine(weight=(q * s[:, None]).astype(np.float32), bias=bias),
+        nir.IF(r=np.ones(6), v_threshold=np.full(6, 4.0), v_reset=np.zeros(6)), nir.Output(np.array([6])))
+    im = integerize(g, {"affine": (q, s, None)}, "speck")
+    fi = flatten(im.int_graph)
+    b = np.asarray(fi.nodes["affine"].bias)
+    assert b.dtype.kind == "i" and b.min() >= -128 and b.max() <= 127 and b.max() >= 120  # fits, barely rounded
+    assert any("8-bit bias of speck" in n for n in im.notes)
+    cfg = SimConfig(dt=1.0)
+    assert not [v for v in check_graph(im.int_graph, "speck", cfg) if v.rule in ("bias-bits", "weight-bits")]
+    x = rng.integers(0, 2, (80, 4, 5)).astype(np.float32)
+    ri, rt = Walker(im.int_graph, cfg).run(x), Walker(im.float_graph, cfg).run(x)
+    np.testing.assert_array_equal(ri.counts["if"], rt.counts["if"])
+    assert ri.counts["if"].sum() > 10
+    # spinnaker2 keeps neuron parameters and biases float: no re-quantization for the bias
+    assert not any("bias" in n for n in integerize(g, {"affine": (q, s, None)}, "spinnaker2").notes)
+
+
+def test_xylo_threshold_overflow_enlarges_only_that_neurons_scale():
+    """Xylo stores int16 thresholds with one scale per target neuron: a threshold worth 10^5 weight codes
+    gets its neuron's scale enlarged (Rockpool's channel_quantize does the same); the other neurons keep
+    theirs, and the integer model still spikes exactly like its twin."""
+    rng = np.random.default_rng(9)
+    q = rng.integers(-127, 128, (4, 6))
+    s = np.full(4, 1e-4)
+    thr = np.array([10.0, 0.02, 0.03, 0.02])  # 10 / 1e-4 = 100000 > 32767
+    g = nir.NIRGraph.from_list(
+        nir.Input(np.array([6])), nir.Linear(weight=(q * s[:, None]).astype(np.float32)),
+        nir.LIF(tau=np.full(4, 2.0), r=np.ones(4), v_leak=np.zeros(4), v_threshold=thr, v_reset=np.zeros(4)),
+        nir.Output(np.array([4])))
+    im = integerize(g, {"linear": (q, s, None)}, "xylo-audio2")
+    fi = flatten(im.int_graph)
+    t = np.asarray(fi.nodes["lif"].v_threshold)
+    assert t.max() <= 32767 and t[0] >= 32000  # fits, and only just
+    scale = np.asarray(fi.nodes["linear"].metadata["sbc_onnx.scale"])
+    assert scale[0] > 3 * s[0] and np.allclose(scale[1:], s[1:], rtol=2 ** -8)
+    assert any("16-bit threshold of xylo-audio2" in n for n in im.notes)
+    cfg = SimConfig(dt=1.0, reset="subtract")
+    assert not [v for v in check_graph(im.int_graph, "xylo-audio2", cfg) if v.rule.endswith("-bits")]
+    x = rng.integers(0, 2, (60, 4, 6)).astype(np.float32)
+    ri, rt = Walker(im.int_graph, cfg).run(x), Walker(im.float_graph, cfg).run(x)
+    np.testing.assert_array_equal(ri.counts["lif"], rt.counts["lif"])
+
+
 # ---------------------------------------------------------------- check
 
 def test_check_lists_real_violations_on_oversized_graph():
@@ -177,9 +277,32 @@ def test_check_lists_real_violations_on_oversized_graph():
     rules = {v.rule for v in check_graph(g, "brainscales2") if v.severity == "error"}
     assert {"fan-in", "neurons", "node-type", "weight-bits"} <= rules, rules
     msgs = [v.message for v in check_graph(g, "brainscales2")]
-    assert any("1024 non-zero synapses; brainscales2 allows 256" in m for m in msgs)
+    assert any("need 2048 synapse rows" in m and "brainscales2 allows 256" in m for m in msgs)  # 1024 inputs x 2 signs
     rules = {v.rule for v in check_graph(g, "xylo-audio2") if v.severity == "error"}
     assert {"inputs", "outputs", "fan-out", "reset"} <= rules, rules  # 600 hidden fit in 1000
+
+
+def _linear_cubalif(w):
+    n = w.shape[0]
+    return nir.NIRGraph.from_list(
+        nir.Input(np.array([w.shape[1]])), nir.Linear(weight=w),
+        nir.CubaLIF(tau_mem=np.full(n, 0.01), tau_syn=np.full(n, 0.005), r=np.ones(n), v_leak=np.zeros(n),
+                    v_threshold=np.ones(n), v_reset=np.zeros(n), w_in=np.ones(n)), nir.Output(np.array([n])))
+
+
+def test_brainscales2_fan_in_counts_a_row_per_input_and_sign():
+    """Each neuron has 150 non-zero inputs (<= 256 rows), but the 150 inputs reach one neuron excitatorily and
+    another inhibitorily: the layer takes 150 + 150 synapse rows, which the chip does not have."""
+    w = np.zeros((4, 200), np.int8)
+    w[0, :150], w[1, :150] = 5, -5
+    w[2, 150:], w[3, 150:] = 7, 7  # 50 more inputs, one sign: 50 rows
+    rows = [v for v in check_graph(_linear_cubalif(w), "brainscales2", SimConfig(dt=1e-3)) if v.rule == "fan-in"]
+    assert len(rows) == 1 and "need 350 synapse rows" in rows[0].message
+    w[1, :150] = 0  # one sign per input: 200 rows fit
+    assert not [v for v in check_graph(_linear_cubalif(w), "brainscales2", SimConfig(dt=1e-3)) if v.rule == "fan-in"]
+    w[1, :57] = -5  # 57 inputs with both signs: 257 rows
+    rows = [v for v in check_graph(_linear_cubalif(w), "brainscales2", SimConfig(dt=1e-3)) if v.rule == "fan-in"]
+    assert len(rows) == 1 and "need 257 synapse rows" in rows[0].message
 
 
 def test_check_speck_rules():
@@ -307,3 +430,38 @@ def test_cli_check_report_exit_codes(deployed, data_dir, tmp_path, capsys):
     assert png.stat().st_size > 1000
     rep = json.loads((tmp_path / "r.json").read_text())
     assert len(rep["reports"]) == 2 and rep["reports"][1]["synops_per_sample"] > 0
+
+
+# ---------------------------------------------------------------- compress --target: exit code
+
+def _violation_keys(text: str) -> set[tuple[str, str | None]]:
+    """(rule, node) of every ERROR line `check` / `compress --target` prints."""
+    keys = set()
+    for line in text.splitlines():
+        if line.startswith("ERROR"):
+            parts = line.split()
+            keys.add((parts[1], parts[2][1:-1] if parts[2].startswith("[") else None))
+    return keys
+
+
+def test_cli_compress_for_a_chip_the_model_cannot_fit_writes_lists_and_exits_1(data_dir, tmp_path, capsys):
+    """cnn_sinabs for Xylo Audio 2: both files are written, every violation of the integer model is listed,
+    the exit code is 1 (as `check` on the written file)."""
+    from sbc_onnx.data import Dataset, load_nmnist, save_dataset
+
+    one = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(1)
+    save_dataset(Dataset(one.x[:, 100:130], one.y), tmp_path / "c.npz")  # 30 steps keep the calibration short
+    cnn, out = data_dir / "nir_paper/02_cnn/cnn_sinabs.nir", tmp_path / "cnn_xylo.nir"
+    assert main(["compress", str(cnn), "--calib", str(tmp_path / "c.npz"), "--dt", "1", "--target", "xylo-audio2",
+                 "--method", "rtn", "-o", str(out)]) == 1
+    printed, err = capsys.readouterr()
+    listed = _violation_keys(printed)
+    assert out.exists() and out.with_name("cnn_xylo.float.nir").exists()
+    assert f"violates {len(listed)} constraint(s) of xylo-audio2" in err
+    found = {(v.rule, v.node) for v in check_graph(read_nir(out), "xylo-audio2", SimConfig(dt=1.0))
+             if v.severity == "error"}
+    assert listed == found
+    # the model cannot fit whatever the compression: convolutions, 8970 neurons, 2312 inputs, 10 outputs
+    assert {("node-type", "0"), ("neurons", None), ("inputs", "input"), ("outputs", "output")} <= listed
+    assert main(["check", str(out), "--target", "xylo-audio2"]) == 1
+    assert _violation_keys(capsys.readouterr().out) == listed

@@ -6,7 +6,10 @@ Every command lives in its own module and registers itself on `cli`; `main` turn
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import click
 
@@ -20,12 +23,46 @@ def cli() -> None:
 
 
 # Command modules: importing them registers their commands on `cli`.
-from . import compress_cmd, convert_cmd, data_cmd, hardware_cmd, model_cmd  # noqa: E402,F401
+from . import compress_cmd, convert_cmd, data_cmd, hardware_cmd, model_cmd  # noqa: F401
+
+STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread so that every pending cleanup runs (an output being
+    written is removed, see io/atomic.py). A BaseException, so no `except Exception` stops it, and not a
+    KeyboardInterrupt, which click would turn into a blank line and "Aborted"."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextmanager
+def _signals_raise():
+    """SIGINT and SIGTERM raise Stopped while the command runs (SIGTERM's default action would kill the
+    process without any cleanup). Only the main thread can set handlers; an ignored signal stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; the exit code: 0 done, 1 a check found violations, 2 bad input, 130 interrupted
+    (SIGINT), 143 terminated (SIGTERM)."""
     try:
-        cli.main(args=argv, prog_name="sbc-onnx", standalone_mode=False)
+        with _signals_raise():
+            cli.main(args=argv, prog_name="sbc-onnx", standalone_mode=False)
     except SbcError as e:
         click.echo(f"error: {e}", err=True)
         return 2
@@ -43,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except Stopped as e:
+        click.echo(STOP_SIGNALS[e.signum], err=True)
+        return 128 + e.signum
     return 0
 
 

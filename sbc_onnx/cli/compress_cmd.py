@@ -19,9 +19,10 @@ from ..io.models import load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
 from ..io.sizes import file_sizes, storage_model
 from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
-from ..sim import SimConfig, Walker
+from ..sim import Walker
 from . import cli
-from .model_cmd import load_data_for, print_eval, setup_logging, sim_options
+from .hardware_cmd import CheckFailed
+from .model_cmd import load_data_for, print_eval, setup_logging, sim_config, sim_options
 from .output import write_json
 from .params import COUNT, NON_NEGATIVE, POSITIVE, FiniteFloat
 
@@ -81,7 +82,7 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 @sim_options
 def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid, granularity,
                  damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path, eval_limit,
-                 readout, force, target, dt, integrator, reset, cuba_order, precision) -> None:
+                 readout, force, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
@@ -97,8 +98,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
             storage_model(output)  # a format with a storage model, before any work
     _check_files(model, calib_path, eval_path, report_path)
     graph = load_model(model)
-    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                               dtype=precision)
+    cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                     precision=precision)
     walker = Walker(graph, cfg)
     calib = load_data_for(walker, calib_path, calib_limit)
     test = load_data_for(walker, eval_path, eval_limit, labels=True) if eval_path else None  # checked up front
@@ -121,6 +122,9 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
         data = {**report.to_dict(), **({"target": deploy.to_dict()} if deploy else {})}
         write_json(report_path, data)
         click.echo(f"wrote report {report_path}", err=True)
+    if deploy is not None and deploy.errors:  # written and listed, but the chip cannot run it: exit 1 like `check`
+        raise CheckFailed(f"{outputs[0]} violates {len(deploy.errors)} constraint(s) of {deploy.profile} (listed "
+                          "above); the files are written")
 
 
 def _budget_inputs(plan, graph, calib, cfg, output, batch_size) -> dict:

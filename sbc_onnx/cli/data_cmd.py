@@ -46,6 +46,11 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _files_in(directory: Path) -> list[Path]:
+    """The files a loader may read from `directory` (an output must not replace one of them)."""
+    return [p for p in directory.iterdir() if p.is_file()] if directory.is_dir() else []
+
+
 @cli.group("data")
 def data() -> None:
     """Build and inspect dataset files (.npz: x (N, T, *input_shape), y (N,))."""
@@ -60,7 +65,7 @@ def data() -> None:
 )
 def nmnist_cmd(directory: Path, labels: Path, output: Path, time_window_us: int) -> None:
     """N-MNIST .bs2 recordings listed in LABELS (`#sample #class` file) -> event-count frames (T, 2, 34, 34)."""
-    check_output(output, what="dataset", inputs=[labels], make_dirs=True)
+    check_output(output, what="dataset", inputs=[labels, *_files_in(directory)], make_dirs=True)
     t0 = time.perf_counter()
     ds = load_nmnist(directory, labels, time_window_us, progress=True)
     save_dataset(ds, output)
@@ -137,7 +142,7 @@ def mnist_cmd(
     split: str,
 ) -> None:
     """MNIST idx files in DIRECTORY (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) -> spikes."""
-    check_output(output, what="dataset", make_dirs=True)
+    check_output(output, what="dataset", inputs=_files_in(directory), make_dirs=True)
     t0 = time.perf_counter()
     ds = load_mnist(
         directory,

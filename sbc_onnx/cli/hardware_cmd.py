@@ -6,13 +6,22 @@ from pathlib import Path
 
 import click
 
-from ..hardware import (E_AC_PJ, E_MAC_PJ, check_graph, compare_table, energy_report, load_profile, plot_reports,
-                        profile_names)
+from ..hardware import (
+    E_AC_PJ,
+    E_MAC_PJ,
+    check_graph,
+    compare_table,
+    energy_report,
+    load_profile,
+    plot_reports,
+    profile_names,
+)
+from ..hardware.profiles import format_source
 from ..io.models import load_model
 from ..io.paths import check_output
-from ..sim import SimConfig, Walker
+from ..sim import Walker
 from . import cli
-from .model_cmd import load_data_for, setup_logging, sim_options
+from .model_cmd import load_data_for, setup_logging, sim_config, sim_options
 from .output import write_json
 from .params import COUNT, NON_NEGATIVE
 
@@ -37,9 +46,11 @@ def profiles_cmd(name) -> None:
     p = load_profile(name)
     click.echo(p.description)
     for k, v in p.__dict__.items():
-        if k not in ("description", "sources") and v is not None:
+        if k not in ("description", "sources", "citations") and v is not None:
             click.echo(f"  {k:<28} {v}")
     click.echo("sources:")
+    for k, src, why in p.citations:
+        click.echo(f"  {k:<28} {format_source(src, why)}")
     for s in p.sources:
         click.echo(f"  - {s}")
 
@@ -48,13 +59,13 @@ def profiles_cmd(name) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", required=True, help="Hardware profile (sbc-onnx profiles) or a profile .json.")
 @sim_options
-def check_cmd(model, target, dt, integrator, reset, cuba_order, precision) -> None:
+def check_cmd(model, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """List every constraint of the TARGET chip that MODEL violates; exit 1 if any error."""
     setup_logging()
     profile = load_profile(target)
     graph = load_model(model)
-    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                               dtype=precision)
+    cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                     precision=precision)
     found = check_graph(graph, profile, cfg)
     errors = [v for v in found if v.severity == "error"]
     for v in found:
@@ -79,23 +90,23 @@ def check_cmd(model, target, dt, integrator, reset, cuba_order, precision) -> No
 @click.option("--batch-size", type=COUNT, default=50, show_default=True)
 @sim_options
 def report_cmd(model, data_path, baseline, limit, e_ac, e_mac, plot_path, json_path, batch_size, dt, integrator,
-               reset, cuba_order, precision) -> None:
+               reset, cuba_order, precision, strict) -> None:
     """Per-layer firing rates, non-zero fan-out, SynOps, energy proxy and weight memory of MODEL."""
     setup_logging()
     for path, what in ((plot_path, "plot"), (json_path, "JSON report")):
         if path is not None:
             check_output(path, what=what, inputs=[model, data_path, baseline])
     graph = load_model(model)
-    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                               dtype=precision)
+    opts = {"strict": strict, "dt": dt, "integrator": integrator, "reset": reset, "cuba_order": cuba_order,
+            "precision": precision}
+    bg = load_model(baseline) if baseline else None  # both models checked before any simulation
+    cfg = sim_config(graph, model, **opts)
     ds = load_data_for(Walker(graph, cfg), data_path, limit)
     click.echo(f"energy proxy E = E_AC x SynOps + E_MAC x first-layer MACs, E_AC = {e_ac} pJ, E_MAC = {e_mac} pJ; "
                "SynOps counted with the exact non-zero fan-out of every input position", err=True)
     reports = []
-    if baseline:
-        bg = load_model(baseline)
-        bcfg = SimConfig.from_graph(bg, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                                    dtype=precision)
+    if bg is not None:
+        bcfg = sim_config(bg, baseline, **opts)
         reports.append(energy_report(bg, ds, bcfg, name=Path(baseline).name, batch_size=batch_size, e_ac=e_ac,
                                      e_mac=e_mac, progress=True))
     reports.append(energy_report(graph, ds, cfg, name=Path(model).name, batch_size=batch_size, e_ac=e_ac,

@@ -9,21 +9,28 @@ import numpy as np
 
 from ..data import load_dataset
 from ..errors import SbcError
-from ..evaluate import evaluate
+from ..evaluate import check_readout, evaluate, output_source
 from ..graph import flatten, node_shape, param_count
 from ..io.models import load_model, model_format
 from ..primitives import NEURON
 from ..sim import Walker
-from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS, SimConfig
+from ..sim.config import CUBA_ORDERS, INTEGRATORS, RESETS, SimConfig, config_for
 from . import cli
 from .params import COUNT, POSITIVE
+
+
+class _NoteHandler(logging.Handler):
+    """Writes to the stderr of the moment (a StreamHandler keeps the stream it was created with)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
     """Library notes (e.g. a file loaded without type checking) go to stderr as 'note: ...'."""
     log = logging.getLogger("sbc_onnx")
-    if not log.handlers:
-        h = logging.StreamHandler()
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        h = _NoteHandler()
         h.setFormatter(logging.Formatter("note: %(message)s"))
         log.addHandler(h)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -31,7 +38,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def sim_options(f):
-    """Discretization options shared by every command that simulates."""
+    """Discretization options shared by every command that simulates (read them with `sim_config`)."""
+    f = click.option("--strict", is_flag=True,
+                     help="Refuse a model that does not record a setting its simulation depends on (dt, "
+                          "integrator, reset, cuba order) instead of assuming the default, unless the option "
+                          "gives it.")(f)
     f = click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
                      show_default=True, help="Simulation float type.")(f)
     f = click.option("--cuba-order", type=click.Choice(CUBA_ORDERS), default=None,
@@ -43,6 +54,13 @@ def sim_options(f):
     f = click.option("--dt", type=POSITIVE, default=None,
                      help="Time step in the graph's time unit [default: graph metadata, else 1e-4].")(f)
     return f
+
+
+def sim_config(graph, model: str, *, strict: bool, dt, integrator, reset, cuba_order, precision) -> SimConfig:
+    """The settings of `sim_options` for MODEL: its metadata, then the options; a note names each default
+    assumed for a setting neither gives (--strict: an error instead, `config_for`)."""
+    return config_for(graph, strict=strict, source=str(model), dt=dt, integrator=integrator, reset=reset,
+                      cuba_order=cuba_order, dtype=precision)
 
 
 def load_data_for(walker: Walker, path: str, limit: int | None, start: int = 0, *, labels: bool = False):
@@ -134,30 +152,38 @@ def _fmt(shape) -> str:
               help="Simulator: the NumPy walker, or onnxruntime for .onnx models.")
 @sim_options
 def eval_cmd(model, data_path, limit, start, readout, batch_size, engine, dt, integrator, reset, cuba_order,
-             precision) -> None:
+             precision, strict) -> None:
     """Simulate MODEL on a dataset; print firing rates and the accuracy."""
     setup_logging()
     graph = load_model(model)
-    cfg = SimConfig.from_graph(graph, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
-                               dtype=precision)
+    cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
+                     precision=precision)
     walker = Walker(graph, cfg)
+    if engine == "onnxruntime":
+        _check_onnxruntime(model, graph, cfg)
+    src = output_source(walker.fg)
+    check_readout(readout, src, src in walker.spiking)  # before any simulation
     ds = load_data_for(walker, data_path, limit, start, labels=True)
     click.echo(f"{model}: {ds.n} samples x {ds.steps} steps, dt={cfg.dt:g}, integrator={cfg.integrator}, "
                f"reset={cfg.reset}, engine={engine}", err=True)
     if engine == "onnxruntime":
-        if model_format(model) != "onnx":
-            raise SbcError("--engine onnxruntime needs an .onnx model (convert with `sbc-onnx convert`)")
-        stored = SimConfig.from_graph(graph)
-        if cfg.to_metadata() != stored.to_metadata():
-            raise SbcError("the onnxruntime engine runs the discretization stored in the file "
-                           f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
-                           "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
         from ..io.onnx_io import evaluate_onnxruntime  # on first use: importing onnx is slow
 
         res = evaluate_onnxruntime(model, ds, readout=readout, batch_size=batch_size, progress=True)
     else:
         res = evaluate(walker, ds, readout=readout, batch_size=batch_size, progress=True)
     print_eval(res)
+
+
+def _check_onnxruntime(model: str, graph, cfg: SimConfig) -> None:
+    """onnxruntime runs the .onnx file as stored: an .onnx model and its own discretization."""
+    if model_format(model) != "onnx":
+        raise SbcError("--engine onnxruntime needs an .onnx model (convert with `sbc-onnx convert`)")
+    stored = SimConfig.from_graph(graph)
+    if cfg.to_metadata() != stored.to_metadata():
+        raise SbcError("the onnxruntime engine runs the discretization stored in the file "
+                       f"(dt={stored.dt:g}, {stored.integrator}, reset {stored.reset}); to change it, "
+                       "re-export with `sbc-onnx convert IN OUT --dt ... --reset ...`")
 
 
 def print_eval(res) -> None:

@@ -133,6 +133,11 @@ class HessianAccumulator:
 
     # -- results ------------------------------------------------------------------------------
     @property
+    def is_finite(self) -> bool:
+        """Whether every accumulated entry is finite (an overflow or a NaN input makes H meaningless)."""
+        return bool(np.isfinite(self._S).all())
+
+    @property
     def n_units(self) -> int:
         return self._n_units
 

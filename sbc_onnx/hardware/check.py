@@ -24,7 +24,7 @@ from ..compress.grids import infer_grid
 from ..graph import FlatGraph, flatten, node_shape
 from ..primitives import NEURON, PORT, WEIGHT, decay, kinds
 from ..sim import SimConfig
-from .fanout import layer_fanin, layer_fanout
+from .fanout import layer_fanin, layer_fanout, layer_signed_rows
 from .profiles import Profile, load_profile
 
 
@@ -282,11 +282,12 @@ def _reset_mode(ctx: CheckContext) -> None:
 
 # ---------------------------------------------------------------- fan-in / fan-out
 
-def _fan_in_per_neuron(fg: FlatGraph, weights: list[str]) -> dict[str, int]:
-    """Largest non-zero fan-in of each neuron, summed over every path from a weight layer into it."""
+def _fan_in_per_neuron(fg: FlatGraph, weights: list[str], signed_rows: bool = False) -> dict[str, int]:
+    """Largest non-zero fan-in of each neuron, summed over every path from a weight layer into it; with
+    `signed_rows`, the synapse rows instead: one per input and sign of its weights, for the whole layer."""
     fan_in: dict[str, int] = {}
     for n in weights:
-        fin = int(layer_fanin(fg.nodes[n]).max(initial=0))
+        fin = sum(layer_signed_rows(fg.nodes[n])) if signed_rows else int(layer_fanin(fg.nodes[n]).max(initial=0))
         for path in fg.paths_to_neurons(n)[0]:
             fan_in[path[-1]] = fan_in.get(path[-1], 0) + fin
     return fan_in
@@ -296,9 +297,12 @@ def _fan_in(ctx: CheckContext) -> None:
     p = ctx.profile
     if p.fan_in_max is None:
         return
-    for n, v in _fan_in_per_neuron(ctx.fg, ctx.weights).items():
-        if v > p.fan_in_max:
-            ctx.report("fan-in", n, f"a neuron receives up to {v} non-zero synapses; {p.name} allows {p.fan_in_max}")
+    for n, v in _fan_in_per_neuron(ctx.fg, ctx.weights, p.signed_rows).items():
+        if v <= p.fan_in_max:
+            continue
+        what = (f"its layers need {v} synapse rows (one per input and weight sign: excitatory and inhibitory)"
+                if p.signed_rows else f"a neuron receives up to {v} non-zero synapses")
+        ctx.report("fan-in", n, f"{what}; {p.name} allows {p.fan_in_max}")
 
 
 def _fan_out_synapses(ctx: CheckContext) -> None:

@@ -6,7 +6,9 @@ by 1/s_i and leaves every spike unchanged (tau dv/dt = v_leak - v + r I is linea
 threshold test and both resets are homogeneous).  r, tau, w_in do not change.  The per-channel scale is
 carried to the neuron's shape through the stateless nodes between them (Scale, pooling, Flatten, Delay);
 every input of N must come from a folded layer, and all layers feeding N must give it the same scale
-(otherwise `integerize` re-quantizes them to one common scale and says so).
+(otherwise `integerize` re-quantizes them to one common scale and says so).  Where a folded bias or
+threshold would overflow the chip's bias or threshold width, the layer's scale is enlarged first and its
+codes re-quantized to it (`_fit_widths`), as the vendors' own quantizers do.
 
 Integer model.  The folded scale is rounded to `profile.scale_mantissa_bits` significant bits
 (s = m * 2^e, m < 2^8); neuron parameters and biases are rounded to integers on chips with integer
@@ -35,6 +37,7 @@ from ..io.models import save_model
 from ..pipeline import CompressionReport, Plan, compress, compression_metadata
 from ..primitives import primitive
 from ..sim import SimConfig
+from ..sim.config import config_for
 from ..sim.ops import build_op
 from .check import Violation, check_graph
 from .profiles import Profile, load_profile
@@ -224,6 +227,76 @@ def _foldable(fg: FlatGraph, layers: list[str]) -> tuple[list[str], dict[str, st
     return ok, why
 
 
+def _enlarge(layer: str, need: np.ndarray, codes: dict[str, np.ndarray], svec: dict[str, np.ndarray],
+             profile: Profile) -> float:
+    """Raise the layer's scale to at least `need` (per output channel; one common value unless the chip has
+    per-channel scales) and re-quantize its codes to it (round to nearest). Returns the largest factor."""
+    s = np.broadcast_to(svec[layer], need.shape).astype(np.float64)
+    new = np.maximum(s, need) if profile.per_channel else np.full_like(s, max(s.max(), need.max()))
+    if np.all(new <= s):
+        return 1.0
+    shape = (-1,) + (1,) * (codes[layer].ndim - 1)
+    q = np.round(codes[layer] * (s / new).reshape(shape))
+    codes[layer] = np.clip(q, profile.weight_min, profile.weight_max).astype(np.int64)
+    svec[layer] = new
+    return float(np.max(new / s))
+
+
+def _need(v: np.ndarray, lo: int, hi: int, mantissa_bits: int) -> np.ndarray:
+    """Smallest scale s with round(v / s) inside [lo, hi] after `round_scale`: rounding s to its mantissa
+    moves v / s by up to 2^-mantissa_bits relative, so the bound carries twice that margin."""
+    margin = 1.0 + 2.0 ** (1 - mantissa_bits)
+    pos = np.where(v > 0, v / (hi - 0.5), 0.0)
+    return margin * np.maximum(pos, np.where(v < 0, v / (lo + 0.5), 0.0) if lo < 0 else 0.0)
+
+
+def _fit_widths(fg: FlatGraph, layers: list[str], codes: dict[str, np.ndarray], svec: dict[str, np.ndarray],
+                profile: Profile, notes: list[str]) -> set[str]:
+    """Enlarge a layer's scale until its folded bias and the folded thresholds of the neurons it feeds fit
+    the chip's widths, re-quantizing its codes: sinabs (Speck) takes the smallest of the weight, bias and
+    threshold scales of a layer, Rockpool's channel_quantize rescales a neuron whose threshold overflows.
+    Returns the layers changed; `codes` and `svec` are updated in place."""
+    if not profile.integer_neurons:
+        return set()
+    changed = set()
+    for layer in layers:
+        c_out = codes[layer].shape[0]
+        for what, bits, values in (("bias", profile.bias_bits, _layer_bias(fg, layer)),
+                                   ("threshold", profile.threshold_bits, _fed_thresholds(fg, layer, c_out))):
+            if bits is None or values is None:
+                continue
+            lo, hi = profile.int_range(bits, profile.threshold_signed if what == "threshold" else True)
+            factor = _enlarge(layer, _need(values, lo, hi, profile.scale_mantissa_bits), codes, svec, profile)
+            if factor > 1.0:
+                changed.add(layer)
+                notes.append(f"layer {layer}: the folded {what} would exceed the {bits}-bit {what} of "
+                             f"{profile.name}; scale enlarged up to x{factor:.3g} and the weights re-quantized "
+                             "(round to nearest) to it")
+    return changed
+
+
+def _layer_bias(fg: FlatGraph, layer: str) -> np.ndarray | None:
+    b = getattr(fg.nodes[layer], "bias", None)
+    if b is None or np.isscalar(b) or not np.any(np.asarray(b)):
+        return None
+    return np.asarray(b, np.float64).reshape(-1)
+
+
+def _fed_thresholds(fg: FlatGraph, layer: str, c_out: int) -> np.ndarray | None:
+    """Largest |threshold| per output channel over the neurons the layer feeds: a dense layer's channel i
+    feeds neuron i; otherwise every channel gets the largest value (one common bound)."""
+    vals = []
+    for path in fg.paths_to_neurons(layer)[0]:
+        thr = getattr(fg.nodes[path[-1]], "v_threshold", None)
+        if thr is not None:
+            vals.append(np.asarray(thr, np.float64).reshape(-1))
+    if not vals:
+        return None
+    if all(v.size == c_out for v in vals):
+        return np.max(np.abs(vals), axis=0)
+    return np.full(c_out, max(float(np.abs(v).max()) for v in vals))
+
+
 def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | str) -> IntegerModel:
     """Integer model + float twin from a quantized graph and its codes (quant[layer] = (q, scale, zero),
     W = scale * (q - zero), scale per output channel, as in CompressionReport.quant)."""
@@ -242,7 +315,7 @@ def integerize(graph: nir.NIRGraph, quant: dict[str, tuple], profile: Profile | 
             raise SbcError(f"layer {layer}: asymmetric grid (zero point) cannot be folded into thresholds")
         codes[layer] = np.asarray(q, np.int64)
         svec[layer] = np.asarray(s, np.float64).reshape(-1)
-    requant: set[str] = set()
+    requant = _fit_widths(fg, fold, codes, svec, profile, notes)
     # neurons fed by several layers need one scale: re-quantize those layers (RTN) to the largest scale
     groups: dict[str, list[str]] = {}
     for layer in fold:
@@ -358,6 +431,11 @@ class DeployReport:
     violations: list[Violation] = field(default_factory=list)
     accuracy_twin: float | None = None  # the integer model's is compression.accuracy_compressed
 
+    @property
+    def errors(self) -> list[Violation]:
+        """The check's errors (warnings excluded): the chip cannot run the integer model as written."""
+        return [v for v in self.violations if v.severity == "error"]
+
     def to_dict(self) -> dict[str, Any]:
         """The deployment's own part (the compression report is its own dict)."""
         d = {k: v for k, v in self.__dict__.items() if k != "compression"}
@@ -379,7 +457,7 @@ def _folded_row(r: FoldedLayer) -> str:
     thr = "-" if r.threshold is None else (
         f"{r.threshold[0]:.6g}" if r.threshold[0] == r.threshold[1] else f"{r.threshold[0]:.6g}..{r.threshold[1]:.6g}")
     return (f"{r.layer:<10} {','.join(r.neurons):<16} {sc:<22} {f'{r.code_min}..{r.code_max}':<11} "
-            f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized to a shared scale)" if r.requantized else ""))
+            f"{thr:<12} {r.max_param_rounding:>6.3f}" + ("  (re-quantized, see the notes)" if r.requantized else ""))
 
 
 def target_settings(profile: Profile, bits: int | None = None) -> tuple[int, str, str]:
@@ -425,7 +503,7 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan
     weight scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl.
     the profile check of the integer graph)."""
     profile = load_profile(profile)
-    cfg = cfg or SimConfig()
+    cfg = cfg or config_for(graph)
     if plan is None:
         plan = target_plan(profile, **options)
     elif options:

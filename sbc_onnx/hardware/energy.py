@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..evaluate import output_source, progress_bar
 from ..compress.grids import infer_grid
+from ..evaluate import output_source
 from ..graph import FlatGraph, flatten
 from ..primitives import NEURON
+from ..progress import progress_bar
 from ..sim import SimConfig, Walker
 from .fanout import dense_macs_per_step, layer_fanout, nonzero_macs_per_step
 

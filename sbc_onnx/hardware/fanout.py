@@ -61,6 +61,14 @@ def layer_fanin(node) -> np.ndarray:
     return np.count_nonzero(w.reshape(w.shape[0], -1), axis=1)
 
 
+def layer_signed_rows(node) -> tuple[int, int]:
+    """(inputs with a positive weight to any output, inputs with a negative one): the excitatory and inhibitory
+    synapse rows a layer takes when a row carries one input with one sign to all its neurons (BrainScaleS-2)."""
+    w = np.asarray(node.weight)
+    w = w.reshape(w.shape[0], -1)
+    return int(np.any(w > 0, axis=0).sum()), int(np.any(w < 0, axis=0).sum())
+
+
 def dense_macs_per_step(node) -> int:
     """Multiply-accumulates of one time step of the layer, counting every weight (dense)."""
     w = np.asarray(node.weight)

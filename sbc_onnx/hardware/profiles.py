@@ -1,8 +1,14 @@
 """Hardware profiles: what a neuromorphic chip can represent, as data.
 
-Built-in profiles live as JSON files next to this module (`profiles/<name>.json`, each with its
-sources); `intN` (N = 2..8) is a generic integer target without chip limits. `load_profile` also
-accepts a path to a user JSON file with the same fields.
+Built-in profiles live as JSON files next to this module (`profiles/<name>.json`); `intN` (N = 2..8) is
+a generic integer target without chip limits. `load_profile` also accepts a path to a user JSON file with
+the same fields.
+
+Citations.  A field's value may be given plainly or as {"value": v, "source": {...}} where the source
+names where the vendor's toolchain or documentation states the constraint: "repo" (owner/name) and
+"commit", or "document" (a URL), with "file", "line" and optionally "quote" (the text at that line), or
+"source": null with a "why" (no public source found).  Every constraint of a built-in profile is cited
+this way (tests/test_hardware.py); `Profile.citations` keeps them, `sbc-onnx profiles NAME` prints them.
 
 Fields (None = not limited / not checked):
   weight_bits, weight_min, weight_max   integer weight codes and their signed range
@@ -17,6 +23,8 @@ Fields (None = not limited / not checked):
   reset_modes           subset of {to_v_reset, subtract};  v_reset_zero_only: reset potential must be 0
   decay                 none | fixed12 (Loihi du/dv) | bitshift (Xylo dash) | float | analog
   fan_in_max, fan_out_max   non-zero synapses into / out of one neuron
+  signed_rows           fan-in counts synapse rows: an input takes one row per sign of its weights
+                        (BrainScaleS-2: excitatory and inhibitory rows), shared by the layer's neurons
   fan_out_layers_max    destinations (layers) one layer may send to
   neurons_per_core, cores, neurons_max, synapses_max, inputs_max, outputs_max
   homogeneous_params    neuron parameters must be equal within a layer (one value per population)
@@ -60,6 +68,7 @@ class Profile:
     v_reset_zero_only: bool = False
     decay: str = "float"
     fan_in_max: int | None = None
+    signed_rows: bool = False
     fan_out_max: int | None = None
     fan_out_layers_max: int | None = None
     neurons_per_core: int | None = None
@@ -77,7 +86,8 @@ class Profile:
     core_kernel_memory: tuple | None = None
     core_neuron_memory: tuple | None = None
     no_consecutive_weight_layers: bool = False
-    sources: tuple = field(default_factory=tuple)
+    sources: tuple = field(default_factory=tuple)  # free-text notes
+    citations: tuple = field(default_factory=tuple, compare=False)  # (field, source dict or None, why) per field
 
     @property
     def per_channel(self) -> bool:
@@ -112,7 +122,46 @@ class Profile:
                 f"{'/'.join(self.reset_modes)}, decay {self.decay}")
 
 
+UNCITED = ("name", "description", "sources", "citations")  # fields that are not chip constraints
+
+
+def _source_problem(src: Any, why: Any) -> str | None:
+    """What is wrong with one citation, or None."""
+    if src is None:
+        return None if isinstance(why, str) and why.strip() else "a null source needs a 'why'"
+    if not isinstance(src, dict):
+        return "source must be an object or null"
+    if not (("repo" in src and "commit" in src) or "document" in src):
+        return "source needs 'repo' and 'commit', or 'document'"
+    if not isinstance(src.get("file"), str) or not src["file"]:
+        return "source needs a 'file'"
+    line = src.get("line")
+    if not isinstance(line, int) or isinstance(line, bool) or line < 1:
+        return "source needs a 'line' (an integer >= 1)"
+    return None
+
+
+def _unwrap(d: dict[str, Any], origin: str) -> tuple[dict[str, Any], tuple]:
+    """Plain field values and the citations of the fields given as {"value", "source"[, "why"]}."""
+    plain, cites = {}, []
+    for k, v in d.items():
+        if isinstance(v, dict) and "value" in v:
+            extra = set(v) - {"value", "source", "why", "note"}
+            if extra or "source" not in v:
+                raise SbcError(f"profile {origin}: field {k} must be {{\"value\", \"source\"[, \"why\", \"note\"]}}")
+            problem = _source_problem(v["source"], v.get("why"))
+            if problem:
+                raise SbcError(f"profile {origin}: field {k}: {problem}")
+            cites.append((k, v["source"], v.get("why") or v.get("note")))
+            v = v["value"]
+        plain[k] = v
+    return plain, tuple(cites)
+
+
 def _validate(d: dict[str, Any], origin: str) -> Profile:
+    d, cites = _unwrap(d, origin)
+    if cites:
+        d["citations"] = cites
     known = {f.name for f in fields(Profile)}
     unknown = set(d) - known
     if unknown:
@@ -137,6 +186,19 @@ def _validate(d: dict[str, Any], origin: str) -> Profile:
         raise SbcError(f"profile {origin}: scale_mantissa_bits must be 2..16")
     p.grid_scheme  # noqa: B018  (raises if the range is not a grid the compressor has)
     return p
+
+
+def format_source(src: dict | None, why: str | None = None) -> str:
+    """One line for a citation: repo@commit file:line "quote" (note), or "no public source: why"."""
+    if src is None:
+        return f"no public source: {why}"
+    where = src.get("repo", src.get("document"))
+    if "commit" in src:
+        where += f"@{src['commit'][:10]}"
+    text = f"{where} {src['file']}:{src['line']}"
+    if src.get("quote"):
+        text += f' "{src["quote"]}"'
+    return text + (f" ({why})" if why else "")
 
 
 def int_profile(bits: int) -> Profile:
@@ -168,7 +230,9 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     path = PROFILE_DIR / f"{s.lower()}.json"
     if not path.exists():
         path = Path(s)
-        if not (path.suffix == ".json" and path.exists()):
+        if path.suffix == ".json" and not path.is_file():
+            raise SbcError(f"profile file not found: {path}")
+        if path.suffix != ".json":
             raise SbcError(f"unknown hardware profile {s!r}; built-in: {', '.join(profile_names())}, "
                            f"or a path to a profile .json")
     try:

@@ -4,16 +4,25 @@ The content goes to a hidden temporary file beside the target, which is then ren
 never sees a half-written file and a failed write leaves nothing behind. The temporary file is created the
 way `open(path, "w")` creates a file, mode 0666 less the umask (`tempfile.mkstemp` would make every output
 0600); a file that is replaced keeps its mode.
+
+An interrupt (SIGINT) or termination request (SIGTERM) that arrives while a file is being written is held
+back until the writer returns, then acted on: the temporary file is removed, the target is left as it
+was, and the signal takes effect (KeyboardInterrupt, or the SIGTERM handler). Raised at once, it could
+leave the temporary file behind (SIGTERM's default action kills the process) or be swallowed: h5py runs
+Python callbacks from C, where a KeyboardInterrupt is printed and dropped.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import SbcError
 
@@ -40,21 +49,64 @@ def _keep_mode(path: Path, tmp: Path) -> None:
     os.chmod(tmp, mode)
 
 
+_HELD = (signal.SIGINT, signal.SIGTERM)
+TEST_PAUSE_ENV = "SBC_ONNX_TEST_WRITE_PAUSE"  # seconds to wait inside every write (tests/test_signals.py)
+
+
+@contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM instead of acting on them while the block runs; yields the list of the
+    signals that arrived. Only the main thread can set handlers: elsewhere nothing is held."""
+    arrived: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield arrived
+        return
+    held = [s for s in _HELD if signal.getsignal(s) is not signal.SIG_IGN]  # an ignored signal stays ignored
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in held}
+    try:
+        yield arrived
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _deliver(signum: int) -> None:
+    """Act on a held signal now that its handler is back in place."""
+    if signum == signal.SIGINT and signal.getsignal(signum) is signal.default_int_handler:
+        raise KeyboardInterrupt
+    signal.raise_signal(signum)  # the installed handler runs (or the default action: exit)
+    raise KeyboardInterrupt  # a handler that returned (or an ignored signal): still stop this write
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends without error it replaces `path`,
-    otherwise it is removed."""
+    otherwise it is removed. SIGINT/SIGTERM during the block: see the module docstring."""
     path = Path(path)
     if not path.parent.is_dir():
         raise SbcError(f"output directory does not exist: {path.parent}")
-    tmp = _create_temp(path)
-    try:
-        yield tmp
-        _keep_mode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _signals_held() as arrived:  # from before the temporary file exists until it is renamed or removed
+        tmp = _create_temp(path)
+        try:
+            yield tmp
+            _test_pause()
+            if not arrived:
+                _keep_mode(path, tmp)
+                os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if not arrived:
+                raise
+        tmp.unlink(missing_ok=True)  # written but not renamed: a signal arrived
+    if arrived:
+        _deliver(arrived[0])  # the signal wins over whatever the writer raised meanwhile
+
+
+def _test_pause() -> None:
+    """Tests hit "a signal during the write" by making the write last (an environment variable)."""
+    pause = os.environ.get(TEST_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -66,7 +118,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             write(tmp)
     except SbcError:
         raise
-    except Exception as e:  # noqa: BLE001 - the file formats' writers raise many types
+    except Exception as e:
         raise SbcError(f"could not write {path}: {type(e).__name__}: {e}") from e
     return path
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import nir
 
 from ..errors import SbcError
+from ..graph import check_weight_inputs, flatten
 from ..sim.config import SimConfig
 from .nir_io import check_parameters, read_nir, write_nir
 
@@ -32,14 +35,34 @@ def model_format(path: str | os.PathLike) -> str:
 def load_model(path: str | os.PathLike) -> nir.NIRGraph:
     """Read a model as a NIR graph (ONNX files of the convention are converted on the fly); its parameters
     are checked (finite, positive time constants) whatever the format."""
-    if model_format(path) == "onnx":
-        from . import onnx_io  # on first use: importing onnx is slow and NIR-only work never needs it
+    with _notes_held() as notes:  # a note about a model that is then refused would be a second line
+        if model_format(path) == "onnx":
+            from . import onnx_io  # on first use: importing onnx is slow and NIR-only work never needs it
 
-        graph = onnx_io.read_onnx(path)
-    else:
-        graph = read_nir(path)
-    check_parameters(graph)
+            graph = onnx_io.read_onnx(path)
+        else:
+            graph = read_nir(path)
+        check_parameters(graph)
+        check_weight_inputs(flatten(graph))
+    for record in notes:
+        log.handle(record)
     return graph
+
+
+@contextmanager
+def _notes_held() -> Iterator[list[logging.LogRecord]]:
+    """Collect the package's log records instead of emitting them while the block runs."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    log.addFilter(hold)
+    try:
+        yield held
+    finally:
+        log.removeFilter(hold)
 
 
 def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig | None = None,

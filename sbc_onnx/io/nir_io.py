@@ -44,7 +44,7 @@ def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
         if "type" not in str(e).lower():
             raise SbcError(f"cannot read NIR file {path}: {e}") from e
         graph = _read_unchecked(path, reason=str(e))
-    except (OSError, KeyError, TypeError, AttributeError, IndexError, AssertionError) as e:
+    except (OSError, KeyError, TypeError, AttributeError, IndexError, AssertionError, RuntimeError) as e:
         raise SbcError(f"cannot read NIR file {path}: the file is truncated, corrupt or not a NIR graph "
                        f"({type(e).__name__}: {e})") from e
     except NotImplementedError as e:

@@ -45,7 +45,12 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def read_onnx(path: str | os.PathLike) -> nir.NIRGraph:
-    return model_to_graph(load_proto(path), path)
+    model = load_proto(path)
+    try:
+        return model_to_graph(model, path)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, StopIteration) as e:
+        # a damaged file can break any lookup of the importer: one line, not a traceback
+        raise SbcError(f"{path} is damaged or outside the sbc-onnx SNN convention ({type(e).__name__}: {e})") from e
 
 
 def baked_config(path: str | os.PathLike) -> SimConfig:

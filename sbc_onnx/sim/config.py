@@ -3,12 +3,16 @@ recorded in graph metadata on write and read back from it as defaults."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import SbcError
+from ..graph import flatten
+
+log = logging.getLogger("sbc_onnx")
 
 INTEGRATORS = ("euler", "exact")
 RESETS = ("to_v_reset", "subtract")
@@ -17,6 +21,8 @@ CUBA_ORDERS = ("current_first", "previous_current")
 # The settings a model file records (NIR graph metadata, ONNX metadata_props), each under its field name.
 # dtype is left out: it says how to compute, not how the model is meant to be stepped.
 META_KEYS = ("dt", "integrator", "reset", "cuba_order")
+# The command-line option that sets each of them (named in the note about an assumed default).
+FLAGS = {"dt": "--dt", "integrator": "--integrator", "reset": "--reset", "cuba_order": "--cuba-order"}
 
 
 @dataclass(frozen=True)
@@ -62,21 +68,77 @@ class SimConfig:
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None, **overrides: Any) -> "SimConfig":
         """The step behind `from_graph`, for a bare metadata mapping (e.g. an ONNX file's metadata_props)."""
-        values: dict[str, Any] = {}
-        meta = meta or {}
-        if "dt" in meta:
-            try:
-                values["dt"] = float(np.asarray(meta["dt"]).reshape(-1)[0])
-            except (TypeError, ValueError, IndexError):
-                pass
-        for key, allowed in (("integrator", INTEGRATORS), ("reset", RESETS), ("cuba_order", CUBA_ORDERS)):
-            raw = meta.get(key)
-            if isinstance(raw, bytes):
-                raw = raw.decode()
-            if isinstance(raw, str):
-                text = raw.strip().lower()
-                match = [a for a in allowed if a == text] or [a for a in allowed if a in text]
-                if len(match) == 1:
-                    values[key] = match[0]
+        values = recorded_settings(meta)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def recorded_settings(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings `meta` records in a form that can be read ({key of META_KEYS: value}); others are absent."""
+    values: dict[str, Any] = {}
+    meta = meta or {}
+    if "dt" in meta:
+        try:
+            values["dt"] = float(np.asarray(meta["dt"]).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
+            pass
+    for key, allowed in (("integrator", INTEGRATORS), ("reset", RESETS), ("cuba_order", CUBA_ORDERS)):
+        raw = meta.get(key)
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        if isinstance(raw, str):
+            text = raw.strip().lower()
+            match = [a for a in allowed if a == text] or [a for a in allowed if a in text]
+            if len(match) == 1:
+                values[key] = match[0]
+    return values
+
+
+def assumed_settings(graph: Any, **overrides: Any) -> dict[str, Any]:
+    """{setting: default} for every setting the simulation of `graph` depends on (its neurons' and delays'
+    `Primitive.settings`) that neither its metadata records nor `overrides` set (None = unset)."""
+    recorded = set(recorded_settings(getattr(graph, "metadata", None)))
+    given = {k for k, v in overrides.items() if v is not None}
+    fg = flatten(graph)
+    used = {s for name in fg.order if fg.prim(name) is not None for s in fg.prim(name).settings}
+    default = SimConfig()
+    return {k: getattr(default, k) for k in META_KEYS if k in used and k not in recorded | given}
+
+
+def describe_assumed(assumed: Mapping[str, Any], source: str = "the model") -> str:
+    """One line naming each assumed setting, the value used and the option that sets it."""
+    return f"{source} does not record {', '.join(assumed)}: assuming the default {_values(assumed, True)}"
+
+
+def _values(assumed: Mapping[str, Any], flags: bool) -> str:
+    """"dt=0.0001, reset=to_v_reset", with each setting's option after it if `flags`."""
+    parts = [f"{k}={v:g}" if k == "dt" else f"{k}={v}" for k, v in assumed.items()]
+    return ", ".join(f"{p} ({FLAGS[k]})" if flags else p for p, k in zip(parts, assumed))
+
+
+def config_for(graph: Any, *, strict: bool = False, source: str = "the model", **overrides: Any) -> SimConfig:
+    """The settings to simulate `graph` with (`SimConfig.from_graph`), made explicit: one note names every
+    setting taken from the defaults because the model does not record it, or with `strict` an SbcError does;
+    an SbcError names a neuron the settings cannot step (dt/tau > 1 under Euler, `primitives.decay`)."""
+    cfg = SimConfig.from_graph(graph, **overrides)
+    assumed = assumed_settings(graph, **overrides)
+    if assumed and strict:
+        raise SbcError(f"{source} does not record {', '.join(assumed)}, which its simulation depends on; strict "
+                       f"mode does not assume the defaults ({_values(assumed, False)}): give "
+                       + ", ".join(FLAGS[k] for k in assumed))
+    if assumed:
+        log.info("%s; --strict refuses instead", describe_assumed(assumed, source))
+    check_steppable(graph, cfg)
+    return cfg
+
+
+def check_steppable(graph: Any, cfg: SimConfig) -> None:
+    """SbcError naming the first neuron whose decays `cfg` cannot produce (Euler with dt/tau > 1)."""
+    fg = flatten(graph)
+    for name in fg.order:
+        prim = fg.prim(name)
+        if prim is not None and prim.stages:
+            try:
+                prim.decays(fg.nodes[name], cfg)
+            except ValueError as e:
+                raise SbcError(f"node {name!r} ({prim.kind}): {e}") from None

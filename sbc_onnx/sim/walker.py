@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import SbcError
 from ..graph import FlatGraph, flatten, node_shape
-from .config import SimConfig
+from .config import SimConfig, config_for
 from .ops import build_op
 
 Observer = Callable[[int, np.ndarray], None]
@@ -32,7 +32,9 @@ class RunResult:
 class Walker:
     def __init__(self, graph: nir.NIRGraph | FlatGraph, cfg: SimConfig | None = None):
         self.fg = graph if isinstance(graph, FlatGraph) else flatten(graph)
-        self.cfg = cfg or SimConfig()
+        if cfg is None:  # a NIR graph's own metadata (a note names what is assumed); a flat view has none
+            cfg = SimConfig() if isinstance(graph, FlatGraph) else config_for(graph)
+        self.cfg = cfg
         self.ops = {n: build_op(n, self.fg.nodes[n], self.cfg) for n in self.fg.order}
         if not self.fg.inputs:
             raise SbcError("the graph has no Input node")
