@@ -80,8 +80,8 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
-def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid, granularity,
-                 damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path, eval_limit,
+def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid,
+                 granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path, eval_limit,
                  readout, force, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
