@@ -159,6 +159,8 @@ def _unwrap(d: dict[str, Any], origin: str) -> tuple[dict[str, Any], tuple]:
 
 
 def _validate(d: dict[str, Any], origin: str) -> Profile:
+    if not isinstance(d, dict):
+        raise SbcError(f"profile {origin}: expected a JSON object of fields, got {type(d).__name__}")
     d, cites = _unwrap(d, origin)
     if cites:
         d["citations"] = cites
