@@ -219,8 +219,11 @@ def _int(s: str) -> int | None:
         return None
 
 
+TINY_TAU = 2e-3  # tests/topologies.py _lif default, the tiny_lif_files model's neurons
+
 OPTION_RULES = {  # option -> (parse, valid value): the documented ranges
-    "--dt": (_float, lambda v: math.isfinite(v) and v > 0),
+    # the tiny model's LIF neurons (tau = 2 ms) step under Euler only with dt <= tau
+    "--dt": (_float, lambda v: math.isfinite(v) and 0 < v <= TINY_TAU),
     "--limit": (_int, lambda v: v >= 1),
     "--start": (_int, lambda v: 0 <= v < 16),  # past the 16 samples: "no samples"
     "--batch-size": (_int, lambda v: v >= 1),
