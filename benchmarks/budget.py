@@ -30,6 +30,7 @@ import sbc_onnx as sbc
 from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
 
 CACHE = Path.home() / ".cache" / "sbc-onnx" / "budget"
+CALIBRATION_FORMAT = "v2"  # LayerCalibration.inputs (the calibration checks of #12)
 LOG = ROOT / "benchmarks" / "results" / "budget_runs.jsonl"
 
 # name -> compress() options (a budget, or a fixed rate as the baseline at a similar size) and whether to repair
@@ -46,7 +47,8 @@ SETTINGS = {
 
 
 def calibration(net, draw, objective):
-    path = CACHE / f"{net.key}-{draw}-{objective}.pkl"
+    # pickles of the Calibration class: the version tag changes when the class gains fields
+    path = CACHE / f"{net.key}-{draw}-{objective}-{CALIBRATION_FORMAT}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
     cal, _ = net.calibration(draw, objective)

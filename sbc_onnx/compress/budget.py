@@ -30,7 +30,7 @@ __all__ = ["BUDGET_KINDS", "BudgetChoice", "BudgetSpec", "Option", "choose_optio
            "parse_budget"]
 
 BUDGET_KINDS = ("memory", "synops")
-DEFAULT_SPARSITIES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+DEFAULT_SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97)
 DEFAULT_BITS = (None, 8, 4, 3, 2)
 _BYTES = {"": 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 _COUNT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
