@@ -19,7 +19,7 @@ from .compress import Budget, Method
 from .compress.budget import BudgetSpec, Option, choose_options, option_costs
 from .errors import SbcError
 
-__all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "SynOpsOf", "plan_budget"]
+__all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "SynOpsOf", "check_memory_floor", "plan_budget"]
 
 # bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name)
 StorageBits = Callable[[tuple, int, "int | None", str], int]
@@ -100,6 +100,16 @@ def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Meth
                        f"model needs {_amount(spec, smallest)}") from None
     plan.picks, plan.used = list(choice.picks), choice.size
     return plan
+
+
+def check_memory_floor(shapes: Sequence[tuple], dtypes: Sequence[str], spec: BudgetSpec,
+                       storage: StorageBits) -> None:
+    """SbcError before any work when even storing no weight at all (the bitmask and scales of each layer
+    at its smallest option) would not fit the memory budget."""
+    floor = sum(min(storage(tuple(shape), 0, b, dt) for b in spec.bits) for shape, dt in zip(shapes, dtypes))
+    if floor > 8 * spec.amount:
+        raise SbcError(f"no choice of the allowed sparsities and bit widths fits {spec.text()}: even with every "
+                       f"weight pruned the layers' masks and scales need {_amount(spec, floor)}")
 
 
 def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops):

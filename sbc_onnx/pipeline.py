@@ -18,7 +18,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, plan_budget
+from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, check_memory_floor, plan_budget
 from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, make_allocation, nm_pattern)
@@ -301,6 +301,7 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     calib = calib if hasattr(calib, "batches") else as_dataset(calib)
     run = _Compression(graph, calib, plan, cfg or config_for(graph), batch_size, progress)
     run.storage, run.synops = storage, synops
+    check_budget_floor(graph, plan, storage, layers=run.names)
     run.calibrate(calibration)
     budget = run.allocate()
     run.compress_layers(budget)
@@ -311,6 +312,15 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
         run.measure_damage(report)
     report.seconds["total"] = time.perf_counter() - run.t_start
     return run.new, report
+
+
+def check_budget_floor(graph: nir.NIRGraph, plan: Plan, storage: StorageBits | None, layers=None) -> None:
+    """For a memory budget: SbcError before any work if the layers' masks and scales alone exceed it."""
+    if plan.budget is None or plan.budget.kind != "memory" or storage is None:
+        return
+    fg = flatten(graph)
+    ws = [np.asarray(fg.nodes[n].weight) for n in (layers or fg.weight_nodes())]
+    check_memory_floor([w.shape for w in ws], [w.dtype.name for w in ws], plan.budget, storage)
 
 
 def _layer_matrix(node) -> np.ndarray:

@@ -229,6 +229,19 @@ CASES += _opt("compress", _compress(), [
     (S + "--reset zero", "--reset"), (S + "--precision float16", "--precision"),
     (S + "--cuba-order random", "--cuba-order"), (S + "--no-such-option", "--no-such-option"),
 ])
+_ONNX_OUT = ("compress", "{m}", "--calib", "{c}", "-o", "{out_onnx}")
+CASES += [  # --budget: one line naming what is wrong (the tiny model's weights need more than 100 B)
+    Case("compress: --budget memory=lots", "options", (*_ONNX_OUT, "--budget", "memory=lots"), ("memory budget",)),
+    Case("compress: --budget mem=3", "options", (*_ONNX_OUT, "--budget", "mem=3"), ("memory=SIZE or synops",)),
+    Case("compress: --budget synops=-5", "options", (*_ONNX_OUT, "--budget", "synops=-5"), ("synops budget",)),
+    Case("compress: --budget with --bits", "options", (*_ONNX_OUT, "--budget", "memory=1KiB", "--bits", "4"),
+         ("without --sparsity, --bits or --pattern",)),
+    Case("compress: --budget with --target", "options",
+         (*_ONNX_OUT, "--budget", "memory=1KiB", "--target", "loihi2"), ("--budget and --target",)),
+    Case("compress: memory --budget to .nir", "paths", (*_compress(), "--budget", "memory=1KiB"), ("write .onnx",)),
+    Case("compress: --budget memory=10B too small", "options", (*_ONNX_OUT, "--budget", "memory=10B"),
+         ("fits memory=10B",)),
+]
 CASES += _opt("eval", ("eval", "{m}", "--data", "{c}"), [
     ("--limit 0", "--limit"), ("--limit -1", "--limit"), ("--start -1", "--start"),
     ("--batch-size 0", "--batch-size"), ("--dt inf", "--dt"), ("--engine tvm", "--engine"),

@@ -18,7 +18,7 @@ from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
 from ..io.sizes import file_sizes, storage_model
-from ..pipeline import GRANULARITIES, Plan, compress, compression_metadata
+from ..pipeline import GRANULARITIES, Plan, check_budget_floor, compress, compression_metadata
 from ..sim import Walker
 from . import cli
 from .hardware_cmd import CheckFailed
@@ -88,12 +88,12 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
                    lamp_p=lamp_p, grid=grid, granularity=granularity, sequential=sequential, rel_damp=damp,
                    exact_resolve=exact_resolve, budget=budget, repair=repair)
+    if budget is not None and target is not None:
+        raise click.UsageError("--budget and --target cannot be combined yet: the chip profile fixes the bits")
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     outputs = _output_paths(model, output, force, profile is not None)
     if plan.budget is not None:
-        if profile is not None:
-            raise click.UsageError("--budget and --target cannot be combined yet: the chip profile fixes the bits")
         if plan.budget.kind == "memory":
             storage_model(output)  # a format with a storage model, before any work
     _check_files(model, calib_path, eval_path, report_path)
@@ -103,6 +103,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     walker = Walker(graph, cfg)
     calib = load_data_for(walker, calib_path, calib_limit)
     test = load_data_for(walker, eval_path, eval_limit, labels=True) if eval_path else None  # checked up front
+    if plan.budget is not None and plan.budget.kind == "memory":
+        check_budget_floor(graph, plan, storage_model(output), plan.layers)
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "
                f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); {plan.describe()}"
                + (f"; target {profile.summary()}" if profile else ""), err=True)
