@@ -22,7 +22,8 @@ from sbc_onnx.cli import main
 from sbc_onnx.data import Dataset, load_dataset
 from sbc_onnx.errors import SbcError
 
-FUZZ = settings(max_examples=int(os.environ.get("SBC_FUZZ_EXAMPLES", "25")), deadline=timedelta(seconds=10), derandomize=True,
+FUZZ = settings(max_examples=int(os.environ.get("SBC_FUZZ_EXAMPLES", "25")), deadline=timedelta(seconds=10),
+                derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -69,20 +70,11 @@ def _load_or_refuse(path: Path):
 
 # ------------------------------------------------------------------------------------------------ models
 
+@pytest.mark.parametrize("ext", [".nir", ".onnx"])
 @FUZZ
 @given(**MUTATIONS)
-def test_mutated_nir_file_is_read_or_refused(files, edits, cut):
-    path = _scratch(".nir", _mutate((files / "m.nir").read_bytes(), edits, cut))
-    try:
-        _load_or_refuse(path)
-    finally:
-        path.unlink()
-
-
-@FUZZ
-@given(**MUTATIONS)
-def test_mutated_onnx_file_is_read_or_refused(files, edits, cut):
-    path = _scratch(".onnx", _mutate((files / "m.onnx").read_bytes(), edits, cut))
+def test_mutated_model_file_is_read_or_refused(files, ext, edits, cut):
+    path = _scratch(ext, _mutate((files / f"m{ext}").read_bytes(), edits, cut))
     try:
         _load_or_refuse(path)
     finally:

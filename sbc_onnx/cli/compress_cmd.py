@@ -81,8 +81,8 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
 def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid,
-                 granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path, eval_limit,
-                 readout, force, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
+                 granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path,
+                 eval_limit, readout, force, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
@@ -93,9 +93,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     outputs = _output_paths(model, output, force, profile is not None)
-    if plan.budget is not None:
-        if plan.budget.kind == "memory":
-            storage_model(output)  # a format with a storage model, before any work
+    memory_budget = plan.budget is not None and plan.budget.kind == "memory"
+    storage = storage_model(output) if memory_budget else None  # a format with a storage model, before any work
     _check_files(model, calib_path, eval_path, report_path)
     graph = load_model(model)
     cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
@@ -103,8 +102,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     walker = Walker(graph, cfg)
     calib = load_data_for(walker, calib_path, calib_limit)
     test = load_data_for(walker, eval_path, eval_limit, labels=True) if eval_path else None  # checked up front
-    if plan.budget is not None and plan.budget.kind == "memory":
-        check_budget_floor(graph, plan, storage_model(output), plan.layers)
+    check_budget_floor(graph, plan, storage, plan.layers)  # before the first line of progress
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "
                f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); {plan.describe()}"
                + (f"; target {profile.summary()}" if profile else ""), err=True)
@@ -114,7 +112,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
         report, models = deploy.compression, {"integer": int_g, "twin": float_g}
     else:
         new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True,
-                               **_budget_inputs(plan, graph, calib, cfg, outputs[0], batch_size))
+                               **_budget_inputs(plan, graph, calib, cfg, storage, batch_size))
         deploy, models = None, {"compressed": new}
     _show(report, deploy)
     _save(models, outputs, model, cfg, report, deploy, dense=graph)
@@ -129,12 +127,12 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
                           "above); the files are written")
 
 
-def _budget_inputs(plan, graph, calib, cfg, output, batch_size) -> dict:
+def _budget_inputs(plan, graph, calib, cfg, storage, batch_size) -> dict:
     """What a budget counts with: the output's storage model (memory) or the dense SynOps (synops)."""
     if plan.budget is None:
         return {}
     if plan.budget.kind == "memory":
-        return {"storage": storage_model(output)}
+        return {"storage": storage}
     return {"synops": synops_model(graph, calib, cfg, batch_size=batch_size)}
 
 
