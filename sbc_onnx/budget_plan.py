@@ -58,13 +58,6 @@ class BudgetPlan:
         """The budget in the units of `sizes` (bits for memory)."""
         return self.spec.amount * 8 if self.spec.kind == "memory" else self.spec.amount
 
-    def summary(self) -> str:
-        unit = (lambda v: f"{v / 8192:.2f} KiB") if self.spec.kind == "memory" else (lambda v: f"{v:.4g} SynOps")
-        plan = ", ".join(f"{n} {self.chosen(i).label()}" for i, n in enumerate(self.names))
-        return (f"budget {self.spec.text()}: uses {unit(self.used)} of {unit(self.limit())}; "
-                f"summed relative objective {sum(self.costs[i][o] for i, o in enumerate(self.picks)):.4f}; "
-                f"plan {plan}")
-
     def to_dict(self) -> dict:
         return {"budget": self.spec.text(), "kind": self.spec.kind, "limit": self.limit(), "used": self.used,
                 "layers": {n: {"sparsity": self.chosen(i).sparsity, "bits": self.chosen(i).bits,

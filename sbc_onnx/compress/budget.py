@@ -89,9 +89,6 @@ class Option:
     def prune_count(self, n: int) -> int:
         return total_prune_count([n], self.sparsity)
 
-    def label(self) -> str:
-        return f"{self.sparsity:.0%}/{self.bits if self.bits else 'float'}"
-
 
 @dataclass(frozen=True)
 class BudgetChoice:
