@@ -16,11 +16,12 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 # torch first and pinned: the CPU wheel (a range would pull a multi-GB CUDA build); norse without its
-# dependencies because its torchvision does not import beside this torch (norse itself does not need it).
+# dependencies because its torchvision does not import beside this torch (norse itself does not need it);
+# spikingjelly likewise (its activation_based neuron/layer/functional modules do not import torchvision).
 install-test: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,torch]'
-	$(BIN)/pip install -q --no-deps norse==1.1.0
+	$(BIN)/pip install -q --no-deps norse==1.1.0 spikingjelly==0.0.0.0.14
 
 demo: install
 	SHARED=$(SHARED) BIN=$(BIN) bash examples/demo.sh
