@@ -194,3 +194,29 @@ def test_cli_synops_budget(mlp_files, tmp_path, capsys):
     out = tmp_path / "o.nir"
     assert _compress_cli(mlp_files, "-o", str(out), "--budget", "synops=1000") == 0
     assert "SynOps per sample" in capsys.readouterr().out
+
+
+def test_cli_synops_budget_on_a_chip(mlp_files, tmp_path, capsys):
+    """--target with a SynOps budget: every layer at the chip's width, the plan within the budget, the
+    integer model passes the chip's check; a memory budget is refused before any work."""
+    import json
+
+    import sbc_onnx as sbc
+    from sbc_onnx.hardware import check_graph, load_profile
+
+    out, rep = tmp_path / "o.nir", tmp_path / "r.json"
+    assert _compress_cli(mlp_files, "-o", str(out), "--budget", "synops=1000", "--target", "int6",
+                         "--report", str(rep)) == 0  # exit 1 if the chip's check failed
+    r = json.loads(rep.read_text())
+    assert r["budget"]["used"] <= 1000 and r["budget"]["kind"] == "synops"
+    assert {layer["bits"] for layer in r["budget"]["layers"].values()} == {6}
+    assert any(layer["sparsity"] > 0 for layer in r["budget"]["layers"].values())  # 1000 < the dense SynOps
+    g = sbc.load_model(out)
+    assert not [v for v in check_graph(g, load_profile("int6"), sbc.SimConfig.from_graph(g)) if v.severity == "error"]
+    for n in ("a1", "a2"):  # 6-bit integer codes
+        w = np.asarray(g.nodes[n].weight)
+        assert np.array_equal(w, np.round(w)) and -32 <= w.min() and w.max() <= 31
+    assert _compress_cli(mlp_files, "-o", str(tmp_path / "m.nir"), "--budget", "memory=1KiB", "--target",
+                         "loihi2") == 2
+    assert "--target takes a synops budget" in capsys.readouterr().err
+    assert not (tmp_path / "m.nir").exists()

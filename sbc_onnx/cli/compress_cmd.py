@@ -41,7 +41,8 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 @click.option("--budget", default=None,
               help="Fit a whole-model budget instead of giving --sparsity/--bits: memory=SIZE (weight storage of "
                    "the .onnx output, e.g. 10KiB) or synops=COUNT (synaptic operations per calibration sample, "
-                   "e.g. 2M). Each layer's sparsity and bits are chosen by the least summed layer objective.")
+                   "e.g. 2M). Each layer's sparsity and bits are chosen by the least summed layer objective. "
+                   "With --target: synops only, each layer's sparsity at the chip's weight width.")
 @click.option("--repair", is_flag=True,
               help="After compression, rescale each spiking neuron's threshold per channel so that its "
                    "calibration firing rate matches the dense model's (weights unchanged).")
@@ -88,8 +89,6 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
                    lamp_p=lamp_p, grid=grid, granularity=granularity, sequential=sequential, rel_damp=damp,
                    exact_resolve=exact_resolve, budget=budget, repair=repair)
-    if budget is not None and target is not None:
-        raise click.UsageError("--budget and --target cannot be combined yet: the chip profile fixes the bits")
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     outputs = _output_paths(model, output, force, profile is not None)
@@ -108,7 +107,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
                + (f"; target {profile.summary()}" if profile else ""), err=True)
     if profile:
         int_g, float_g, deploy = compress_for_target(graph, calib, profile, plan, cfg=cfg, batch_size=batch_size,
-                                                     progress=True)
+                                                     progress=True,
+                                                     **_budget_inputs(plan, graph, calib, cfg, storage, batch_size))
         report, models = deploy.compression, {"integer": int_g, "twin": float_g}
     else:
         new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True,

@@ -31,6 +31,7 @@ import nir
 import numpy as np
 
 from ..calibrate import Calibration
+from ..compress.budget import BudgetSpec, parse_budget
 from ..errors import SbcError
 from ..graph import FlatGraph, flatten, node_shape
 from ..io.models import save_model
@@ -472,22 +473,47 @@ def target_settings(profile: Profile, bits: int | None = None) -> tuple[int, str
 
 
 def target_plan(profile: Profile | str, *, bits: int | None = None, grid: str | None = None,
-                granularity: str | None = None, **options) -> Plan:
+                granularity: str | None = None, budget: str | BudgetSpec | None = None, **options) -> Plan:
     """The compression plan constrained by a chip: its weight width (or fewer bits), its grid and scale
-    granularity; every other option (Plan.build's keywords) as given."""
+    granularity; every other option (Plan.build's keywords) as given.  With a SynOps `budget`, each layer's
+    sparsity is chosen to fit it, at the chip's weight width (`budget_for_target`)."""
     profile = load_profile(profile)
     b, scheme, gran = target_settings(profile, bits)
-    plan = Plan.build(bits=b, grid=grid or scheme, granularity=granularity or gran, **options)
+    if budget is not None:
+        spec = budget_for_target(budget, profile, bits=bits)
+        plan = Plan.build(grid=grid or scheme, granularity=granularity or gran, budget=spec, **options)
+    else:
+        plan = Plan.build(bits=b, grid=grid or scheme, granularity=granularity or gran, **options)
     check_plan_fits(plan, profile)
     return plan
 
 
+def budget_for_target(budget: str | BudgetSpec, profile: Profile, *, bits: int | None = None) -> BudgetSpec:
+    """The budget's options on a chip: its sparsities, at the chip's weight width (or `bits`, fewer).
+    Only a SynOps budget: the chip stores every weight code at its own width, so a lower bit width would
+    not save a synaptic operation and would only cost accuracy; and the integer model goes out as NIR,
+    whose (gzip) size is known only once written, so a memory budget has no storage model to plan with."""
+    try:
+        spec = parse_budget(budget) if isinstance(budget, str) else budget
+    except ValueError as e:
+        raise SbcError(str(e)) from None
+    if spec.kind != "synops":
+        raise SbcError(f"--target takes a synops budget (synaptic operations per sample), not {spec.kind}: the "
+                       "chip stores every weight at its own width and the integer model is written as NIR; "
+                       "for a memory budget compress to .onnx without --target")
+    width = target_settings(profile, bits)[0]
+    return BudgetSpec(spec.kind, spec.amount, spec.sparsities, (width,))
+
+
 def check_plan_fits(plan: Plan, profile: Profile) -> None:
-    """SbcError unless the plan's weights can be stored by the chip: at most its bit width, its grid (or
-    the restricted symmetric one, a subset), per-channel scales only where the chip has them."""
-    if plan.bits is None or plan.bits > profile.weight_bits:
+    """SbcError unless the plan's weights can be stored by the chip: at most its bit width (every width a
+    budget may choose), its grid (or the restricted symmetric one, a subset), per-channel scales only where
+    the chip has them."""
+    widths = plan.budget.bits if plan.budget is not None else (plan.bits,)
+    if any(b is None or b > profile.weight_bits for b in widths):
+        shown = "/".join(str(b or "no") for b in widths)
         raise SbcError(f"{profile.name} stores {profile.weight_bits}-bit weights; the plan quantizes to "
-                       f"{plan.bits or 'no'} bits")
+                       f"{shown} bits")
     if plan.grid not in (profile.grid_scheme, "symmetric_restricted"):
         raise SbcError(f"{profile.name} stores {profile.grid_scheme} integer weights; grid {plan.grid} does not fit")
     if plan.granularity == "channel" and not profile.per_channel:
@@ -497,11 +523,11 @@ def check_plan_fits(plan: Plan, profile: Profile) -> None:
 
 def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan: Plan | None = None, *,
                         cfg: SimConfig | None = None, calibration: Calibration | None = None, batch_size: int = 32,
-                        measure_damage: bool = True, progress: bool = False,
+                        measure_damage: bool = True, progress: bool = False, synops=None,
                         **options) -> tuple[nir.NIRGraph, nir.NIRGraph, DeployReport]:
     """`compress` under a plan the chip can store (`plan`, or `target_plan(profile, **options)`), then the
     weight scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl.
-    the profile check of the integer graph)."""
+    the profile check of the integer graph).  `synops`: the SynOps model of a SynOps budget (`compress`)."""
     profile = load_profile(profile)
     cfg = cfg or config_for(graph)
     if plan is None:
@@ -511,7 +537,7 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan
     else:
         check_plan_fits(plan, profile)
     new, rep = compress(graph, calib, plan, cfg=cfg, calibration=calibration, batch_size=batch_size,
-                        measure_damage=measure_damage, progress=progress)
+                        measure_damage=measure_damage, progress=progress, synops=synops)
     missing = [n for n in flatten(new).weight_nodes() if n not in rep.quant]
     if missing:
         raise SbcError(f"layers {missing} carry no integer codes after compression")
@@ -520,7 +546,7 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan
     if cfg.reset not in profile.reset_modes:
         notes.append(f"the model is simulated with reset {cfg.reset}, which {profile.name} does not support "
                      f"({'/'.join(profile.reset_modes)})")
-    report = DeployReport(profile=profile.name, bits=plan.bits, granularity=profile.scale_granularity,
+    report = DeployReport(profile=profile.name, bits=plan.bits or target_settings(profile)[0], granularity=profile.scale_granularity,
                           grid=plan.grid, compression=rep, layers=im.layers, unfolded=im.unfolded, notes=notes,
                           violations=check_graph(im.int_graph, profile, cfg))
     return im.int_graph, im.float_graph, report
