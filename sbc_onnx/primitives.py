@@ -159,6 +159,10 @@ _declare(Primitive("AvgPool2d", LINEAR, doc="window mean"))
 _declare(Primitive("Flatten", LINEAR, doc="reshape to (batch, *output shape)"))
 _declare(Primitive("Delay", LINEAR, ("delay",), extra_state=("buf",),
                    doc="y(t) = x(t - steps), steps = round(delay/dt) per element; zeros before t=0"))
+# Beyond NIR 1.0 (sbc_onnx/nodes.py): not linear, so calibration, scale folding and the other graph queries
+# stop at it (FlatGraph.passes_through); its output is spikes when its input is, but it is not a spike source.
+_declare(Primitive("MaxPool2d", NONLINEAR,
+                   doc="window maximum over (C, H, W), padding -inf, floor mode (PyTorch nn.MaxPool2d)"))
 _declare(Primitive("Threshold", NONLINEAR, ("threshold",), spiking=True, doc="y = (x > thr)"))
 _NEURON_FIELDS = {"LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset"), "LI": ("tau", "r", "v_leak"),
                   "IF": ("r", "v_threshold", "v_reset"), "I": ("r",),
