@@ -180,3 +180,12 @@ def test_compress_onnx_with_maxpool_writes_onnx_end_to_end(pooled_files, tmp_pat
     x = np.swapaxes(_spikes(3, seed=5), 0, 1)
     got = run_onnxruntime(ort_session(out), {"input": x})
     np.testing.assert_array_equal(got["output"], Walker(g1, CFG).run(x).outputs["output"])
+
+
+def test_energy_counts_a_layer_after_the_pool_as_spike_driven():
+    from sbc_onnx.hardware.energy import energy_report
+
+    g = pooled_graph(np.random.default_rng(0))
+    rep = energy_report(g, Dataset(_spikes(4), np.zeros(4, np.int64)), CFG)
+    c2 = next(layer for layer in rep.layers if layer.name == "c2")
+    assert c2.spike_input and c2.synops_per_sample > 0 and c2.macs_per_sample == 0
