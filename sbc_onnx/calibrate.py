@@ -26,6 +26,7 @@ import numpy as np
 from .compress.hessian import HessianAccumulator, TimeFilter
 from .errors import SbcError
 from .graph import FlatGraph
+from .primitives import NONLINEAR
 from .progress import progress_bar, step_progress
 from .sim import SimConfig, Walker
 from .sim.conv import as_tuple, conv_padding, im2col_t
@@ -48,6 +49,18 @@ def kernel_betas(fg: FlatGraph, layer: str, cfg: SimConfig, objective: str = "sm
     if neuron is None:
         return ()
     return fg.prim(neuron).kernel_betas(fg.nodes[neuron], cfg)
+
+
+def nonlinear_note(fg: FlatGraph, layer: str, neuron: str | None) -> str | None:
+    """The note for a layer whose output meets a nonlinear node (e.g. MaxPool2d) before a neuron: the SMP
+    kernel is defined through linear nodes only, so that branch gets no neuron's filter (None: no such node)."""
+    blocked = [s for s in fg.paths_to_neurons(layer)[1] if fg.role(s) == NONLINEAR]
+    if not blocked:
+        return None
+    where = ", ".join(f"{s} ({fg.kind(s)})" for s in dict.fromkeys(blocked))
+    kernel = f"neuron {neuron}'s kernel from its other path" if neuron else "the identity kernel (current objective)"
+    return (f"layer {layer}: its output passes through {where}, which is not linear, before reaching a neuron; "
+            f"its Hessian uses {kernel}")
 
 
 @dataclass
@@ -232,6 +245,8 @@ def calibrate(
         raise SbcError("the calibration dataset is empty")
     calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0,
                         objective=objective, input_norms=input_norms)
+    if objective == "smp":
+        calib.notes += [n for n in (nonlinear_note(fg, c.name, c.neuron) for c in cals.values()) if n]
     for cal in cals.values():
         live = int(np.count_nonzero(np.diag(cal.acc.H) > 0))
         units = cal.acc.n_units

@@ -25,6 +25,22 @@ class MaxPool2d(nir.NIRNode):
         self.input_type = {"input": None}
         self.output_type = {"output": None}
 
+    def output_shape(self, input_shape) -> tuple[int, ...]:
+        """(C, H_out, W_out) for an input of shape (C, H, W): floor((n + 2p - k) / s) + 1 per spatial dim."""
+        c, *spatial = (int(v) for v in np.asarray(input_shape).reshape(-1))
+        k, s, p = (np.broadcast_to(np.asarray(v).reshape(-1), (2,)) for v in (self.kernel_size, self.stride,
+                                                                                self.padding))
+        return (c, *((n + 2 * int(pi) - int(ki)) // int(si) + 1 for n, ki, si, pi in zip(spatial, k, s, p)))
+
+    def set_input_shape(self, input_shape) -> "MaxPool2d":
+        """Record the input shape (C, H, W) and the output shape it gives, so that a `nir.NIRGraph` holding
+        this node type-checks (NIR's type inference knows no MaxPool2d and leaves its output undefined).
+        Bridges call it when they build the node; the ONNX reader calls it from the shape the file records."""
+        shape = tuple(int(v) for v in np.asarray(input_shape).reshape(-1))
+        self.input_type = {"input": np.array(shape)}
+        self.output_type = {"output": np.array(self.output_shape(shape))}
+        return self
+
 
 #: kinds declared here (not in nir), by class name
 EXTRA_NODES = {cls.__name__: cls for cls in (MaxPool2d,)}

@@ -58,6 +58,7 @@ class Primitive:
     reset: str | None = None               # field the last stage is reset to (absent on the node -> 0)
     extra_state: tuple[str, ...] = ()      # state of non-neuron primitives (Delay's buffer)
     conv: bool = False                     # weight primitives: a convolution (im2col rows)
+    keeps_spikes: bool = False             # outputs spikes whenever its input is spikes (max pooling)
     doc: str = ""
 
     @property
@@ -159,6 +160,10 @@ _declare(Primitive("AvgPool2d", LINEAR, doc="window mean"))
 _declare(Primitive("Flatten", LINEAR, doc="reshape to (batch, *output shape)"))
 _declare(Primitive("Delay", LINEAR, ("delay",), extra_state=("buf",),
                    doc="y(t) = x(t - steps), steps = round(delay/dt) per element; zeros before t=0"))
+# Beyond NIR 1.0 (sbc_onnx/nodes.py): not linear, so calibration, scale folding and the other graph queries
+# stop at it (FlatGraph.passes_through); its output is spikes when its input is, but it is not a spike source.
+_declare(Primitive("MaxPool2d", NONLINEAR, keeps_spikes=True,
+                   doc="window maximum over (C, H, W), padding -inf, floor mode (PyTorch nn.MaxPool2d)"))
 _declare(Primitive("Threshold", NONLINEAR, ("threshold",), spiking=True, doc="y = (x > thr)"))
 _NEURON_FIELDS = {"LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset"), "LI": ("tau", "r", "v_leak"),
                   "IF": ("r", "v_threshold", "v_reset"), "I": ("r",),

@@ -153,6 +153,26 @@ def resized(node: str, shape: tuple[int, int]) -> dict[str, Builder]:
     return {"nir": nir_file, "onnx": onnx_file}
 
 
+def pooled_onnx(p: Path) -> None:
+    """An .onnx model with max pooling (a node kind NIR 1.0 cannot hold): conv -> IF -> MaxPool2d."""
+    import nir
+
+    import sbc_onnx as sbc
+    from sbc_onnx.nodes import MaxPool2d
+
+    rng, ones = np.random.default_rng(0), np.ones((2, 4, 4))
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([1, 4, 4])),
+        "conv": nir.Conv2d(input_shape=(4, 4), weight=rng.normal(0, 1, (2, 1, 3, 3)), stride=1, padding=1,
+                           dilation=1, groups=1, bias=np.zeros(2)),
+        "spk": nir.IF(r=ones, v_threshold=ones, v_reset=0 * ones),
+        "pool1": MaxPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                           padding=np.array([0, 0])).set_input_shape((2, 4, 4)),
+        "output": nir.Output(np.array([2, 2, 2]))},
+        edges=[("input", "conv"), ("conv", "spk"), ("spk", "pool1"), ("pool1", "output")])
+    sbc.save_model(g, p, cfg=sbc.SimConfig(dt=DT))
+
+
 def profile_json(**over) -> Builder:
     def build(p: Path) -> None:
         from sbc_onnx.hardware.profiles import PROFILE_DIR
@@ -341,6 +361,14 @@ CASES += [
     Case("convert: target extension .pb", "paths", ("convert", "{m}", "{out_pb}"), ("unknown model format",)),
     Case("convert: target is a directory", "paths", ("convert", "{m}", "{d_onnx}"), ("directory",),
          {"d_onnx": directory}),
+    Case("convert: max pooling to .nir", "paths", ("convert", "{pool_onnx}", "{out_nir}"),
+         ("'pool1' is MaxPool2d", "NIR 1.0", "write the model as .onnx"), {"pool_onnx": pooled_onnx}),
+    Case("compress: max pooling to .nir", "paths",
+         ("compress", "{pool_onnx}", "--calib", "{c}", "-o", "{out_nir}", "--sparsity", "0.5"),
+         ("'pool1' is MaxPool2d", "write the model as .onnx"), {"pool_onnx": pooled_onnx}),
+    Case("compress --target: max pooling to .nir", "paths",
+         ("compress", "{pool_onnx}", "--calib", "{c}", "-o", "{out_nir}", "--target", "loihi2"),
+         ("'pool1' is MaxPool2d", "write the model as .onnx"), {"pool_onnx": pooled_onnx}),
     Case("check: model missing", "paths", ("check", "{nomodel_nir}", "--target", "loihi2"), ("not found",)),
     Case("data mnist: output is a directory", "paths",
          ("data", "mnist", "{mn}", "-o", "{d}", "--steps", "2"), ("is a directory",),

@@ -15,7 +15,7 @@ from ..evaluate import evaluate
 from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
 from ..hardware.energy import synops_model
 from ..hardware.profiles import load_profile
-from ..io.models import load_model, model_format, save_model
+from ..io.models import check_format, load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
 from ..io.sizes import file_sizes, storage_model
 from ..pipeline import GRANULARITIES, Plan, check_budget_floor, compress, compression_metadata
@@ -96,6 +96,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     storage = storage_model(output) if memory_budget else None  # a format with a storage model, before any work
     _check_files(model, calib_path, eval_path, report_path)
     graph = load_model(model)
+    for p in outputs:
+        check_format(graph, p)  # e.g. max pooling to .nir: refused before any work
     cfg = sim_config(graph, model, strict=strict, dt=dt, integrator=integrator, reset=reset, cuba_order=cuba_order,
                      precision=precision)
     walker = Walker(graph, cfg)

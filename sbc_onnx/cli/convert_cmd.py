@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..io.models import load_model, model_format, save_model
+from ..io.models import check_format, load_model, model_format, save_model
 from ..io.paths import check_output
 from . import cli
 from .model_cmd import setup_logging, sim_config, sim_options
@@ -26,6 +26,7 @@ def convert(source, target, int_weights, dt, integrator, reset, cuba_order, prec
     src_fmt, dst_fmt = model_format(source), model_format(target)
     check_output(target, what="target", inputs=[source])
     graph = load_model(source)
+    check_format(graph, target)
     cfg = sim_config(graph, source, strict=strict, dt=dt, integrator=integrator, reset=reset,
                      cuba_order=cuba_order, precision=precision)
     save_model(graph, target, cfg=cfg, metadata={"converted_from": os.path.basename(source)},

@@ -213,8 +213,20 @@ def synops_model(graph, dataset, cfg: SimConfig | None = None, *, batch_size: in
 
 
 def _spike_input(fg: FlatGraph, n: str) -> bool:
-    srcs = fg.sources_of(n)
-    return all(fg.role(s) == NEURON for s in srcs) and not any(s in fg.inputs for s in srcs)
+    """Whether `n` is driven by spikes only: its sources are neurons, seen through nodes that keep
+    spikes (max pooling), never the graph input."""
+    srcs, seen = list(fg.sources_of(n)), set()
+    while srcs:
+        s = srcs.pop()
+        if s in seen:
+            continue
+        seen.add(s)
+        p = fg.prim(s)
+        if p is not None and p.keeps_spikes:
+            srcs.extend(fg.sources_of(s))
+        elif fg.role(s) != NEURON or s in fg.inputs:
+            return False
+    return True
 
 
 def energy_report(graph, dataset, cfg: SimConfig | None = None, *, name: str = "model", batch_size: int = 50,

@@ -17,6 +17,7 @@ import nir
 
 from ..errors import SbcError
 from ..graph import check_weight_inputs, flatten
+from ..nodes import EXTRA_NODES
 from ..sim.config import SimConfig
 from .nir_io import check_parameters, read_nir, write_nir
 
@@ -30,6 +31,18 @@ def model_format(path: str | os.PathLike) -> str:
     if ext not in FORMATS:
         raise SbcError(f"{path}: unknown model format {ext or '(no extension)'!r}; use .nir or .onnx")
     return ext[1:]
+
+
+def check_format(graph: nir.NIRGraph, path: str | os.PathLike) -> None:
+    """SbcError if the format of `path` cannot hold `graph`: a `.nir` file holds NIR's own node kinds only, so
+    a node beyond NIR 1.0 (sbc_onnx/nodes.py, e.g. MaxPool2d) is refused by name. `save_model` asks it, and
+    every command that writes a model asks it right after loading, before any other work."""
+    if model_format(path) != "nir":
+        return
+    for name, node in flatten(graph).nodes.items():
+        if type(node).__name__ in EXTRA_NODES:
+            raise SbcError(f"{path}: node {name!r} is {type(node).__name__}, which NIR 1.0 cannot hold: write the "
+                           "model as .onnx")
 
 
 def load_model(path: str | os.PathLike) -> nir.NIRGraph:
@@ -74,6 +87,7 @@ def save_model(graph: nir.NIRGraph, path: str | os.PathLike, *, cfg: SimConfig |
     weights on an integer grid stored as integers (write_onnx). `compact` (ONNX; NIR files are always
     gzip-compressed): sparse and low-bit weights stored in the smallest exact encoding, on `quant`'s integer
     grids ({node: (q, scale, zero_point)}, e.g. a CompressionReport's) or inferred ones."""
+    check_format(graph, path)
     if model_format(path) == "nir":
         if int_weights:
             raise SbcError(f"{path}: integer weights (int_weights) are stored in ONNX files only")

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import SbcError, existing_file
 from ..graph import flatten, node_shape
+from ..nodes import EXTRA_NODES
 from ..primitives import lookup
 from ..sim.config import SimConfig
 from .atomic import write_atomic
@@ -55,14 +56,15 @@ def read_nir(path: str | os.PathLike) -> nir.NIRGraph:
 
 
 def _known_types() -> set[str]:
-    seen, todo = set(), [nir.NIRNode]
+    """NIR's node classes (the project's own, sbc_onnx/nodes.py, are subclasses too but not NIR's)."""
+    seen, todo = set(EXTRA_NODES), [nir.NIRNode]
     while todo:
         cls = todo.pop()
         for sub in cls.__subclasses__():
             if sub.__name__ not in seen:
                 seen.add(sub.__name__)
                 todo.append(sub)
-    return seen
+    return seen - set(EXTRA_NODES)
 
 
 def _check_node_types(path: Path) -> None:

@@ -18,6 +18,7 @@ KEY_DTYPE = "snn.compute_dtype"
 KEY_JSON = "nir.json."  # prefix: graph metadata values that are not strings (JSON)
 KEY_NODE_FIELD = "nir.field."  # node metadata_props: NIR structural fields (JSON)
 KEY_NODE_META = "nir.metadata"  # node metadata_props: the NIR node's own metadata (JSON)
+KEY_NODE_INPUT_SHAPE = "snn.input_shape"  # node metadata_props: input shape of a node beyond NIR (JSON list)
 DT_TENSOR = "snn/dt"
 SUBGRAPHS_KEY = "nir_subgraphs"  # graph metadata: nested NIRGraph nodes {path: {"edges", "metadata"}}
 EDGE_ORDER_KEY = "nir_edge_order"  # graph metadata key (stored as nir.json.nir_edge_order)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import SbcError
 from ..graph import FlatGraph, flatten
+from ..nodes import EXTRA_NODES
 from ..primitives import NEURON, PARAM_FIELDS, primitive
 from ..sim.config import META_KEYS, SimConfig
 from ..sim.conv import as_tuple, conv_padding
@@ -28,6 +29,7 @@ from .onnx_common import (
     KEY_DTYPE,
     KEY_JSON,
     KEY_NODE_FIELD,
+    KEY_NODE_INPUT_SHAPE,
     KEY_NODE_META,
     OPSET,
     SUBGRAPHS_KEY,
@@ -257,6 +259,9 @@ class _Builder:
             if node.metadata:
                 e = call.metadata_props.add()
                 e.key, e.value = KEY_NODE_META, encode(node.metadata)
+            if kind in EXTRA_NODES:  # NIR cannot infer its types: the reader restores them from its input shape
+                e = call.metadata_props.add()
+                e.key, e.value = KEY_NODE_INPUT_SHAPE, encode([int(v) for v in self.ins[n]])
             self.body.append(call)
             for s in st:
                 if s == "buf":
@@ -309,6 +314,10 @@ class _Builder:
         if kind in ("SumPool2d", "AvgPool2d"):
             pad = as_tuple(node.padding, 2)
             return {"strides": list(as_tuple(node.stride, 2)), "pads": list(pad) * 2, "group": int(self.ins[n][0])}
+        if kind == "MaxPool2d":
+            pad = as_tuple(node.padding, 2)
+            return {"kernel_shape": list(as_tuple(node.kernel_size, 2)), "strides": list(as_tuple(node.stride, 2)),
+                    "pads": list(pad) * 2}
         return {}
 
 

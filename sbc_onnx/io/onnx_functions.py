@@ -122,6 +122,12 @@ def build_functions() -> list[FunctionProto]:
         fs.append(_fn(kind, ["x", "ones"] + (["norm"] if kind == "AvgPool2d" else []), ["y"], nodes,
                       ["strides", "pads", "group"], "window sum (depthwise conv with ones)"
                       + (" times 1/(kh*kw)" if kind == "AvgPool2d" else "")))
+    # beyond NIR (sbc_onnx/nodes.py): the standard ONNX MaxPool (pads ignored in the max, floor mode), as PyTorch
+    pool = n("MaxPool", ["x"], ["y"])
+    for a in ("kernel_shape", "strides", "pads"):
+        _ref(pool, a, a, AttributeProto.INTS)
+    fs.append(_fn("MaxPool2d", ["x"], ["y"], [pool], ["kernel_shape", "strides", "pads"],
+                  primitive("MaxPool2d").doc))
     # Delay: shift register buf (D, B, ...) with the newest input first; y = buf_next[steps] per element
     fs.append(_fn("Delay", ["x", "buf", "steps"], ["y", "buf_next"], [
         n("Constant", [], ["zero"], value_ints=[0]),

@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import SbcError
+from ..nodes import EXTRA_NODES
 from ..primitives import CATALOGUE, PARAM_FIELDS
 from .onnx_common import (
     CONVENTION,
@@ -21,6 +22,7 @@ from .onnx_common import (
     KEY_DTYPE,
     KEY_JSON,
     KEY_NODE_FIELD,
+    KEY_NODE_INPUT_SHAPE,
     KEY_NODE_META,
     SUBGRAPHS_KEY,
     decode,
@@ -130,19 +132,23 @@ def model_to_graph(model: onnx.ModelProto, path) -> nir.NIRGraph:
         kind, name = n.op_type, n.name
         if name in nodes:
             raise SbcError(f"{path}: two nodes named {name!r}")
-        cls = getattr(nir, kind)
+        cls = EXTRA_NODES.get(kind) or getattr(nir, kind)
         kwargs: dict[str, Any] = {}
-        node_meta = {}
+        node_meta, in_shape = {}, None
         for p in n.metadata_props:
             if p.key.startswith(KEY_NODE_FIELD):
                 kwargs[p.key[len(KEY_NODE_FIELD):]] = decode(p.value)
             elif p.key == KEY_NODE_META:
                 node_meta = decode(p.value)
+            elif p.key == KEY_NODE_INPUT_SHAPE:
+                in_shape = decode(p.value)
         for f in cls.__dataclass_fields__:
             if f in PARAM_FIELDS and top.has(f"{name}.{f}"):
                 kwargs[f] = top.get(f"{name}.{f}")
         try:
             nodes[name] = cls(**kwargs, metadata=node_meta)
+            if in_shape is not None and hasattr(nodes[name], "set_input_shape"):
+                nodes[name].set_input_shape(in_shape)
         except (TypeError, ValueError) as e:
             raise SbcError(f"{path}: node {name!r} ({kind}) cannot be rebuilt: {e}") from e
         if n.input[0] not in scan_steps:

@@ -99,3 +99,21 @@ def sum_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
         v = _shifted(xpad, tap, stride, out_spatial)
         y = v.copy() if y is None else y.__iadd__(v)
     return y
+
+
+def max_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """Maximum over windows of x (B, C, H, W), padding -inf and floor mode as PyTorch's nn.MaxPool2d (and
+    ONNX MaxPool): one strided maximum per kernel tap. Padding must be at most half the kernel, so that
+    every window holds at least one input (PyTorch's rule)."""
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        raise ValueError(f"padding {tuple(padding)} exceeds half the kernel {tuple(kernel)}")
+    pads = [(p, p) for p in padding]
+    xpad = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=-np.inf) if any(padding) else x
+    out_spatial = conv_output_shape(x.shape[2:], kernel, stride, pads, (1, 1))
+    if any(n < 1 for n in out_spatial):
+        raise ValueError(f"input {x.shape[2:]} is smaller than the kernel {tuple(kernel)}")
+    y = None
+    for tap in np.ndindex(*kernel):
+        v = _shifted(xpad, tap, stride, out_spatial)
+        y = v.copy() if y is None else np.maximum(y, v, out=y)
+    return y

@@ -17,7 +17,7 @@ import nir
 from ..errors import SbcError
 from ..primitives import NEURON, kinds, primitive
 from .config import SimConfig
-from .conv import as_tuple, conv_forward, conv_padding, sum_pool2d
+from .conv import as_tuple, conv_forward, conv_padding, max_pool2d, sum_pool2d
 
 REGISTRY: dict[str, Callable[[Any, SimConfig], "Op"]] = {}
 
@@ -123,6 +123,25 @@ class Pool(Op):
     def step(self, x, state):
         y = sum_pool2d(x, self.kernel, self.stride, self.padding)
         return (y * self.norm if self.norm is not None else y), state
+
+
+@register("MaxPool2d")
+class MaxPool(Op):
+    """sbc_onnx/nodes.py MaxPool2d: window maximum, padding -inf, floor mode (PyTorch nn.MaxPool2d)."""
+
+    def __init__(self, node, cfg):
+        super().__init__(node, cfg)
+        self.kernel = as_tuple(node.kernel_size, 2)
+        self.stride = as_tuple(node.stride, 2)
+        self.padding = as_tuple(node.padding, 2)
+        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"kernel {self.kernel} and stride {self.stride} must be >= 1, padding "
+                             f"{self.padding} >= 0")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+            raise ValueError(f"padding {self.padding} exceeds half the kernel {self.kernel}")
+
+    def step(self, x, state):
+        return max_pool2d(x, self.kernel, self.stride, self.padding), state
 
 
 @register("Flatten")
