@@ -416,6 +416,26 @@ def collect(res, kind, method, field, value, opts=None):
             and (opts is None or j["opts"] == opts)]
 
 
+def sew_acceptance(res) -> list[str]:
+    """Issue 13's acceptance point on the SEW-ResNet, checked on the means of the finished draws: sbc above
+    obc and magnitude (rtn for bits) at 80 % and 90 % sparsity and at 2 bits."""
+    def mean(kind, m, field, value, opts):
+        st = stat(collect(res, kind, m, field, value, opts=opts))
+        return None if st is None else st
+
+    L = ["", "### Issue 13 acceptance: sbc above obc and magnitude / rtn (means of the finished draws)", "",
+         "| setting | sbc | obc | magnitude / rtn | sbc best? |", "|---|---|---|---|---|"]
+    rows = [(f"{int(s * 100)} %, LAMP p={p}", "sparsity", "sparsity", s, o, "magnitude")
+            for p, o in ((2, {}), (3, LAMP_P3)) for s in (0.8, 0.9)]
+    rows.append(("2 bits", "bits", "bits", 2, {}, "rtn"))
+    for label, kind, field, value, opts, base in rows:
+        a, b, c = (mean(kind, m, field, value, opts) for m in ("sbc", "obc", base))
+        verdict = ("—" if None in (a, b, c) else
+                   ("yes" if a[0] > b[0] and a[0] > c[0] else "no") + ("" if a[2] == b[2] == 3 else " (draws missing)"))
+        L.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {verdict} |")
+    return L
+
+
 def net_section(cache, key, title, protocol) -> tuple[str, dict]:
     res = results_for(cache, key)
     if not res:
@@ -481,6 +501,8 @@ def net_section(cache, key, title, protocol) -> tuple[str, dict]:
         if ref and m in ref["bits"]:
             L.append(f"| *{m}, reference prototype (other held-out recordings)* | "
                      + " | ".join(f"*{ref['bits'][m][b]:.1f}*" if b in ref["bits"][m] else "" for b in BITS) + " | |")
+    if key == SEW:
+        L += sew_acceptance(res)
     # options
     opt = [(j, v) for j, v in res if j["kind"] == "option"]
     if opt:
