@@ -86,8 +86,8 @@ def cache_path() -> Path:
 # ------------------------------------------------------------------------------------------------ model
 def build(width: int):
     """The SEW-ResNet above, in multi-step mode."""
-    import torch.nn as nn
     from spikingjelly.activation_based import functional, layer, neuron
+    from torch import nn
 
     from sbc_onnx.bridges.spikingjelly_zoo import sew_resnet_module
 
