@@ -78,6 +78,12 @@ RECIPE = dict(width=16, epochs=6, batch_size=64, threads=1, lr=2e-3, weight_deca
               train_images="MNIST test 2000-4999 and 6000-9999 (7000 images), reshuffled every epoch (numpy seed)")
 
 
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("torch", "spikingjelly", "numpy", "nir", "onnxruntime")}
+
+
 def cache_path() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sbc-onnx" / "sew_resnet_mnist.pt"
@@ -211,11 +217,9 @@ def train(args) -> None:
     print(f"training time: wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min (process); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; {n_params} parameters")
     if not args.out and not args.limit:
-        import spikingjelly
         rec.update(parameters=n_params, train_wall_s=round(wall, 1), train_cpu_s=round(cpu, 1),
                    sj_eval_acc=acc, history=history, state_dict_bytes=size,
-                   versions={"torch": torch.__version__, "spikingjelly": getattr(spikingjelly, "__version__", "?"),
-                             "numpy": np.__version__},
+                   versions=versions(),
                    command="python benchmarks/train_sew_resnet.py", load=os.getloadavg()[0])
         TRAIN_JSON.write_text(json.dumps(rec, indent=1) + "\n")
         print(f"wrote {TRAIN_JSON.relative_to(ROOT)}")
@@ -342,7 +346,8 @@ def write_report(x: dict, path: Path) -> None:
           f"`{shown}` ({x['size']} bytes) from `{x['state']}`, exported with "
           "`sbc_onnx.torch.export_module(net, sample, framework=\"spikingjelly\")` (BatchNorm folded), with an "
           "integrator `readout_sum` (nir.I, r = 1) after the Linear readout: the class is the readout summed over "
-          f"the 4 steps, read with `--readout potential`. Simulator settings stamped in the file: {x['cfg']}.", "",
+          f"the 4 steps, read with `--readout potential`. Simulator settings stamped in the file: {x['cfg']}. "
+          f"Package versions at export: {versions()}.", "",
           "| engine | accuracy | seconds |", "|---|---|---|"]
     L += [f"| {k} | {100 * v:.2f} % | {x['seconds'][k]:.0f} |" for k, v in x["accs"].items()]
     L += ["", f"Predictions equal to SpikingJelly's: project simulator {100 * x['agree_sim']:.2f} %, onnxruntime "
