@@ -9,6 +9,11 @@ Networks and protocols
            it; reset to zero costs ~7 points dense), Bernoulli rate code T = 100, seed 0.
            calibration pool = MNIST test 5000-5999 (Bernoulli stream started fresh at 5000, seed 0),
            evaluation = test 0-999 (the provenance protocol; 2000 would double the dominant cost).
+  sew_resnet_mnist  examples/models/sew_resnet_mnist.nir (benchmarks/train_sew_resnet.py: SpikingJelly SEW-ResNet,
+           IF reset to zero, ADD, T = 4), settings from the graph metadata (stamped by the SpikingJelly bridge);
+           analog input (pixel/255 every step) shape (1, 28, 28); readout `potential` of the integrator after the
+           Linear readout (its sum over the 4 steps). calibration pool = MNIST test 5000-5999, eval 0-1999.
+           Grid: 50-95 % sparsity with LAMP p = 2 (default) and p = 3 (the paper's SEW-ResNet setting), 4/3/2 bits.
 
 Calibration draw d (d = 0, 1, 2): `np.random.default_rng(d).choice(pool, 80 %, replace=False)` -- 80 of the 100
 N-MNIST recordings, 800 of the 1000 MNIST images -- so draws differ in content (the Hessian is a sum, order is
@@ -27,6 +32,8 @@ shared 2-core machine.
 
 Usage: python benchmarks/accuracy.py [--budget-min 60] [--quick] [--nets cubalif,nmnist,ifcnn] [--report-only]
                                      [--cache PATH] [--draws 0] [--compare] [--compare-cache PATH]
+       python benchmarks/accuracy.py --network sew_resnet_mnist --budget-min 600   (that network only)
+Only the reports of the networks run (--nets) are rewritten.
 Several processes may run at once (one per core): they claim jobs and merge results under a file lock.
 
 Reproducing the committed figures: `--draws 0` runs only the jobs of calibration draw 0 (and ablation seed 0, and
@@ -74,6 +81,7 @@ def default_cache() -> Path:
 
 
 CACHE = default_cache()  # set from --cache in main()
+EVAL_LIMIT = None  # --eval-limit (smoke tests of the SEW-ResNet's mechanics, with their own --cache)
 
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 BITS = [8, 4, 3, 2]
@@ -81,6 +89,11 @@ PRUNE_METHODS = ["sbc", "sbc-fast", "obc", "magnitude", "wanda"]
 QUANT_METHODS = ["sbc", "obc", "rtn"]
 DETERMINISTIC = {"magnitude", "rtn"}
 DRAWS = [0, 1, 2]
+SEW = "sew_resnet_mnist"
+SEW_MODEL = ROOT / "examples" / "models" / "sew_resnet_mnist.nir"  # --sew-model PATH replaces it (smoke tests)
+SEW_BITS = [4, 3, 2]
+LAMP_P3 = {"lamp_p": 3.0}  # the paper's SEW-ResNet setting; the default is p = 2
+NETS = ("cubalif", "nmnist", "ifcnn", SEW)
 ABL_K = [1, 5, 10, 50]
 # options at 90 % sparsity ("beyond the paper"): (label, method, compress kwargs)
 OPTIONS = [
@@ -131,6 +144,7 @@ def concat(a: sbc.Dataset, b: sbc.Dataset) -> sbc.Dataset:
 class Net:
     def __init__(self, key: str):
         self.key = key
+        self.readout = "count"
         t0 = time.perf_counter()
         if key == "nmnist":
             d = DATA / "nmnist_small"
@@ -163,6 +177,17 @@ class Net:
             self.protocol = ("calibration pool MNIST test 5000-5999 (draw = 800 of them); evaluation test 0-999; "
                              "Bernoulli rate code seed 0, T = 100; main setting reset by SUBTRACTION (sinabs' own "
                              f"conversion; reset to zero gives 89.5 % dense); sim {self.cfg}")
+        elif key == SEW:
+            if not SEW_MODEL.is_file():
+                raise SystemExit(f"{SEW_MODEL} does not exist: run benchmarks/train_sew_resnet.py, then --export")
+            self.graph = sbc.load_model(SEW_MODEL)
+            self.cfg = sbc.SimConfig.from_graph(self.graph)
+            kw = dict(steps=4, encoding="analog", shape=(1, 28, 28))
+            self.pool = sbc.load_mnist(DATA / "mnist", start=5000, limit=1000, **kw)
+            self.eval = sbc.load_mnist(DATA / "mnist", start=0, limit=EVAL_LIMIT or 2000, **kw)
+            self.readout = "potential"  # the integrator after the Linear readout: its sum over the steps
+            self.title = TITLES[SEW][1]
+            self.protocol = PROTOCOL_TEXT[SEW] + f" Sim {self.cfg}."
         else:
             raise ValueError(key)
         self.load_seconds = time.perf_counter() - t0
@@ -236,9 +261,26 @@ def ablation_jobs(net, ks, seeds, methods=("sbc", "obc")):
     return out
 
 
+def sew_tiers() -> list[list[dict]]:
+    """The SEW-ResNet grid: the acceptance settings (80 / 90 %, 2 bits) first, then draw 0, then draws 1, 2;
+    every pruning setting with LAMP p = 2 and p = 3 (quantization does not allocate: once)."""
+    core = (["sbc", "obc", "magnitude"], ["sbc", "obc", "rtn"])
+
+    def grid(draws, sparsities, bits, prune, quant):
+        out = grid_jobs(SEW, draws, sparsities, bits, prune, quant, nm=False)
+        return out + [dict(j, opts=LAMP_P3) for j in out if j["kind"] == "sparsity"]
+
+    return [[job(SEW, "dense", "dense", None)] + grid([0], [0.8, 0.9], [2], *core),
+            grid([1, 2], [0.8, 0.9], [2], ["sbc", "obc"], ["sbc", "obc"]),
+            grid([0], SPARSITIES, SEW_BITS, PRUNE_METHODS, QUANT_METHODS),
+            grid(DRAWS, SPARSITIES, SEW_BITS, PRUNE_METHODS, QUANT_METHODS)]
+
+
 def plan(nets, quick=False) -> list[dict]:
     core_s, core_b = [0.7, 0.8, 0.9], [2]
     tiers = []
+    if SEW in nets:
+        tiers += sew_tiers()
     if "cubalif" in nets:  # cheap: everything
         tiers.append([job("cubalif", "dense", "dense", None)]
                      + grid_jobs("cubalif", DRAWS, SPARSITIES, BITS, PRUNE_METHODS, QUANT_METHODS)
@@ -283,7 +325,7 @@ def plan(nets, quick=False) -> list[dict]:
 def run_job(net: Net, j) -> dict:
     if j["kind"] == "dense":
         t0 = time.perf_counter()
-        r = sbc.evaluate(net.graph, net.eval, net.cfg, batch_size=250)
+        r = sbc.evaluate(net.graph, net.eval, net.cfg, readout=net.readout, batch_size=250)
         return {"acc": r.accuracy, "eval_s": time.perf_counter() - t0}
     m = j["method"]
     objective = "current" if m == "obc" else "smp"
@@ -299,7 +341,7 @@ def run_job(net: Net, j) -> dict:
                           method=m, cfg=net.cfg, measure_damage=False, batch_size=50, **opts)
     comp_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    r = sbc.evaluate(g, net.eval, net.cfg, batch_size=250)
+    r = sbc.evaluate(g, net.eval, net.cfg, readout=net.readout, batch_size=250)
     return {"acc": r.accuracy, "eval_s": time.perf_counter() - t0, "compress_s": comp_s, "calib_s": cal_s,
             "overall_sparsity": rep.overall_sparsity, "n_calibration": rep.n_calibration,
             "layer_sparsity": {lr.name: round(lr.sparsity, 4) for lr in rep.layers},
@@ -369,8 +411,29 @@ def fmt(s):
 
 
 def collect(res, kind, method, field, value, opts=None):
+    """Accuracies of the matching runs; opts None: any options."""
     return [v["acc"] for j, v in res if j["kind"] == kind and j["method"] == method and j[field] == value
             and (opts is None or j["opts"] == opts)]
+
+
+def sew_acceptance(res) -> list[str]:
+    """Issue 13's acceptance point on the SEW-ResNet, checked on the means of the finished draws: sbc above
+    obc and magnitude (rtn for bits) at 80 % and 90 % sparsity and at 2 bits."""
+    def mean(kind, m, field, value, opts):
+        st = stat(collect(res, kind, m, field, value, opts=opts))
+        return None if st is None else st
+
+    L = ["", "### Issue 13 acceptance: sbc above obc and magnitude / rtn (means of the finished draws)", "",
+         "| setting | sbc | obc | magnitude / rtn | sbc best? |", "|---|---|---|---|---|"]
+    rows = [(f"{int(s * 100)} %, LAMP p={p}", "sparsity", "sparsity", s, o, "magnitude")
+            for p, o in ((2, {}), (3, LAMP_P3)) for s in (0.8, 0.9)]
+    rows.append(("2 bits", "bits", "bits", 2, {}, "rtn"))
+    for label, kind, field, value, opts, base in rows:
+        a, b, c = (mean(kind, m, field, value, opts) for m in ("sbc", "obc", base))
+        verdict = ("—" if None in (a, b, c) else
+                   ("yes" if a[0] > b[0] and a[0] > c[0] else "no") + ("" if a[2] == b[2] == 3 else " (draws missing)"))
+        L.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {verdict} |")
+    return L
 
 
 def net_section(cache, key, title, protocol) -> tuple[str, dict]:
@@ -387,23 +450,31 @@ def net_section(cache, key, title, protocol) -> tuple[str, dict]:
           "run). magnitude and rtn do not use calibration data and run once. — = not run within the budget.", ""]
     ref = REF_NMNIST if key == "nmnist" else None
     plotdata = {"dense": dense_acc, "sparsity": {}, "bits": {}}
-    # sparsity table
-    L.append("### Unstructured sparsity (LAMP p=2 allocation) and 2:4")
-    L.append("")
-    L.append("| method | " + " | ".join(f"{int(s * 100)} %" for s in SPARSITIES) + " | 2:4 | compress s/run |")
-    L.append("|---|" + "---|" * (len(SPARSITIES) + 2))
-    for m in PRUNE_METHODS:
-        cells, pts = [], []
-        for s in SPARSITIES:
-            st = stat(collect(res, "sparsity", m, "sparsity", s))
-            cells.append(fmt(st))
-            if st:
-                pts.append((s, st[0], st[1]))
-        cells.append(fmt(stat(collect(res, "pattern", m, "pattern", "2:4"))))
-        secs = [v["compress_s"] for j, v in res if j["method"] == m and j["kind"] in ("sparsity", "pattern")]
-        cells.append(f"{np.mean(secs):.2f}" if secs else "—")
-        L.append(f"| {m} | " + " | ".join(cells) + " |")
-        plotdata["sparsity"][m] = pts
+    # sparsity table(s): LAMP p = 2 (the default) for every network, p = 3 too for the SEW-ResNet
+    nm = key != SEW
+    for p, opts in ((2, {}),) + (((3, LAMP_P3),) if key == SEW else ()):
+        L.append(f"### Unstructured sparsity (LAMP p={p} allocation)" + (" and 2:4" if nm else ""))
+        L.append("")
+        L.append("| method | " + " | ".join(f"{int(s * 100)} %" for s in SPARSITIES) + (" | 2:4" if nm else "")
+                 + " | compress s/run |")
+        L.append("|---|" + "---|" * (len(SPARSITIES) + 1 + nm))
+        for m in PRUNE_METHODS:
+            cells, pts = [], []
+            for s in SPARSITIES:
+                st = stat(collect(res, "sparsity", m, "sparsity", s, opts=opts))
+                cells.append(fmt(st))
+                if st:
+                    pts.append((s, st[0], st[1]))
+            if nm:
+                cells.append(fmt(stat(collect(res, "pattern", m, "pattern", "2:4"))))
+            secs = [v["compress_s"] for j, v in res if j["method"] == m and j["kind"] in ("sparsity", "pattern")
+                    and j["opts"] == opts]
+            cells.append(f"{np.mean(secs):.2f}" if secs else "—")
+            L.append(f"| {m} | " + " | ".join(cells) + " |")
+            if p == 2:
+                plotdata["sparsity"][m] = pts
+        if key == SEW:
+            L.append("")
         if ref and m in ref["sparsity"]:
             L.append(f"| *{m}, reference prototype (other held-out recordings)* | "
                      + " | ".join(f"*{ref['sparsity'][m][s]:.1f}*" if s in ref["sparsity"][m] else "" for s in SPARSITIES)
@@ -413,11 +484,12 @@ def net_section(cache, key, title, protocol) -> tuple[str, dict]:
               "issue 4, not measured here; different evaluation recordings, so compare trends, not points)."]
     # bits table
     L += ["", "### Quantization (per-channel symmetric grid, GPTQ order for sbc/obc)", ""]
-    L.append("| method | " + " | ".join(f"{b} bits" for b in BITS) + " | compress s/run |")
-    L.append("|---|" + "---|" * (len(BITS) + 1))
+    bits_list = SEW_BITS if key == SEW else BITS
+    L.append("| method | " + " | ".join(f"{b} bits" for b in bits_list) + " | compress s/run |")
+    L.append("|---|" + "---|" * (len(bits_list) + 1))
     for m in QUANT_METHODS:
         cells, pts = [], []
-        for b in BITS:
+        for b in bits_list:
             st = stat(collect(res, "bits", m, "bits", b))
             cells.append(fmt(st))
             if st:
@@ -429,6 +501,8 @@ def net_section(cache, key, title, protocol) -> tuple[str, dict]:
         if ref and m in ref["bits"]:
             L.append(f"| *{m}, reference prototype (other held-out recordings)* | "
                      + " | ".join(f"*{ref['bits'][m][b]:.1f}*" if b in ref["bits"][m] else "" for b in BITS) + " | |")
+    if key == SEW:
+        L += sew_acceptance(res)
     # options
     opt = [(j, v) for j, v in res if j["kind"] == "option"]
     if opt:
@@ -523,16 +597,24 @@ def plot(pd_list, path):
     plt.close(fig)
 
 
-TITLES = {"nmnist": ("cnn_sinabs (N-MNIST)", "cnn_sinabs.nir (N-MNIST, IF, reset to v_reset)"),
+TITLES = {SEW: ("SEW-ResNet MNIST", "sew_resnet_mnist.nir (SpikingJelly SEW-ResNet, IF, ADD, analog T=4)"),
+          "nmnist": ("cnn_sinabs (N-MNIST)", "cnn_sinabs.nir (N-MNIST, IF, reset to v_reset)"),
           "cubalif": ("CUBA-LIF MNIST", "mnist_cubalif.nir (lava-dl MNIST, CUBA-LIF, analog T=32)"),
           "ifcnn": ("IF CNN MNIST", "mnist_cnn_if.nir (sinabs MNIST CNN, IF, reset by subtraction, Bernoulli T=100)")}
 
 
-def write_reports(protocols: dict, header: str):
+REPORT_FILES = (("accuracy_nmnist.md", ["nmnist"], "accuracy_nmnist.png"),
+                ("accuracy_mnist.md", ["cubalif", "ifcnn"], "accuracy_mnist.png"),
+                ("accuracy_sew_resnet.md", [SEW], "accuracy_sew_resnet.png"))
+
+
+def write_reports(protocols: dict, header: str, nets=NETS):
+    """Rewrite the report files of `nets` (a file holding another network is left alone)."""
     cache = load_cache()
     RES.mkdir(parents=True, exist_ok=True)
-    for fname, keys, png in (("accuracy_nmnist.md", ["nmnist"], "accuracy_nmnist.png"),
-                             ("accuracy_mnist.md", ["cubalif", "ifcnn"], "accuracy_mnist.png")):
+    for fname, keys, png in REPORT_FILES:
+        if not set(keys) & set(nets):
+            continue
         parts, pds = [], []
         for k in keys:
             txt, pdat = net_section(cache, k, TITLES[k][1], protocols.get(k, ""))
@@ -548,6 +630,13 @@ def write_reports(protocols: dict, header: str):
 
 
 PROTOCOL_TEXT = {
+    SEW: "Calibration pool MNIST test 5000-5999; a draw is 800 of them. Evaluation: test 0-1999. Analog input "
+         "pixel/255 every step, T = 4, shape (1, 28, 28) (as `sbc-onnx data mnist --encoding analog --steps 4`). "
+         "Readout `potential`: the integrator after the Linear readout holds its sum over the 4 steps, the class "
+         "SpikingJelly's training used. IF neurons reset to zero; a layer feeding an IF neuron (or the integrator) "
+         "is calibrated with M = the cumulative sum (docs/sbc_method.md, SMP kernel with beta = 1). Sparsity with "
+         "LAMP p = 2 (the project's default) and p = 3 (the SBC paper's SEW-ResNet setting); quantization does not "
+         "allocate, so it is run once. Trained by benchmarks/train_sew_resnet.py on test 2000-4999 and 6000-9999.",
     "nmnist": "Calibration pool N-MNIST train 1-100; a draw is 80 of them (seeded 0/1/2, without replacement). "
               "Evaluation: test100 + train 101-500 = 500 recordings, 1 ms frames (~300 steps), argmax of output spike "
               "counts. IF neurons, reset to v_reset = 0 as the graph says (dt irrelevant for IF).",
@@ -642,10 +731,18 @@ def compare(draws: set[int] | None, old_path: str | None, nets: list[str]) -> in
 
 
 def main():
+    global CACHE, EVAL_LIMIT, SEW_MODEL, RES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-min", type=float, default=60.0, help="stop starting new jobs after this many minutes")
     ap.add_argument("--quick", action="store_true", help="only the CUBA-LIF grid and the core tiers")
-    ap.add_argument("--nets", default="cubalif,nmnist,ifcnn")
+    ap.add_argument("--nets", "--network", dest="nets", default="cubalif,nmnist,ifcnn",
+                    help=f"comma-separated, of {', '.join(NETS)}")
+    ap.add_argument("--sew-model", type=Path, default=None,
+                    help=f"the SEW-ResNet graph (default {SEW_MODEL.relative_to(ROOT)})")
+    ap.add_argument("--eval-limit", type=int, default=None,
+                    help=f"{SEW}: evaluate on the first N test images only (a smoke test; needs --cache and "
+                         "--results so that no real result or report is touched)")
+    ap.add_argument("--results", type=Path, default=None, help=f"report directory (default {RES.relative_to(ROOT)})")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--cache", type=Path, default=None,
                     help=f"result cache (default {default_cache()}; $XDG_CACHE_HOME is honoured)")
@@ -660,8 +757,15 @@ def main():
                     help="the old cache for --compare (default: the last committed benchmarks/results/"
                          "accuracy_cache.json in git history)")
     args = ap.parse_args()
-    global CACHE
     CACHE = args.cache or default_cache()
+    unknown = set(args.nets.split(",")) - set(NETS)
+    if unknown:
+        ap.error(f"unknown network(s) {', '.join(sorted(unknown))}; known: {', '.join(NETS)}")
+    if args.eval_limit is not None and (args.cache is None or args.results is None):
+        ap.error("--eval-limit needs --cache and --results (its figures are not the benchmark's)")
+    EVAL_LIMIT = args.eval_limit
+    SEW_MODEL = args.sew_model or SEW_MODEL
+    RES = args.results or RES
     draws = None if args.draws is None else {int(d) for d in args.draws.split(",") if d.strip()}
     if args.compare:
         sys.exit(1 if compare(draws, args.compare_cache, args.nets.split(",")) else 0)
@@ -672,7 +776,7 @@ def main():
     if args.report_only:
         if not load_cache():
             sys.exit(f"no results in {CACHE}: nothing to report (the tables were not touched)")
-        write_reports(PROTOCOL_TEXT, header)
+        write_reports(PROTOCOL_TEXT, header, args.nets.split(","))
         return
     nets = args.nets.split(",")
     jobs = [j for j in plan(nets, quick=args.quick) if in_draws(j, draws)]
@@ -702,9 +806,9 @@ def main():
         print(f"[{i + 1}/{len(todo)} {(time.perf_counter() - t_start) / 60:5.1f} min] {desc}: acc {100 * r['acc']:.1f} % "
               f"(compress {r.get('compress_s') or 0:.1f} s, eval {r['eval_s']:.1f} s)", flush=True)
         if report and ((i + 1) % 5 == 0 or i + 1 == len(todo) or (i + 1 < len(todo) and todo[i + 1]["net"] != n)):
-            write_reports(PROTOCOL_TEXT, header)
+            write_reports(PROTOCOL_TEXT, header, nets)
     if report:
-        write_reports(PROTOCOL_TEXT, header)
+        write_reports(PROTOCOL_TEXT, header, nets)
     print(f"done in {(time.perf_counter() - t_start) / 60:.1f} min", flush=True)
 
 
