@@ -69,6 +69,7 @@ import numpy as np
 from .errors import SbcError, existing_file
 from .events import Binning, bin_events, open_tonic, read_nmnist_events, tonic_version
 from .io.atomic import write_atomic
+from .io.npz_rows import NpzRows, open_rows
 from .progress import iterate
 
 __all__ = [
@@ -116,6 +117,19 @@ def compact_dtype(a: np.ndarray) -> np.dtype:
     return a.dtype
 
 
+def _check_finite(x: np.ndarray | NpzRows) -> None:
+    """SbcError if float ``x`` holds NaN/inf. An array on disk is checked a chunk at a time, once (its
+    views, e.g. a subset, inherit the result)."""
+    if isinstance(x, NpzRows) and x.verified:
+        return
+    parts = x.chunks() if isinstance(x, NpzRows) else (x,)
+    bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in parts)
+    if bad:
+        raise SbcError(f"dataset x has {bad} NaN/inf value(s); inputs must be finite")
+    if isinstance(x, NpzRows):
+        x.verified = True
+
+
 def _scale_divisor(x_scale: float) -> int | None:
     """The integer d with 1/d == x_scale exactly (so x / d is the exact quotient), else None."""
     if x_scale <= 0:
@@ -145,15 +159,15 @@ class Dataset:
         ids: np.ndarray | Sequence | None = None,
         meta: dict | None = None,
     ) -> None:
-        x = np.asarray(x)
+        if not isinstance(x, NpzRows):
+            x = np.asarray(x)
         y = np.asarray(y)
         if x.ndim < 2:
             raise SbcError(f"dataset x must have shape (N, T, *input_shape), got shape {x.shape}")
         if x.dtype.kind not in "biuf":
             raise SbcError(f"dataset x must be numeric (bool, int or float), got dtype {x.dtype}")
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-            raise SbcError(f"dataset x has {bad} NaN/inf value(s); inputs must be finite")
+        if x.dtype.kind == "f":
+            _check_finite(x)
         if y.ndim != 1:
             raise SbcError(f"dataset y must have shape (N,), got shape {y.shape}")
         if y.dtype.kind == "f" and y.size and np.array_equal(y, np.round(y)):
@@ -246,7 +260,7 @@ class Dataset:
         if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
             raise SbcError(f"subset index out of range for a dataset of {self.n} samples")
         return Dataset(
-            self.x[idx],
+            self.x.select(idx) if isinstance(self.x, NpzRows) else self.x[idx],
             self.y[idx],
             lengths=None if self.lengths is None else self.lengths[idx],
             x_scale=self.x_scale,
@@ -272,8 +286,9 @@ class Dataset:
                 f"cannot reshape inputs of shape {self.input_shape} ({int(np.prod(self.input_shape))} values) "
                 f"to {shape}"
             )
+        x = self.x
         return Dataset(
-            self.x.reshape(self.x.shape[:2] + shape),
+            x.reshape_rows(x.shape[1:2] + shape) if isinstance(x, NpzRows) else x.reshape(x.shape[:2] + shape),
             self.y,
             lengths=self.lengths,
             x_scale=self.x_scale,
@@ -345,7 +360,11 @@ class Dataset:
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Read a dataset ``.npz`` (format in the module docstring); raises ``SbcError`` on any bad input."""
+    """Read a dataset ``.npz`` (format in the module docstring); raises ``SbcError`` on any bad input.
+
+    ``x`` stays on disk: the returned dataset's ``x`` is an ``io.npz_rows.NpzRows`` whose rows are read
+    (decompressed) batch by batch when the data is used, so memory does not grow with the number of samples.
+    The small arrays (``y``, ``lengths``, ``ids``, ...) are read at once."""
     p = existing_file(path, "dataset file")
     if not zipfile.is_zipfile(p):
         raise SbcError(f"{p} is not an .npz dataset (not a zip archive; write it with sbc-onnx data ... or np.savez)")
@@ -357,7 +376,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
                 raise SbcError(
                     f"{p}: dataset is missing required array(s) {', '.join(missing)} (found: {', '.join(sorted(keys)) or 'none'})"
                 )
-            x = z["x"]
+            x = _x_rows(p, z)
             y = z["y"]
             lengths = z["lengths"] if "lengths" in keys else None
             x_scale = _scalar(z["x_scale"], "x_scale", p, float) if "x_scale" in keys else None
@@ -374,6 +393,16 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         return Dataset(x, y, lengths=lengths, x_scale=x_scale, repeat_steps=repeat, ids=ids, meta=meta)
     except SbcError as e:
         raise SbcError(f"{p}: {e}") from None
+
+
+def _x_rows(p: Path, z: Any) -> NpzRows | np.ndarray:
+    """``x`` read lazily from its member (``x.npy``); an array of fewer than 2 axes is read as it is (it is
+    refused by `Dataset` with the usual message)."""
+    member = "x.npy" if "x.npy" in z.zip.namelist() else "x"
+    rows = open_rows(p, member)
+    if len(rows.member_shape) < 2:
+        return z["x"]
+    return rows
 
 
 def _scalar(a: np.ndarray, name: str, p: Path, kind: type) -> Any:
