@@ -226,6 +226,7 @@ def calibrate(
         walker.run(x_tb, on_input=hooks, record_outputs=False, on_step=step_progress(bar, len(y), x_tb.shape[0]))
         n_samples += len(y)
         steps = max(steps, x_tb.shape[0])
+        del batch, x_tb  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     if n_samples == 0:

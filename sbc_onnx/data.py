@@ -298,14 +298,16 @@ class Dataset:
         )
 
     # -- conversion to simulator input ---------------------------------------------------------------------
-    def _decode(self, xs: np.ndarray, dtype: Any) -> np.ndarray:
-        """Stored values -> input values of ``dtype`` (scale applied in float64, then cast)."""
+    def _decode(self, xs: np.ndarray, out: np.ndarray) -> None:
+        """Stored values ``xs`` -> input values written into ``out`` (same shape; a scale is applied in
+        float64, then cast, one time step at a time)."""
         if self.x_scale is None or self.x_scale == 1.0:
-            return xs.astype(dtype)
+            np.copyto(out, xs, casting="unsafe")  # the values of xs.astype(out.dtype), without a second copy
+            return
         d = _scale_divisor(self.x_scale)
-        v = xs.astype(np.float64)
-        v = v / d if d is not None else v * self.x_scale
-        return v.astype(dtype, copy=False)
+        for t in range(xs.shape[0]):
+            v = xs[t].astype(np.float64)
+            out[t] = v / d if d is not None else v * self.x_scale
 
     def sample(self, i: int, dtype: Any = np.float32) -> np.ndarray:
         """Input of sample ``i`` as ``(T, *input_shape)`` values (padding included)."""
@@ -313,11 +315,16 @@ class Dataset:
         return batch[:, 0]
 
     def _batch(self, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-        xs = self._decode(self.x[idx], dtype)  # (B, T_file, *shape)
-        xt = np.moveaxis(xs, 1, 0)  # (T_file, B, *shape)
+        """Time-major input values ``(T, B, *shape)`` of the samples ``idx``: the stored rows are read (from
+        disk when ``x`` is there) and converted straight into the time-major array, so a batch costs its
+        stored bytes plus its values, nothing more."""
+        stored = self.x[idx]  # (B, T_file, *shape) in the stored dtype
+        xt = np.empty((stored.shape[1], stored.shape[0]) + stored.shape[2:], dtype=dtype)
+        self._decode(np.moveaxis(stored, 1, 0), xt)
+        del stored
         if self.repeat_steps is not None:
-            xt = np.broadcast_to(xt, (self.repeat_steps,) + xt.shape[1:])
-        return np.ascontiguousarray(xt), self.y[idx]
+            xt = np.ascontiguousarray(np.broadcast_to(xt, (self.repeat_steps,) + xt.shape[1:]))
+        return xt, self.y[idx]
 
     def batches(
         self, batch_size: int, *, dtype: Any = np.float32, with_lengths: bool = False
@@ -330,14 +337,15 @@ class Dataset:
         if int(batch_size) < 1:
             raise SbcError(f"batch size must be >= 1, got {batch_size}")
         batch_size = int(batch_size)
+        # Nothing of a batch stays referenced here once it is yielded: the next batch is built while the
+        # consumer may still hold this one, and a local would make that three batches.
         for s in range(0, self.n, batch_size):
             idx = np.arange(s, min(self.n, s + batch_size))
-            x_tb, y_b = self._batch(idx, dtype)
             if with_lengths:
                 lens = self.lengths[idx] if self.lengths is not None else np.full(idx.size, self.steps, np.int64)
-                yield x_tb, y_b, lens
+                yield (*self._batch(idx, dtype), lens)
             else:
-                yield x_tb, y_b
+                yield self._batch(idx, dtype)
 
     def check_labels(self, n_classes: int) -> None:
         """SbcError unless every label is a class of a network with ``n_classes`` outputs (0..n_classes-1)."""

@@ -111,6 +111,7 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
         for name, c in outs.counts.items():
             spike_sum[name] = spike_sum.get(name, 0.0) + float(c.sum())
             neuron_steps[name] = neuron_steps.get(name, 0) + c.size * x_tb.shape[0]
+        del x_tb, outs  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     if not preds:

@@ -557,12 +557,15 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
     acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0, "steps": 1} for n in targets}
     bar = progress_bar(getattr(dataset, "n", None), "measuring spike damage", progress)
     for x_tb, y in dataset.batches(batch_size):
-        seqs = {n: {"d": [], "c": []} for n in targets}
-        for walker, which in ((dense, "d"), (comp, "c")):
-            walker.run(x_tb, on_output={n: _recorder(seqs[n][which]) for n in targets}, record_outputs=False,
-                       on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
-        for n in targets:
-            _accumulate_distance(acc[n], seqs[n]["d"], seqs[n]["c"], decay[n])
+        packed: dict[str, list] = {n: [] for n in targets}
+        dense.run(x_tb, on_output={n: _packer(packed[n]) for n in targets}, record_outputs=False,
+                  on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
+        dists = {n: _Distance(acc[n], packed[n], decay[n]) for n in targets}
+        comp.run(x_tb, on_output={n: d.step for n, d in dists.items()}, record_outputs=False,
+                 on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
+        for d in dists.values():
+            d.finish()
+        del x_tb, packed, dists  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     for n, r in targets.items():
@@ -580,26 +583,43 @@ def _van_rossum_decay(walker: Walker, neuron: str) -> float:
     return 0.9 if k is None else float(np.mean(1 - k))
 
 
-def _recorder(out: list):
-    return lambda t, s: out.append(s.astype(bool))  # spikes: 1 byte each
+def _packer(out: list):
+    """Observer keeping the dense spikes of every step as bits (1 bit per neuron): the compressed run
+    compares against them step by step, so no spike train is held as bytes or floats."""
+    return lambda t, s: out.append(np.packbits(np.asarray(s) != 0))
+
+
+class _Distance:
+    """The compressed run's observer: adds the filtered difference of the spike trains to the sums `a`,
+    step by step against the packed dense spikes."""
+
+    def __init__(self, a: dict, packed: list, decay: float) -> None:
+        self.a, self.packed, self.decay = a, packed, decay
+        self.f: np.ndarray | None = None
+        self.steps = 0
+
+    def step(self, t: int, s: np.ndarray) -> None:
+        sc = np.asarray(s) != 0
+        sd = np.unpackbits(self.packed[t], count=sc.size).reshape(sc.shape).view(bool)
+        self.packed[t] = None  # this step's bits are no longer needed
+        if self.f is None:
+            self.f = np.zeros(sc.shape, dtype=np.float64)
+        self.f = self.decay * self.f + (sd.astype(np.int8) - sc.astype(np.int8))
+        self.a["d"] += float(np.sum(self.f * self.f))
+        self.a["sd"] += float(sd.sum())
+        self.a["sc"] += float(sc.sum())
+        self.steps += 1
+
+    def finish(self) -> None:
+        if self.f is not None:
+            self.a["cells"] += self.f.size
+            self.a["steps"] = self.steps
 
 
 def _damage(a: dict) -> tuple[float, float, float]:
     """(Van Rossum distance per neuron per sample, dense rate, compressed rate) from the sums."""
     cells, steps = a["cells"], a["steps"]
     return a["d"] / cells, a["sd"] / (cells * steps), a["sc"] / (cells * steps)
-
-
-def _accumulate_distance(a: dict, dense: list, comp: list, decay: float) -> None:
-    """Add one batch: the filtered difference of the spike trains, squared and summed over time."""
-    f = np.zeros_like(dense[0], dtype=np.float64)
-    for sd, sc in zip(dense, comp):
-        f = decay * f + (sd.astype(np.int8) - sc.astype(np.int8))
-        a["d"] += float(np.sum(f * f))
-        a["sd"] += float(sd.sum())
-        a["sc"] += float(sc.sum())
-    a["cells"] += dense[0].size
-    a["steps"] = len(dense)
 
 
 # ---------------------------------------------------------------------------------------------- progress

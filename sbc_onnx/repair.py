@@ -73,6 +73,7 @@ def _measure(graph, data, cfg, neurons, batch_size) -> tuple[dict[str, np.ndarra
 
     for x_tb, _ in data.batches(batch_size):
         walker.run(x_tb, on_output={n: counter(n) for n in neurons}, record_outputs=False)
+        del x_tb  # freed before the next batch is built (Dataset.batches)
     return {n: sums[n] / cells[n] for n in neurons}, shapes
 
 

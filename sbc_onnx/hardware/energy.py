@@ -170,6 +170,7 @@ def _simulate(walker: Walker, fanout: dict[str, np.ndarray], dataset, batch_size
     for x_tb, y, lens in dataset.batches(batch_size, with_lengths=True):
         res = walker.run(x_tb, on_input=hooks, record_outputs=False)
         act.add(res.counts, y, lens, src)
+        del x_tb  # freed before the next batch is built (Dataset.batches)
         if bar is not None:
             bar.update(len(y))
     return act
