@@ -75,6 +75,7 @@ from .progress import iterate
 __all__ = [
     "NMNIST_SENSOR",
     "Dataset",
+    "StepBatch",
     "as_dataset",
     "bin_events",
     "compact_dtype",
@@ -311,28 +312,18 @@ class Dataset:
 
     def sample(self, i: int, dtype: Any = np.float32) -> np.ndarray:
         """Input of sample ``i`` as ``(T, *input_shape)`` values (padding included)."""
-        batch, _ = self._batch(np.array([i]), dtype)
-        return batch[:, 0]
-
-    def _batch(self, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Time-major input values ``(T, B, *shape)`` of the samples ``idx``: the stored rows are read (from
-        disk when ``x`` is there) and converted straight into the time-major array, so a batch costs its
-        stored bytes plus its values, nothing more."""
-        stored = self.x[idx]  # (B, T_file, *shape) in the stored dtype
-        xt = np.empty((stored.shape[1], stored.shape[0]) + stored.shape[2:], dtype=dtype)
-        self._decode(np.moveaxis(stored, 1, 0), xt)
-        del stored
-        if self.repeat_steps is not None:
-            xt = np.ascontiguousarray(np.broadcast_to(xt, (self.repeat_steps,) + xt.shape[1:]))
-        return xt, self.y[idx]
+        return np.asarray(StepBatch(self, self.x[np.array([i])], dtype))[:, 0]
 
     def batches(
-        self, batch_size: int, *, dtype: Any = np.float32, with_lengths: bool = False
-    ) -> Iterator[tuple[np.ndarray, ...]]:
+        self, batch_size: int, *, dtype: Any = np.float32, with_lengths: bool = False, per_step: bool = False
+    ) -> Iterator[tuple[Any, ...]]:
         """Iterate over the samples in order: ``(x_tb, y_b)`` with ``x_tb`` of shape ``(T, B, *input_shape)``.
 
-        Each batch is converted from the compact storage when it is produced (the whole dataset is never
-        held as floats). ``with_lengths=True`` adds a third item, the (B,) true lengths (T if not ragged).
+        Each batch is read (from disk when ``x`` is there) and converted from the compact storage when it is
+        produced: the whole dataset is never held. ``x_tb`` is an ndarray; with ``per_step=True`` it is a
+        `StepBatch`, which holds only the stored rows and converts a time step when it is indexed
+        (``x_tb[t]``), for consumers that read one step at a time such as the walker. ``with_lengths=True``
+        adds a third item, the (B,) true lengths (T if not ragged).
         """
         if int(batch_size) < 1:
             raise SbcError(f"batch size must be >= 1, got {batch_size}")
@@ -341,11 +332,15 @@ class Dataset:
         # consumer may still hold this one, and a local would make that three batches.
         for s in range(0, self.n, batch_size):
             idx = np.arange(s, min(self.n, s + batch_size))
+            x_tb = StepBatch(self, self.x[idx], dtype)
+            if not per_step:
+                x_tb = np.asarray(x_tb)
             if with_lengths:
                 lens = self.lengths[idx] if self.lengths is not None else np.full(idx.size, self.steps, np.int64)
-                yield (*self._batch(idx, dtype), lens)
+                yield x_tb, self.y[idx], lens
             else:
-                yield self._batch(idx, dtype)
+                yield x_tb, self.y[idx]
+            del x_tb
 
     def check_labels(self, n_classes: int) -> None:
         """SbcError unless every label is a class of a network with ``n_classes`` outputs (0..n_classes-1)."""
@@ -360,6 +355,39 @@ class Dataset:
         if self.y.min() < 0:
             raise SbcError("labels must be >= 0 for a histogram")
         return np.bincount(self.y, minlength=n_classes or 0)
+
+
+class StepBatch:
+    """A batch ``(T, B, *input_shape)`` of input values that holds only the stored rows ``(B, T_file, ...)``
+    and converts one time step when it is indexed: ``batch[t]`` is a new ``(B, *input_shape)`` array.
+    ``np.asarray(batch)`` converts every step at once (the array `Dataset.batches` yields by default)."""
+
+    def __init__(self, ds: Dataset, stored: np.ndarray, dtype: Any) -> None:
+        self._ds, self._stored, self.dtype = ds, stored, np.dtype(dtype)
+        self.shape = (ds.steps, stored.shape[0]) + tuple(stored.shape[2:])
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: Any) -> np.ndarray:
+        if not isinstance(t, (int, np.integer)):
+            return np.asarray(self)[t]
+        steps = self.shape[0]
+        if not -steps <= t < steps:
+            raise IndexError(f"time step {t} is outside 0..{steps - 1}")
+        frame = self._stored[:, 0 if self._ds.repeat_steps is not None else int(t) % steps]
+        out = np.empty(frame.shape, self.dtype)
+        self._ds._decode(frame[None], out[None])
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        stored = self._stored  # (B, T_file, *shape)
+        xt = np.empty((stored.shape[1], stored.shape[0]) + stored.shape[2:], dtype=self.dtype)
+        self._ds._decode(np.moveaxis(stored, 1, 0), xt)
+        if self._ds.repeat_steps is not None:
+            xt = np.ascontiguousarray(np.broadcast_to(xt, self.shape))
+        return xt if dtype is None else xt.astype(dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------------------

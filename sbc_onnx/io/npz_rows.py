@@ -73,8 +73,9 @@ class _Member:
             self._zip.close()
         self._f = self._zip = None
 
-    def read(self, start: int, nbytes: int) -> bytes:
-        """`nbytes` bytes of array data from byte `start` (forward from the current position, else reopened)."""
+    def read_into(self, start: int, out: memoryview) -> None:
+        """Fill `out` with array data from byte `start` (forward from the current position, else reopened),
+        a chunk at a time: no copy of the whole range is made on the way."""
         if self._f is None or start < self._pos:
             self._open().read(self.header_bytes)
         f = self._f
@@ -84,11 +85,14 @@ class _Member:
             if got == 0:
                 break
             self._pos += got
-        data = f.read(nbytes)
-        self._pos += len(data)
-        if len(data) != nbytes:
-            raise SbcError(f"{self.path}: array {self.name!r} is truncated (the archive is damaged)")
-        return data
+        done = 0
+        while done < len(out):
+            data = f.read(min(_SKIP_CHUNK, len(out) - done))
+            if not data:
+                raise SbcError(f"{self.path}: array {self.name!r} is truncated (the archive is damaged)")
+            out[done:done + len(data)] = data
+            done += len(data)
+        self._pos += done
 
     def __del__(self) -> None:
         self.close()
@@ -194,9 +198,13 @@ class NpzRows:
             while j < len(order) and sorted_base[j] in (sorted_base[j - 1], sorted_base[j - 1] + 1):
                 j += 1
             first, last = int(sorted_base[i]), int(sorted_base[j - 1])
-            data = np.frombuffer(self._m.read(first * rb, (last - first + 1) * rb), dtype=self.dtype)
-            run = data.reshape(last - first + 1, -1)
-            flat[order[i:j]] = run[sorted_base[i:j] - first]
+            into = order[i:j]
+            if last - first + 1 == j - i and np.array_equal(into, np.arange(into[0], into[0] + j - i)):
+                self._m.read_into(first * rb, _bytes_of(flat[into[0]:into[0] + j - i]))  # rows in place
+            else:  # repeated or reordered rows: read the run, then place its rows
+                run = np.empty((last - first + 1, flat.shape[1]), dtype=self.dtype)
+                self._m.read_into(first * rb, _bytes_of(run))
+                flat[into] = run[sorted_base[i:j] - first]
             i = j
         return out
 
@@ -209,6 +217,11 @@ class NpzRows:
         step = max(1, max_bytes // max(1, self.row_bytes))
         for s in range(0, len(self), step):
             yield self.read(np.arange(s, min(len(self), s + step)))
+
+
+def _bytes_of(a: np.ndarray) -> memoryview:
+    """The bytes of C-contiguous `a`, writable in place."""
+    return memoryview(a.reshape(-1).view(np.uint8))
 
 
 def open_rows(path: str | os.PathLike, member: str) -> NpzRows:
