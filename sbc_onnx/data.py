@@ -33,7 +33,9 @@ exclude batch and time), e.g. ``(2, 34, 34)`` = (polarity, y, x) for N-MNIST or 
 
 Simulators take time-major float batches: ``Dataset.batches(B)`` yields ``(x_tb, y_b)`` with ``x_tb`` of
 shape ``(T, B, *input_shape)`` (float32 by default), converted batch by batch from the compact storage
-(scale applied, static frames repeated, padding kept as zero frames).
+(scale applied, static frames repeated, padding kept as zero frames); with ``per_step=True`` ``x_tb`` is a
+`StepBatch` that converts one step when indexed. A dataset read by `load_dataset` keeps ``x`` on disk
+(``io.npz_rows.NpzRows``): only the rows of the batch being used are read, so memory does not grow with N.
 
 Encodings produced by the loaders (these reproduce the accuracies in shared/data/PROVENANCE.md)
 - N-MNIST (``load_nmnist``): the recordings are read by tonic (``tonic.io.read_mnist_file``: 5-byte events,
