@@ -402,6 +402,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
 
     ``x`` stays on disk: the returned dataset's ``x`` is an ``io.npz_rows.NpzRows`` whose rows are read
     (decompressed) batch by batch when the data is used, so memory does not grow with the number of samples.
+    It is read through once here, without being kept, so that a damaged archive (zip CRC) is refused now.
     The small arrays (``y``, ``lengths``, ``ids``, ...) are read at once."""
     p = existing_file(path, "dataset file")
     if not zipfile.is_zipfile(p):
@@ -440,6 +441,7 @@ def _x_rows(p: Path, z: Any) -> NpzRows | np.ndarray:
     rows = open_rows(p, member)
     if len(rows.member_shape) < 2:
         return z["x"]
+    rows.check_archive()  # every byte decompressed once now (not kept): a damaged file stops before any work
     return rows
 
 

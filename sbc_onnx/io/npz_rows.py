@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -75,7 +76,16 @@ class _Member:
 
     def read_into(self, start: int, out: memoryview) -> None:
         """Fill `out` with array data from byte `start` (forward from the current position, else reopened),
-        a chunk at a time: no copy of the whole range is made on the way."""
+        a chunk at a time: no copy of the whole range is made on the way. A damaged member (bad deflate
+        data or CRC, found only when it is read) is an SbcError naming the file."""
+        try:
+            self._read_into(start, out)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            self.close()
+            raise SbcError(f"{self.path}: cannot read dataset array {self.name!r}: the archive is damaged ({e})") \
+                from e
+
+    def _read_into(self, start: int, out: memoryview) -> None:
         if self._f is None or start < self._pos:
             self._open().read(self.header_bytes)
         f = self._f
@@ -94,6 +104,17 @@ class _Member:
             done += len(data)
         self._pos += done
 
+    def check_archive(self) -> None:
+        """Read the whole member once, a chunk at a time, so that zip's CRC check runs now: a damaged file is
+        refused when it is opened, not in the middle of a run."""
+        try:
+            with zipfile.ZipFile(self.path) as z, z.open(self.name) as f:
+                while f.read(_SKIP_CHUNK):
+                    pass
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise SbcError(f"{self.path}: cannot read dataset array {self.name!r}: the archive is damaged ({e})") \
+                from e
+
     def __del__(self) -> None:
         self.close()
 
@@ -107,6 +128,10 @@ class NpzRows:
         self._index = index
         self._row_shape = tuple(member.shape[1:]) if row_shape is None else tuple(row_shape)
         self.verified = False  # set by the owner once every value was checked (e.g. finite); kept by views
+
+    def check_archive(self) -> None:
+        """SbcError if the member is damaged (its CRC, checked by reading it all once without keeping it)."""
+        self._m.check_archive()
 
     @property
     def member_shape(self) -> tuple[int, ...]:
