@@ -29,7 +29,7 @@ from ..errors import SbcError
 
 __all__ = ["NpzRows", "open_rows"]
 
-_SKIP_CHUNK = 1 << 20  # bytes decompressed and dropped at a time when moving forward in a member
+_SKIP_CHUNK = 1 << 18  # bytes read from a member at a time (skipping forward, filling a batch, the CRC pass)
 _CHUNK_BYTES = 8 << 20  # default size of the chunks `chunks()` yields
 
 
