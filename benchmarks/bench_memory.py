@@ -85,20 +85,20 @@ def main() -> int:
     spread = max(peaks) / min(peaks) - 1
     ratios = [r[2] / r[1] for r in results]
     ok = spread < 0.10 and all(abs(q - 1) <= 0.30 for q in ratios)
-    md = ["# Peak memory of `compress` against the number of calibration recordings", "",
-          f"`python benchmarks/bench_memory.py --limits {a.limits}` (issue 14). Model `cnn_sinabs.nir`, "
-          f"`--sparsity 0.5` (method sbc, LAMP), `--batch-size {a.batch_size}`; calibration set: the first {n} "
-          f"recordings of `nmnist_small/train500.txt` (`sbc-onnx data nmnist`, {data.stat().st_size / 1e6:.1f} MB "
-          "on disk), `--calib-limit` N. Each run is a fresh process; peak = its ru_maxrss from os.wait4; the "
-          "estimate is the line `compress` prints before calibrating (`sbc_onnx/memory.py`).", "",
+    setup = (f"`python benchmarks/bench_memory.py --limits {a.limits}` (issue 14). Model `cnn_sinabs.nir`, "
+             f"`--sparsity 0.5` (method sbc, LAMP), `--batch-size {a.batch_size}`; calibration set: the first {n} "
+             f"recordings of `nmnist_small/train500.txt` (`sbc-onnx data nmnist`, {data.stat().st_size / 1e6:.1f} "
+             "MB on disk), `--calib-limit` N. Each run is a fresh process; peak = its ru_maxrss from os.wait4; the "
+             "estimate is the line `compress` prints before calibrating (`sbc_onnx/memory.py`).")
+    md = ["# Peak memory of `compress` against the number of calibration recordings", "", setup, "",
           f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores (shared).", "",
-          "| recordings | peak RSS (MiB) | printed estimate (MiB) | estimate / peak | parts of the estimate (MiB) | "
-          "run (s) |", "|---:|---:|---:|---:|---|---:|"]
+          ("| recordings | peak RSS (MiB) | printed estimate (MiB) | estimate / peak | parts of the estimate (MiB) "
+           "| run (s) |"), "|---:|---:|---:|---:|---|---:|"]
     for (limit, peak, est, parts, sec), q in zip(results, ratios):
         md.append(f"| {limit} | {peak / MiB:.1f} | {est / MiB:.1f} | {q:.3f} | {parts} | {sec:.0f} |")
-    md += ["", f"Spread of the peaks, max/min - 1: **{spread * 100:.1f} %** (bound: < 10 %). "
-           f"Estimate/peak: {min(ratios):.3f} .. {max(ratios):.3f} (bound: within 30 %). "
-           + ("Both bounds hold." if ok else "**A bound is missed.**"), ""]
+    verdict = "Both bounds hold." if ok else "**A bound is missed.**"
+    md += ["", (f"Spread of the peaks, max/min - 1: **{spread * 100:.1f} %** (bound: < 10 %). "
+                f"Estimate/peak: {min(ratios):.3f} .. {max(ratios):.3f} (bound: within 30 %). {verdict}"), ""]
     OUT.write_text("\n".join(md))
     print(f"spread {spread * 100:.1f} %, estimate/peak {min(ratios):.3f}..{max(ratios):.3f}; wrote {OUT}")
     return 0 if ok else 1

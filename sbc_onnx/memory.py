@@ -30,7 +30,7 @@ import numpy as np
 from .calibrate import fed_neuron
 from .sim import Walker
 
-__all__ = ["MemoryEstimate", "estimate_peak", "process_rss", "peak_rss"]
+__all__ = ["MemoryEstimate", "estimate_peak", "peak_rss", "process_rss"]
 
 MiB = 2**20
 
