@@ -158,21 +158,6 @@ def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> La
     return LayerCalibration(name, kind, fed_neuron(fg, name), betas, HessianAccumulator(w.shape[-1], betas))
 
 
-def estimate_memory(fg: FlatGraph, layers: list[str], batch_size: int) -> int:
-    """Peak bytes: float64 Hessians + float64 filter states + one step's unfolded rows per layer."""
-    total = 0
-    for n in layers:
-        node = fg.nodes[n]
-        w = np.asarray(node.weight)
-        d = w.shape[-1] if w.ndim == 2 else int(np.prod(w.shape[1:])) * int(np.asarray(node.groups).reshape(-1)[0])
-        in_shape = next(iter(node.input_type.values())) if node.input_type else None
-        in_size = int(np.prod(in_shape)) if in_shape is not None and len(np.asarray(in_shape)) else d
-        out_shape = next(iter(node.output_type.values())) if node.output_type else None
-        positions = int(np.prod(np.asarray(out_shape)[1:])) if w.ndim > 2 and out_shape is not None else 1
-        total += 2 * d * d * 8 + batch_size * in_size * 8 + batch_size * positions * d * 4 * 2
-    return total
-
-
 def calibrate(
     walker: Walker,
     dataset,
@@ -233,12 +218,13 @@ def calibrate(
     hooks = {n: observer(c) for n, c in cals.items()}
     bar = progress_bar(getattr(dataset, "n", None), "calibrating", progress)
     n_samples, steps = 0, 0
-    for batch in dataset.batches(batch_size, with_lengths=True):
+    for batch in dataset.batches(batch_size, with_lengths=True, per_step=True):
         x_tb, y, lengths = batch
         state["valid"] = np.asarray(lengths) if lengths is not None else None
         walker.run(x_tb, on_input=hooks, record_outputs=False, on_step=step_progress(bar, len(y), x_tb.shape[0]))
         n_samples += len(y)
         steps = max(steps, x_tb.shape[0])
+        del batch, x_tb  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     if n_samples == 0:

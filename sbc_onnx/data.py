@@ -33,7 +33,9 @@ exclude batch and time), e.g. ``(2, 34, 34)`` = (polarity, y, x) for N-MNIST or 
 
 Simulators take time-major float batches: ``Dataset.batches(B)`` yields ``(x_tb, y_b)`` with ``x_tb`` of
 shape ``(T, B, *input_shape)`` (float32 by default), converted batch by batch from the compact storage
-(scale applied, static frames repeated, padding kept as zero frames).
+(scale applied, static frames repeated, padding kept as zero frames); with ``per_step=True`` ``x_tb`` is a
+`StepBatch` that converts one step when indexed. A dataset read by `load_dataset` keeps ``x`` on disk
+(``io.npz_rows.NpzRows``): only the rows of the batch being used are read, so memory does not grow with N.
 
 Encodings produced by the loaders (these reproduce the accuracies in shared/data/PROVENANCE.md)
 - N-MNIST (``load_nmnist``): the recordings are read by tonic (``tonic.io.read_mnist_file``: 5-byte events,
@@ -69,11 +71,13 @@ import numpy as np
 from .errors import SbcError, existing_file
 from .events import Binning, bin_events, open_tonic, read_nmnist_events, tonic_version
 from .io.atomic import write_atomic
+from .io.npz_rows import NpzRows, open_rows
 from .progress import iterate
 
 __all__ = [
     "NMNIST_SENSOR",
     "Dataset",
+    "StepBatch",
     "as_dataset",
     "bin_events",
     "compact_dtype",
@@ -116,6 +120,19 @@ def compact_dtype(a: np.ndarray) -> np.dtype:
     return a.dtype
 
 
+def _check_finite(x: np.ndarray | NpzRows) -> None:
+    """SbcError if float ``x`` holds NaN/inf. An array on disk is checked a chunk at a time, once (its
+    views, e.g. a subset, inherit the result)."""
+    if isinstance(x, NpzRows) and x.verified:
+        return
+    parts = x.chunks() if isinstance(x, NpzRows) else (x,)
+    bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in parts)
+    if bad:
+        raise SbcError(f"dataset x has {bad} NaN/inf value(s); inputs must be finite")
+    if isinstance(x, NpzRows):
+        x.verified = True
+
+
 def _scale_divisor(x_scale: float) -> int | None:
     """The integer d with 1/d == x_scale exactly (so x / d is the exact quotient), else None."""
     if x_scale <= 0:
@@ -145,15 +162,15 @@ class Dataset:
         ids: np.ndarray | Sequence | None = None,
         meta: dict | None = None,
     ) -> None:
-        x = np.asarray(x)
+        if not isinstance(x, NpzRows):
+            x = np.asarray(x)
         y = np.asarray(y)
         if x.ndim < 2:
             raise SbcError(f"dataset x must have shape (N, T, *input_shape), got shape {x.shape}")
         if x.dtype.kind not in "biuf":
             raise SbcError(f"dataset x must be numeric (bool, int or float), got dtype {x.dtype}")
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-            raise SbcError(f"dataset x has {bad} NaN/inf value(s); inputs must be finite")
+        if x.dtype.kind == "f":
+            _check_finite(x)
         if y.ndim != 1:
             raise SbcError(f"dataset y must have shape (N,), got shape {y.shape}")
         if y.dtype.kind == "f" and y.size and np.array_equal(y, np.round(y)):
@@ -246,7 +263,7 @@ class Dataset:
         if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
             raise SbcError(f"subset index out of range for a dataset of {self.n} samples")
         return Dataset(
-            self.x[idx],
+            self.x.select(idx) if isinstance(self.x, NpzRows) else self.x[idx],
             self.y[idx],
             lengths=None if self.lengths is None else self.lengths[idx],
             x_scale=self.x_scale,
@@ -272,8 +289,9 @@ class Dataset:
                 f"cannot reshape inputs of shape {self.input_shape} ({int(np.prod(self.input_shape))} values) "
                 f"to {shape}"
             )
+        x = self.x
         return Dataset(
-            self.x.reshape(self.x.shape[:2] + shape),
+            x.reshape_rows(x.shape[1:2] + shape) if isinstance(x, NpzRows) else x.reshape(x.shape[:2] + shape),
             self.y,
             lengths=self.lengths,
             x_scale=self.x_scale,
@@ -283,46 +301,48 @@ class Dataset:
         )
 
     # -- conversion to simulator input ---------------------------------------------------------------------
-    def _decode(self, xs: np.ndarray, dtype: Any) -> np.ndarray:
-        """Stored values -> input values of ``dtype`` (scale applied in float64, then cast)."""
+    def _decode(self, xs: np.ndarray, out: np.ndarray) -> None:
+        """Stored values ``xs`` -> input values written into ``out`` (same shape; a scale is applied in
+        float64, then cast, one time step at a time)."""
         if self.x_scale is None or self.x_scale == 1.0:
-            return xs.astype(dtype)
+            np.copyto(out, xs, casting="unsafe")  # the values of xs.astype(out.dtype), without a second copy
+            return
         d = _scale_divisor(self.x_scale)
-        v = xs.astype(np.float64)
-        v = v / d if d is not None else v * self.x_scale
-        return v.astype(dtype, copy=False)
+        for t in range(xs.shape[0]):
+            v = xs[t].astype(np.float64)
+            out[t] = v / d if d is not None else v * self.x_scale
 
     def sample(self, i: int, dtype: Any = np.float32) -> np.ndarray:
         """Input of sample ``i`` as ``(T, *input_shape)`` values (padding included)."""
-        batch, _ = self._batch(np.array([i]), dtype)
-        return batch[:, 0]
-
-    def _batch(self, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-        xs = self._decode(self.x[idx], dtype)  # (B, T_file, *shape)
-        xt = np.moveaxis(xs, 1, 0)  # (T_file, B, *shape)
-        if self.repeat_steps is not None:
-            xt = np.broadcast_to(xt, (self.repeat_steps,) + xt.shape[1:])
-        return np.ascontiguousarray(xt), self.y[idx]
+        return np.asarray(StepBatch(self, self.x[np.array([i])], dtype))[:, 0]
 
     def batches(
-        self, batch_size: int, *, dtype: Any = np.float32, with_lengths: bool = False
-    ) -> Iterator[tuple[np.ndarray, ...]]:
+        self, batch_size: int, *, dtype: Any = np.float32, with_lengths: bool = False, per_step: bool = False
+    ) -> Iterator[tuple[Any, ...]]:
         """Iterate over the samples in order: ``(x_tb, y_b)`` with ``x_tb`` of shape ``(T, B, *input_shape)``.
 
-        Each batch is converted from the compact storage when it is produced (the whole dataset is never
-        held as floats). ``with_lengths=True`` adds a third item, the (B,) true lengths (T if not ragged).
+        Each batch is read (from disk when ``x`` is there) and converted from the compact storage when it is
+        produced: the whole dataset is never held. ``x_tb`` is an ndarray; with ``per_step=True`` it is a
+        `StepBatch`, which holds only the stored rows and converts a time step when it is indexed
+        (``x_tb[t]``), for consumers that read one step at a time such as the walker. ``with_lengths=True``
+        adds a third item, the (B,) true lengths (T if not ragged).
         """
         if int(batch_size) < 1:
             raise SbcError(f"batch size must be >= 1, got {batch_size}")
         batch_size = int(batch_size)
+        # Nothing of a batch stays referenced here once it is yielded: the next batch is built while the
+        # consumer may still hold this one, and a local would make that three batches.
         for s in range(0, self.n, batch_size):
             idx = np.arange(s, min(self.n, s + batch_size))
-            x_tb, y_b = self._batch(idx, dtype)
+            x_tb = StepBatch(self, self.x[idx], dtype)
+            if not per_step:
+                x_tb = np.asarray(x_tb)
             if with_lengths:
                 lens = self.lengths[idx] if self.lengths is not None else np.full(idx.size, self.steps, np.int64)
-                yield x_tb, y_b, lens
+                yield x_tb, self.y[idx], lens
             else:
-                yield x_tb, y_b
+                yield x_tb, self.y[idx]
+            del x_tb
 
     def check_labels(self, n_classes: int) -> None:
         """SbcError unless every label is a class of a network with ``n_classes`` outputs (0..n_classes-1)."""
@@ -339,13 +359,51 @@ class Dataset:
         return np.bincount(self.y, minlength=n_classes or 0)
 
 
+class StepBatch:
+    """A batch ``(T, B, *input_shape)`` of input values that holds only the stored rows ``(B, T_file, ...)``
+    and converts one time step when it is indexed: ``batch[t]`` is a new ``(B, *input_shape)`` array.
+    ``np.asarray(batch)`` converts every step at once (the array `Dataset.batches` yields by default)."""
+
+    def __init__(self, ds: Dataset, stored: np.ndarray, dtype: Any) -> None:
+        self._ds, self._stored, self.dtype = ds, stored, np.dtype(dtype)
+        self.shape = (ds.steps, stored.shape[0]) + tuple(stored.shape[2:])
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, t: Any) -> np.ndarray:
+        if not isinstance(t, (int, np.integer)):
+            return np.asarray(self)[t]
+        steps = self.shape[0]
+        if not -steps <= t < steps:
+            raise IndexError(f"time step {t} is outside 0..{steps - 1}")
+        frame = self._stored[:, 0 if self._ds.repeat_steps is not None else int(t) % steps]
+        out = np.empty(frame.shape, self.dtype)
+        self._ds._decode(frame[None], out[None])
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        stored = self._stored  # (B, T_file, *shape)
+        xt = np.empty((stored.shape[1], stored.shape[0]) + stored.shape[2:], dtype=self.dtype)
+        self._ds._decode(np.moveaxis(stored, 1, 0), xt)
+        if self._ds.repeat_steps is not None:
+            xt = np.ascontiguousarray(np.broadcast_to(xt, self.shape))
+        return xt if dtype is None else xt.astype(dtype, copy=False)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # .npz I/O
 # ----------------------------------------------------------------------------------------------------------
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Read a dataset ``.npz`` (format in the module docstring); raises ``SbcError`` on any bad input."""
+    """Read a dataset ``.npz`` (format in the module docstring); raises ``SbcError`` on any bad input.
+
+    ``x`` stays on disk: the returned dataset's ``x`` is an ``io.npz_rows.NpzRows`` whose rows are read
+    (decompressed) batch by batch when the data is used, so memory does not grow with the number of samples.
+    It is read through once here, without being kept, so that a damaged archive (zip CRC) is refused now.
+    The small arrays (``y``, ``lengths``, ``ids``, ...) are read at once."""
     p = existing_file(path, "dataset file")
     if not zipfile.is_zipfile(p):
         raise SbcError(f"{p} is not an .npz dataset (not a zip archive; write it with sbc-onnx data ... or np.savez)")
@@ -357,7 +415,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
                 raise SbcError(
                     f"{p}: dataset is missing required array(s) {', '.join(missing)} (found: {', '.join(sorted(keys)) or 'none'})"
                 )
-            x = z["x"]
+            x = _x_rows(p, z)
             y = z["y"]
             lengths = z["lengths"] if "lengths" in keys else None
             x_scale = _scalar(z["x_scale"], "x_scale", p, float) if "x_scale" in keys else None
@@ -374,6 +432,17 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         return Dataset(x, y, lengths=lengths, x_scale=x_scale, repeat_steps=repeat, ids=ids, meta=meta)
     except SbcError as e:
         raise SbcError(f"{p}: {e}") from None
+
+
+def _x_rows(p: Path, z: Any) -> NpzRows | np.ndarray:
+    """``x`` read lazily from its member (``x.npy``); an array of fewer than 2 axes is read as it is (it is
+    refused by `Dataset` with the usual message)."""
+    member = "x.npy" if "x.npy" in z.zip.namelist() else "x"
+    rows = open_rows(p, member)
+    if len(rows.member_shape) < 2:
+        return z["x"]
+    rows.check_archive()  # every byte decompressed once now (not kept): a damaged file stops before any work
+    return rows
 
 
 def _scalar(a: np.ndarray, name: str, p: Path, kind: type) -> Any:

@@ -89,8 +89,9 @@ def score_batch(readout: str, src: str, src_spiking: bool, outs: BatchOutputs) -
 
 
 def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, readout: str = "count",
-                    batch_size: int = 64, progress: bool = False) -> EvalResult:
-    """Accuracy loop shared by the engines: run_batch(x_tb, on_step) -> BatchOutputs."""
+                    batch_size: int = 64, progress: bool = False, per_step: bool = False) -> EvalResult:
+    """Accuracy loop shared by the engines: run_batch(x_tb, on_step) -> BatchOutputs. `per_step`: the engine
+    reads x_tb one step at a time (x_tb[t]), so a batch can stay in its stored form (`data.StepBatch`)."""
     src = output_source(fg)
     check_readout(readout, src, src in spiking)
     shape = node_shape(fg.nodes[fg.outputs[0]], "input")
@@ -101,7 +102,7 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
     ties = silent = 0
     t0 = time.perf_counter()
     bar = progress_bar(getattr(dataset, "n", None), "simulating", progress)
-    for x_tb, y in dataset.batches(batch_size):
+    for x_tb, y in dataset.batches(batch_size, per_step=per_step):
         _check_labels(y, n_classes)
         outs = run_batch(x_tb, step_progress(bar, len(y), x_tb.shape[0]))
         p, t, s = score_batch(readout, src, src in spiking, outs)
@@ -111,6 +112,7 @@ def evaluate_engine(run_batch, fg: FlatGraph, spiking: list[str], dataset, *, re
         for name, c in outs.counts.items():
             spike_sum[name] = spike_sum.get(name, 0.0) + float(c.sum())
             neuron_steps[name] = neuron_steps.get(name, 0) + c.size * x_tb.shape[0]
+        del x_tb, outs  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     if not preds:
@@ -153,4 +155,4 @@ def evaluate(
                             source_v=v.get("v") if isinstance(v, dict) else None)
 
     return evaluate_engine(run_batch, fg, walker.spiking, dataset, readout=readout, batch_size=batch_size,
-                           progress=progress)
+                           progress=progress, per_step=True)

@@ -19,14 +19,15 @@ import nir
 import numpy as np
 
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, check_memory_floor, plan_budget
-from .calibrate import Calibration, LayerCalibration, calibrate, estimate_memory
+from .calibrate import Calibration, LayerCalibration, calibrate
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
-                       compress_groups, get_method, make_allocation, nm_pattern)
+                       compress_groups, get_method, load_kernels, make_allocation, nm_pattern)
 from .compress.budget import BudgetSpec, parse_budget
 from .compress.grids import GRANULARITIES
 from .data import as_dataset
 from .errors import SbcError
 from .graph import FlatGraph, flatten
+from .memory import estimate_peak
 from .progress import progress_bar, step_progress
 from .repair import RepairReport, repair_thresholds
 from .sim import SimConfig, Walker
@@ -300,7 +301,7 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
         raise TypeError(f"give either a plan or its options, not both ({', '.join(options)})")
     calib = calib if hasattr(calib, "batches") else as_dataset(calib)
     run = _Compression(graph, calib, plan, cfg or config_for(graph), batch_size, progress)
-    run.storage, run.synops = storage, synops
+    run.storage, run.synops, run.damage = storage, synops, measure_damage
     check_budget_floor(graph, plan, storage, layers=run.names)
     run.calibrate(calibration)
     budget = run.allocate()
@@ -357,21 +358,24 @@ class _Compression:
         self.synops: SynOpsOf | None = None
         self.budget_plan: BudgetPlan | None = None
         self.repair_report: RepairReport | None = None
+        self.damage = True  # whether the spike damage is measured (a pass over the calibration set)
 
     # ---- calibrate
     def calibrate(self, given: Calibration | None) -> None:
         """Every layer's Hessian from one pass over the dense model, or `given`; sequential plans
         calibrate each layer just before it is compressed (`layer_calibration`)."""
-        log.info("expected peak memory for calibration: %.1f MiB",
-                 estimate_memory(self.fg, self.names, self.batch_size) / 2**20)
+        if self.plan.runs_obs_trace:
+            if not compiled_on_disk():
+                log.info("compiling the ExactOBS kernels with numba (first run after an install or update; "
+                         "cached afterwards)")
+            load_kernels()  # now, so that the estimate below measures the memory they take
+        log.info("%s", estimate_peak(self.dense, self.names, self.data, self.batch_size,
+                                     input_norms=self.plan.method.input_norms, damage=self.damage).describe())
         if given is not None:
             self._check_given(given)
             self.calibs = dict.fromkeys(self.names, given)
         elif not self.plan.sequential:
             self.calibs = dict.fromkeys(self.names, self._calibrate(self.dense, self.names, self.progress))
-        if self.plan.runs_obs_trace and not compiled_on_disk():
-            log.info("compiling the ExactOBS kernels with numba (first run after an install or update; "
-                     "cached afterwards)")
 
     def _check_given(self, cal: Calibration) -> None:
         method = self.plan.method
@@ -556,13 +560,16 @@ def measure_spike_damage(dense: Walker, comp: Walker, dataset, reports: list[Lay
     decay = {n: _van_rossum_decay(dense, n) for n in targets}
     acc = {n: {"d": 0.0, "sd": 0.0, "sc": 0.0, "cells": 0, "steps": 1} for n in targets}
     bar = progress_bar(getattr(dataset, "n", None), "measuring spike damage", progress)
-    for x_tb, y in dataset.batches(batch_size):
-        seqs = {n: {"d": [], "c": []} for n in targets}
-        for walker, which in ((dense, "d"), (comp, "c")):
-            walker.run(x_tb, on_output={n: _recorder(seqs[n][which]) for n in targets}, record_outputs=False,
-                       on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
-        for n in targets:
-            _accumulate_distance(acc[n], seqs[n]["d"], seqs[n]["c"], decay[n])
+    for x_tb, y in dataset.batches(batch_size, per_step=True):
+        packed: dict[str, list] = {n: [] for n in targets}
+        dense.run(x_tb, on_output={n: _packer(packed[n]) for n in targets}, record_outputs=False,
+                  on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
+        dists = {n: _Distance(acc[n], packed[n], decay[n]) for n in targets}
+        comp.run(x_tb, on_output={n: d.step for n, d in dists.items()}, record_outputs=False,
+                 on_step=step_progress(bar, len(y) / 2, x_tb.shape[0]))
+        for d in dists.values():
+            d.finish()
+        del x_tb, packed, dists  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     for n, r in targets.items():
@@ -580,26 +587,43 @@ def _van_rossum_decay(walker: Walker, neuron: str) -> float:
     return 0.9 if k is None else float(np.mean(1 - k))
 
 
-def _recorder(out: list):
-    return lambda t, s: out.append(s.astype(bool))  # spikes: 1 byte each
+def _packer(out: list):
+    """Observer keeping the dense spikes of every step as bits (1 bit per neuron): the compressed run
+    compares against them step by step, so no spike train is held as bytes or floats."""
+    return lambda t, s: out.append(np.packbits(np.asarray(s) != 0))
+
+
+class _Distance:
+    """The compressed run's observer: adds the filtered difference of the spike trains to the sums `a`,
+    step by step against the packed dense spikes."""
+
+    def __init__(self, a: dict, packed: list, decay: float) -> None:
+        self.a, self.packed, self.decay = a, packed, decay
+        self.f: np.ndarray | None = None
+        self.steps = 0
+
+    def step(self, t: int, s: np.ndarray) -> None:
+        sc = np.asarray(s) != 0
+        sd = np.unpackbits(self.packed[t], count=sc.size).reshape(sc.shape).view(bool)
+        self.packed[t] = None  # this step's bits are no longer needed
+        if self.f is None:
+            self.f = np.zeros(sc.shape, dtype=np.float64)
+        self.f = self.decay * self.f + (sd.astype(np.int8) - sc.astype(np.int8))
+        self.a["d"] += float(np.sum(self.f * self.f))
+        self.a["sd"] += float(sd.sum())
+        self.a["sc"] += float(sc.sum())
+        self.steps += 1
+
+    def finish(self) -> None:
+        if self.f is not None:
+            self.a["cells"] += self.f.size
+            self.a["steps"] = self.steps
 
 
 def _damage(a: dict) -> tuple[float, float, float]:
     """(Van Rossum distance per neuron per sample, dense rate, compressed rate) from the sums."""
     cells, steps = a["cells"], a["steps"]
     return a["d"] / cells, a["sd"] / (cells * steps), a["sc"] / (cells * steps)
-
-
-def _accumulate_distance(a: dict, dense: list, comp: list, decay: float) -> None:
-    """Add one batch: the filtered difference of the spike trains, squared and summed over time."""
-    f = np.zeros_like(dense[0], dtype=np.float64)
-    for sd, sc in zip(dense, comp):
-        f = decay * f + (sd.astype(np.int8) - sc.astype(np.int8))
-        a["d"] += float(np.sum(f * f))
-        a["sd"] += float(sd.sum())
-        a["sc"] += float(sc.sum())
-    a["cells"] += dense[0].size
-    a["steps"] = len(dense)
 
 
 # ---------------------------------------------------------------------------------------------- progress

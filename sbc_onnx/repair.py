@@ -71,8 +71,9 @@ def _measure(graph, data, cfg, neurons, batch_size) -> tuple[dict[str, np.ndarra
             cells[n] += s.shape[0] * int(np.prod(s.shape[2:]))
         return add
 
-    for x_tb, _ in data.batches(batch_size):
+    for x_tb, _ in data.batches(batch_size, per_step=True):
         walker.run(x_tb, on_output={n: counter(n) for n in neurons}, record_outputs=False)
+        del x_tb  # freed before the next batch is built (Dataset.batches)
     return {n: sums[n] / cells[n] for n in neurons}, shapes
 
 

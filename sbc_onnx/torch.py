@@ -160,4 +160,5 @@ def module_accuracy(module: Any, data: Any, *, framework: str | None = None, bat
         out = run_module(module, x_tb, framework=framework)
         counts = out.reshape(out.shape[0], out.shape[1], -1).sum(axis=0)
         correct += int(np.sum(np.argmax(counts, axis=1) == y))
+        del x_tb  # freed before the next batch is built (Dataset.batches)
     return correct / ds.n

@@ -93,6 +93,20 @@ def npz(**arrays) -> Builder:
     return build
 
 
+def damaged_x(p: Path) -> None:
+    """A valid dataset of 400 samples whose x member has bytes overwritten near its end: only reading x (a
+    batch at a time, after the checks at load) finds it, through the zip CRC, in the middle of the run."""
+    import zipfile
+
+    npz(x=_spikes(n=400), y=_y(400))(p)
+    with zipfile.ZipFile(p) as z:
+        info = z.getinfo("x.npy")
+    data = bytearray(p.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 128 + 40000  # sample 333
+    data[start:start + 16] = bytes(b ^ 0x5A for b in data[start:start + 16])
+    p.write_bytes(bytes(data))
+
+
 def _y(n=16, hi=N_CLASSES):
     return np.arange(n) % hi
 
@@ -510,6 +524,11 @@ CASES += [
          {"d_npz": text("x,y\n1,2\n")}),
     Case("eval: data is an empty file", "datasets", ("eval", "{m}", "--data", "{d_npz}"), ("d.npz",),
          {"d_npz": text(b"")}),
+    Case("eval: x member damaged", "datasets", ("eval", "{m}", "--data", "{d_npz}"), ("d.npz", "damaged"),
+         {"d_npz": damaged_x}),
+    Case("compress: calib x member damaged", "datasets", ("compress", "{m}", "--calib", "{d_npz}", "-o",
+                                                          "{out_nir}", "--sparsity", "0.5"), ("d.npz", "damaged"),
+         {"d_npz": damaged_x}),
     Case("data info: truncated zip", "datasets", ("data", "info", "{d_npz}"), ("d.npz",),
          {"d_npz": lambda p: (npz(x=X(), y=Y())(p), p.write_bytes(p.read_bytes()[:200]))}),
     Case("compress: calib is a model file", "datasets", ("compress", "{m}", "--calib", "{m}", "-o", "{out_nir}",

@@ -185,9 +185,17 @@ def info_cmd(file: Path) -> None:
         click.echo(f"  meta: {json.dumps(ds.meta, sort_keys=True)}")
 
 
-def _range(x: np.ndarray) -> str:
-    if x.size == 0:
+def _range(x) -> str:
+    """Value range of the stored ``x``, read a chunk at a time (``x`` may be on disk, `io.npz_rows`)."""
+    lo = hi = None
+    ones = total = 0
+    for c in x.chunks() if hasattr(x, "chunks") else (x,):
+        if c.size:
+            lo = c.min() if lo is None else min(lo, c.min())
+            hi = c.max() if hi is None else max(hi, c.max())
+            ones, total = ones + int(np.count_nonzero(c)), total + c.size
+    if not total:
         return "(empty)"
     if x.dtype == np.bool_:
-        return f"0/1, {x.mean():.4f} ones"
-    return f"{x.min()}..{x.max()}"
+        return f"0/1, {ones / total:.4f} ones"
+    return f"{lo}..{hi}"

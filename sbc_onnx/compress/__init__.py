@@ -15,7 +15,7 @@ from .masks import check_nm, magnitude_mask, nm_mask, nm_pattern, select_smalles
 from .methods import METHODS, Method, PruneJob, get_method
 from .numerics import FactorizationError, damped_inverse, upper_inverse_factor
 from ._obs_kernel import compiled_on_disk
-from .obs import ObsTrace, PruneResult, exact_resolve, obs_trace, prune_exact_obs, trace_layer
+from .obs import ObsTrace, PruneResult, exact_resolve, load_kernels, obs_trace, prune_exact_obs, trace_layer
 from .sparsegpt import prune_sparsegpt
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "kernel_matrix", "LayerResult", "compress_groups", "compress_layer", "relative_objective", "check_nm",
     "magnitude_mask", "nm_mask", "nm_pattern", "select_smallest", "wanda_mask", "wanda_scores", "METHODS",
     "Method", "PruneJob", "get_method", "FactorizationError", "damped_inverse", "upper_inverse_factor",
-    "compiled_on_disk", "ObsTrace", "PruneResult", "exact_resolve", "obs_trace", "prune_exact_obs",
+    "compiled_on_disk", "load_kernels", "ObsTrace", "PruneResult", "exact_resolve", "obs_trace", "prune_exact_obs",
     "trace_layer", "prune_sparsegpt",
 ]

@@ -167,9 +167,10 @@ def _event_counter(events: np.ndarray):
 def _simulate(walker: Walker, fanout: dict[str, np.ndarray], dataset, batch_size: int, src: str, bar) -> _Activity:
     act = _Activity(events={n: np.zeros(f.shape) for n, f in fanout.items()})
     hooks = {n: _event_counter(e) for n, e in act.events.items()}
-    for x_tb, y, lens in dataset.batches(batch_size, with_lengths=True):
+    for x_tb, y, lens in dataset.batches(batch_size, with_lengths=True, per_step=True):
         res = walker.run(x_tb, on_input=hooks, record_outputs=False)
         act.add(res.counts, y, lens, src)
+        del x_tb  # freed before the next batch is built (Dataset.batches)
         if bar is not None:
             bar.update(len(y))
     return act
