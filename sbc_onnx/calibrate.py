@@ -146,7 +146,8 @@ def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> La
 
 
 def estimate_memory(fg: FlatGraph, layers: list[str], batch_size: int) -> int:
-    """Peak bytes: float64 Hessians + float64 filter states + one step's unfolded rows per layer."""
+    """Peak bytes: float64 Hessians + float64 filter states + one step's unfolded rows + the accumulator's
+    row buffer, per layer."""
     total = 0
     for n in layers:
         node = fg.nodes[n]
@@ -156,7 +157,8 @@ def estimate_memory(fg: FlatGraph, layers: list[str], batch_size: int) -> int:
         in_size = int(np.prod(in_shape)) if in_shape is not None and len(np.asarray(in_shape)) else d
         out_shape = next(iter(node.output_type.values())) if node.output_type else None
         positions = int(np.prod(np.asarray(out_shape)[1:])) if w.ndim > 2 and out_shape is not None else 1
-        total += 2 * d * d * 8 + batch_size * in_size * 8 + batch_size * positions * d * 4 * 2
+        rows = HessianAccumulator(d).block_rows  # the accumulator's buffer of rows not yet folded
+        total += 2 * d * d * 8 + batch_size * in_size * 8 + batch_size * positions * d * 4 * 2 + rows * d * 4
     return total
 
 
@@ -233,7 +235,10 @@ def calibrate(
     calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0,
                         objective=objective, input_norms=input_norms)
     for cal in cals.values():
-        live = int(np.count_nonzero(np.diag(cal.acc.H) > 0))
+        t1 = time.perf_counter()
+        cal.acc.flush()  # the last, partly filled block of rows is part of the layer's Hessian time
+        cal.seconds += time.perf_counter() - t1
+        live = int(np.count_nonzero(cal.acc.diag > 0))
         units = cal.acc.n_units
         # Static (rate-coded) inputs: filtered spikes barely change within a sample, so the rank of H is
         # about the number of samples x positions, not the number of rows: warn when that is < live inputs.

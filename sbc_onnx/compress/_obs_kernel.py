@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -324,11 +324,74 @@ def _trace_rows(H0, W, b_in, flush, m, cap0, order, scores):
         _trace_row(H0, W[i], b_in, flush, m, cap0, order[i], scores[i])
 
 
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, parallel=True)
+def _trace_rows_par(H0, W, b_in, flush, m, cap0, order, scores):
+    """_trace_rows with the rows spread over numba's threads: each row reads only H0 and its own w and
+    writes only its own order / scores, so the result is the same bits whatever the thread count."""
+    for i in prange(W.shape[0]):
+        _trace_row(H0, W[i], b_in, flush, m, cap0, order[i], scores[i])
+
+
 def trace_rows(H0, W, b_in, flush, m, cap0, order, scores) -> None:
     """Run the trace for every row of W (float32, (d_out, d)) against the symmetric float32 H0 = H^-1;
-    fills order / scores (d_out, n_elim) in place."""
-    _trace_rows(H0, W, b_in, flush, m, cap0, order, scores)
+    fills order / scores (d_out, n_elim) in place.  Rows run in parallel when that pays (`row_threads`)."""
+    n = row_threads(W.shape[0], W.shape[1] ** 3)
+    with _one_blas_thread():
+        if n > 1:
+            with _threads(n):
+                _trace_rows_par(H0, W, b_in, flush, m, cap0, order, scores)
+        else:
+            _trace_rows(H0, W, b_in, flush, m, cap0, order, scores)
     _compiled("trace_rows")
+
+
+# ---- threads ------------------------------------------------------------------------------------------
+# Rows are independent, so the kernels split them over numba's threads (prange, one row per chunk: a
+# thread slowed by other work on the machine does not hold a static share).  Inside a parallel kernel
+# every BLAS call (the flush's sgemm, the solves' potrf) runs on its own thread: BLAS threads on top
+# of row threads only spin and wait.  Below PARALLEL_MIN_FLOP of work per call the threads' start-up
+# costs more than it saves (the threshold and its measurement: benchmarks/bench_kernels.py).
+PARALLEL_MIN_FLOP = 2e8
+
+
+def row_threads(rows: int, flop_per_row: float) -> int:
+    """How many threads a kernel over `rows` independent rows of `flop_per_row` each should use."""
+    n = min(numba.get_num_threads(), rows)
+    return n if n > 1 and rows * flop_per_row >= PARALLEL_MIN_FLOP else 1
+
+
+class _threads:
+    """numba's thread count and chunk size for one parallel call, restored afterwards."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = numba.get_num_threads(), numba.get_parallel_chunksize()
+        numba.set_num_threads(self.n)
+        numba.set_parallel_chunksize(1)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.old[0])
+        numba.set_parallel_chunksize(self.old[1])
+
+
+_blas = []
+
+
+def _one_blas_thread():
+    """A context limiting the BLAS libraries (NumPy's and SciPy's, which numba calls) to one thread;
+    a no-op without threadpoolctl."""
+    if not _blas:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the project
+            _blas.append(None)
+    if _blas[0] is None:  # pragma: no cover
+        import contextlib
+        return contextlib.nullcontext()
+    return _blas[0].limit(limits=1, user_api="blas")
 
 
 @njit(cache=True, error_model="numpy")
@@ -364,39 +427,58 @@ def _spd_solve(G, b):
 def sub_solve_rows(A, sel, rhs, X) -> np.ndarray:
     """For every row i: X[i, S] = A[S, S]^-1 rhs[i, S] with S = flatnonzero(sel[i]) (A: SPD float64,
     a damped Hessian or its inverse); X must be zero elsewhere on entry.  Returns the rows whose
-    system was not numerically positive definite (left 0 for the caller's least squares)."""
-    failed = _sub_solve_rows(A, sel, rhs, X)
+    system was not numerically positive definite (left 0 for the caller's least squares).  Rows run in
+    parallel when that pays (`row_threads`; the same bits whatever the thread count)."""
+    m = int(sel.sum(1).max()) if sel.size else 0
+    n = row_threads(sel.shape[0], m ** 3 / 3)
+    failed = np.zeros(sel.shape[0], np.bool_)
+    with _one_blas_thread():
+        if n > 1:
+            with _threads(n):
+                _sub_solve_rows_par(A, sel, rhs, X, failed)
+        else:
+            _sub_solve_rows(A, sel, rhs, X, failed)
     _compiled("sub_solve_rows")
-    return failed
+    return np.flatnonzero(failed)
 
 
 @njit(cache=True, error_model="numpy")
-def _sub_solve_rows(A, sel, rhs, X):
-    nr, d = sel.shape
-    S = np.empty(d, np.int64)
-    failed = np.zeros(nr, np.bool_)
-    for i in range(nr):
-        m = 0
-        for j in range(d):
-            if sel[i, j]:
-                S[m] = j
-                m += 1
-        if m == 0:
-            continue
-        G = np.empty((m, m))
-        b = np.empty(m)
-        for a in range(m):
-            Aa = A[S[a]]
-            for c in range(m):
-                G[a, c] = Aa[S[c]]
-            b[a] = rhs[i, S[a]]
-        x, ok = _spd_solve(G, b)
-        if not ok:
-            failed[i] = True
-            continue
-        for a in range(m):
-            X[i, S[a]] = x[a]
-    return np.flatnonzero(failed)
+def _sub_solve_row(A, sel, rhs, X, failed, i, S):
+    d = sel.shape[1]
+    m = 0
+    for j in range(d):
+        if sel[i, j]:
+            S[m] = j
+            m += 1
+    if m == 0:
+        return
+    G = np.empty((m, m))
+    b = np.empty(m)
+    for a in range(m):
+        Aa = A[S[a]]
+        for c in range(m):
+            G[a, c] = Aa[S[c]]
+        b[a] = rhs[i, S[a]]
+    x, ok = _spd_solve(G, b)
+    if not ok:
+        failed[i] = True
+        return
+    for a in range(m):
+        X[i, S[a]] = x[a]
+
+
+@njit(cache=True, error_model="numpy")
+def _sub_solve_rows(A, sel, rhs, X, failed):
+    S = np.empty(sel.shape[1], np.int64)
+    for i in range(sel.shape[0]):
+        _sub_solve_row(A, sel, rhs, X, failed, i, S)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _sub_solve_rows_par(A, sel, rhs, X, failed):
+    for i in prange(sel.shape[0]):
+        S = np.empty(sel.shape[1], np.int64)
+        _sub_solve_row(A, sel, rhs, X, failed, i, S)
 
 
 # ---- "is the compiled code on disk?" -------------------------------------------------------------------

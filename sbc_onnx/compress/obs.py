@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from ._obs_kernel import sub_solve_rows, trace_rows
@@ -80,7 +81,8 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
     order = np.empty((d_out, n_elim), dtype=np.int64)
     scores = np.empty((d_out, n_elim), dtype=np.float64)
     W32 = np.ascontiguousarray(W, dtype=np.float32)
-    step = d_out if on_rows is None else max(1, -(-(1 << 32) // max(1, d) ** 3))  # a few rows per call: progress moves
+    # a few rows per call so that progress moves, at least one per thread so that every thread has one
+    step = d_out if on_rows is None else max(1, -(-(1 << 32) // max(1, d) ** 3)) * numba.get_num_threads()
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)
         trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])
