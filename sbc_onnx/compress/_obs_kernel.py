@@ -33,6 +33,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .threads import blas_threads, numba_threads, row_threads
+
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _diag_inverse(G, K):
@@ -334,64 +336,15 @@ def _trace_rows_par(H0, W, b_in, flush, m, cap0, order, scores):
 
 def trace_rows(H0, W, b_in, flush, m, cap0, order, scores) -> None:
     """Run the trace for every row of W (float32, (d_out, d)) against the symmetric float32 H0 = H^-1;
-    fills order / scores (d_out, n_elim) in place.  Rows run in parallel when that pays (`row_threads`)."""
+    fills order / scores (d_out, n_elim) in place.  Rows run in parallel when that pays (threads.row_threads)."""
     n = row_threads(W.shape[0], W.shape[1] ** 3)
-    with _one_blas_thread():
+    with blas_threads():
         if n > 1:
-            with _threads(n):
+            with numba_threads(n):
                 _trace_rows_par(H0, W, b_in, flush, m, cap0, order, scores)
         else:
             _trace_rows(H0, W, b_in, flush, m, cap0, order, scores)
     _compiled("trace_rows")
-
-
-# ---- threads ------------------------------------------------------------------------------------------
-# Rows are independent, so the kernels split them over numba's threads (prange, one row per chunk: a
-# thread slowed by other work on the machine does not hold a static share).  Inside a parallel kernel
-# every BLAS call (the flush's sgemm, the solves' potrf) runs on its own thread: BLAS threads on top
-# of row threads only spin and wait.  Below PARALLEL_MIN_FLOP of work per call the threads' start-up
-# costs more than it saves (the threshold and its measurement: benchmarks/bench_kernels.py).
-PARALLEL_MIN_FLOP = 2e8
-
-
-def row_threads(rows: int, flop_per_row: float) -> int:
-    """How many threads a kernel over `rows` independent rows of `flop_per_row` each should use."""
-    n = min(numba.get_num_threads(), rows)
-    return n if n > 1 and rows * flop_per_row >= PARALLEL_MIN_FLOP else 1
-
-
-class _threads:
-    """numba's thread count and chunk size for one parallel call, restored afterwards."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.old = numba.get_num_threads(), numba.get_parallel_chunksize()
-        numba.set_num_threads(self.n)
-        numba.set_parallel_chunksize(1)
-
-    def __exit__(self, *exc):
-        numba.set_num_threads(self.old[0])
-        numba.set_parallel_chunksize(self.old[1])
-
-
-_blas = []
-
-
-def _one_blas_thread():
-    """A context limiting the BLAS libraries (NumPy's and SciPy's, which numba calls) to one thread;
-    a no-op without threadpoolctl."""
-    if not _blas:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _blas.append(ThreadpoolController())
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the project
-            _blas.append(None)
-    if _blas[0] is None:  # pragma: no cover
-        import contextlib
-        return contextlib.nullcontext()
-    return _blas[0].limit(limits=1, user_api="blas")
 
 
 @njit(cache=True, error_model="numpy")
@@ -428,13 +381,13 @@ def sub_solve_rows(A, sel, rhs, X) -> np.ndarray:
     """For every row i: X[i, S] = A[S, S]^-1 rhs[i, S] with S = flatnonzero(sel[i]) (A: SPD float64,
     a damped Hessian or its inverse); X must be zero elsewhere on entry.  Returns the rows whose
     system was not numerically positive definite (left 0 for the caller's least squares).  Rows run in
-    parallel when that pays (`row_threads`; the same bits whatever the thread count)."""
+    parallel when that pays (threads.row_threads; the same bits whatever the thread count)."""
     m = int(sel.sum(1).max()) if sel.size else 0
     n = row_threads(sel.shape[0], m ** 3 / 3)
     failed = np.zeros(sel.shape[0], np.bool_)
-    with _one_blas_thread():
+    with blas_threads():
         if n > 1:
-            with _threads(n):
+            with numba_threads(n):
                 _sub_solve_rows_par(A, sel, rhs, X, failed)
         else:
             _sub_solve_rows(A, sel, rhs, X, failed)

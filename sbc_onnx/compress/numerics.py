@@ -22,6 +22,8 @@ import math
 import numpy as np
 from scipy.linalg import lapack
 
+from .threads import blas_threads
+
 __all__ = ["MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky", "damped_hessian",
            "damped_inverse", "upper_inverse_factor"]
 
@@ -73,7 +75,8 @@ def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0
             raise FactorizationError(f"damping overflows (lambda = {lam:g} at rel_damp={rd:g})")
         if reverse:
             Hd = Hd[::-1, ::-1]
-        L, info = lapack.dpotrf(Hd, lower=1, clean=1)
+        with blas_threads(Hd.shape[0] ** 3 / 3):  # one thread below the size where threads pay
+            L, info = lapack.dpotrf(Hd, lower=1, clean=1)
         if info == 0 and not np.all(np.isfinite(L)):
             raise FactorizationError(f"the Cholesky factor has non-finite entries at rel_damp={rd:g}")
         if info == 0 and (rd > 0 or np.all(np.diag(L) > 0)):
@@ -95,7 +98,8 @@ def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0
 def damped_inverse(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):
     """(Hinv, rel_damp_used, escalations): full symmetric inverse of the damped H (potrf + potri)."""
     L, rd, _, esc = damped_cholesky(H, rel_damp, max_damp)
-    Hinv, info = lapack.dpotri(L, lower=1)
+    with blas_threads(2 * L.shape[0] ** 3 / 3):
+        Hinv, info = lapack.dpotri(L, lower=1)
     if info != 0:
         raise FactorizationError(f"potri failed (info={info})")
     Hinv = np.tril(Hinv) + np.tril(Hinv, -1).T
@@ -110,7 +114,8 @@ def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float 
     instead of the 4/3 d^3 of SparseGPT's cholesky -> cholesky_inverse -> cholesky chain.
     """
     L, rd, _, esc = damped_cholesky(H, rel_damp, max_damp, reverse=True)
-    Linv, info = lapack.dtrtri(L, lower=1)
+    with blas_threads(L.shape[0] ** 3 / 3):
+        Linv, info = lapack.dtrtri(L, lower=1)
     if info != 0:
         raise FactorizationError(f"trtri failed (info={info})")
     U = np.ascontiguousarray(np.tril(Linv)[::-1, ::-1])
