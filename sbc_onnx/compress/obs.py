@@ -82,7 +82,7 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
     scores = np.empty((d_out, n_elim), dtype=np.float64)
     W32 = np.ascontiguousarray(W, dtype=np.float32)
     # a few rows per call so that progress moves, at least one per thread so that every thread has one
-    step = d_out if on_rows is None else max(1, -(-(1 << 32) // max(1, d) ** 3)) * numba.get_num_threads()
+    step = d_out if on_rows is None else max(numba.get_num_threads(), -(-(1 << 32) // max(1, d) ** 3))
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)
         trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])
