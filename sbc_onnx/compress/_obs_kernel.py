@@ -145,8 +145,10 @@ def _select(sc, w, dcur, dead, idx, s, bi, m, cap, taken, P, sP):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r):
-    """Drop the dead positions and apply the r lazy downdates to the alive block (one sgemm).
+def _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r, buf):
+    """Drop the dead positions and apply the r lazy downdates to the alive block (one sgemm), written
+    into the flat scratch ``buf`` (not Hs; reused by later flushes: a fresh block per flush cost page
+    faults on every one for large d).
     The alive entries of the tail [s2, s) move into the holes that dead ones left in [0, s2), so all
     other rows and columns are copied contiguously.  Returns the new block; w, dcur, sc, idx, dead are
     compacted in place (the diagonal refreshed exactly)."""
@@ -171,7 +173,8 @@ def _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r):
         for i in range(s2):
             Ac[t, i] = at[src[i]]
             Bc[t, i] = bt[src[i]]
-    Hn = np.dot(Ac.T, Bc)  # the downdate on the alive block, in new positions
+    Hn = buf[:s2 * s2].reshape((s2, s2))
+    np.dot(Ac.T, Bc, Hn)  # the downdate on the alive block, in new positions
     tmp = np.empty(nh, np.float32)
     for i in range(s2):
         hn = Hn[i]
@@ -222,6 +225,8 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
     cap = cap0.copy()
     taken = np.zeros(cap0.shape[0], np.bool_)
     Hs = H0
+    bufs = np.empty((2, (d - min(flush, d)) ** 2), np.float32)  # ping-pong blocks (after the first flush)
+    nb = 0
     s = d
     r = 0
     pos = 0
@@ -315,7 +320,8 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
         r += bi
         pos += bi
         if r >= flush and pos < n_elim:
-            Hs = _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r)
+            Hs = _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r, bufs[nb])
+            nb = 1 - nb
             s = Hs.shape[0]
             r = 0
 
