@@ -216,9 +216,9 @@ def section_tiny(reps):
     run = lambda: (prune_exact_obs(W, H, W.size // 2), quantize_gptq(W, H, g))  # noqa: E731
     rows = []
     for label, forced in (("thresholds of compress/threads.py", False), ("thresholds off (threads forced)", True)):
-        old = th.PARALLEL_MIN_FLOP, th.BLAS_MIN_FLOP
+        old = th.PARALLEL_MIN_FLOP
         if forced:
-            th.PARALLEL_MIN_FLOP = th.BLAS_MIN_FLOP = 0
+            th.PARALLEL_MIN_FLOP = 0
         try:
             t = {}
             for n in (1, 2):
@@ -226,7 +226,7 @@ def section_tiny(reps):
                     run()
                     t[n] = min(timed(run)[0] for _ in range(reps))
         finally:
-            th.PARALLEL_MIN_FLOP, th.BLAS_MIN_FLOP = old
+            th.PARALLEL_MIN_FLOP = old
         rows.append(f"| {label} | {t[1] * 1e3:.1f} | {t[2] * 1e3:.1f} | {t[1] / t[2]:.2f}x |")
     say("| 256 -> 10 | 1 thread ms | 2 threads ms | speed-up |")
     say("|---|---|---|---|")
@@ -250,8 +250,8 @@ def section_tiny(reps):
             say(f"| {dd} | {nr} | {nr * dd**3:.1e} | {t[1] * 1e3:.2f} | {t[2] * 1e3:.2f} | {t[1] / t[2]:.2f}x |")
     finally:
         th.PARALLEL_MIN_FLOP = old
-    say(f"\nThresholds used: threads.PARALLEL_MIN_FLOP = {th.PARALLEL_MIN_FLOP:.0e} (row-parallel kernels), "
-        f"threads.BLAS_MIN_FLOP = {th.BLAS_MIN_FLOP:.0e} (one factorization).\n")
+    say(f"\nThreshold used: threads.PARALLEL_MIN_FLOP = {th.PARALLEL_MIN_FLOP:.0e} (row-parallel kernels; "
+        "the factorizations always run on one BLAS thread, for identical results).\n")
 
 
 def main():

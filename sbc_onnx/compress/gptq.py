@@ -63,13 +63,12 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     U0, rd, esc = upper_inverse_factor(H, rel_damp, max_damp)
     perm = np.argsort((U0 * U0).sum(axis=0), kind="stable")  # diag(H^-1) = column norms^2 of U
     del U0
-    Hp = np.asarray(H, dtype=np.float64)[np.ix_(perm, perm)]
-    L, _, _, esc2 = damped_cholesky(Hp, rd, max(rd, max_damp), reverse=True)  # J H_pi J = L L^T
+    L, _, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)  # J H_pi J = L L^T
     esc = esc + esc2
     V = L[::-1, ::-1]  # upper, H_pi = V V^T
     Uv = np.divide(V, -np.diag(V)[None, :], dtype=np.float32)  # -V D^-1 (V-form, module docstring)
     np.fill_diagonal(Uv, 1.0)
-    del L, V, Hp
+    del L, V
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     Wt = transpose(np.where(keep, W0, 0.0), np.float32)[perm]  # row gathers of W^T are contiguous

@@ -1,13 +1,17 @@
 """When the compress/ kernels use threads, and how many.
 
 Two kinds of threads: numba's (the ExactOBS kernels split a layer's independent rows over them, prange)
-and the BLAS library's (each factorization or sgemm split internally).  Both cost a start-up and, on a
-busy machine, spin-waiting; on small problems that costs more than the work (a 256 -> 10 layer was
-several times slower with two threads than with one).  So each kernel asks for threads by the size of
-its work: below the thresholds here it runs on one thread (thresholds and the measurements behind them:
-benchmarks/bench_kernels.py, benchmarks/results/kernels.md).  Inside a row-parallel kernel the BLAS
-calls run on one thread each: BLAS threads on top of row threads only wait for each other.
+and the BLAS library's.  Threads cost a start-up and, on a busy machine, spin-waiting; on small problems
+that costs more than the work (a 256 -> 10 layer was several times slower with two threads than with
+one).  So a row-parallel kernel asks for threads by the size of its work: below PARALLEL_MIN_FLOP it
+runs on one thread (the measurements behind the threshold: benchmarks/bench_kernels.py,
+benchmarks/results/kernels.md).  Inside a row-parallel kernel the BLAS calls run on one thread each
+(BLAS threads on top of row threads only wait for each other).
 Results never depend on the thread count: rows are independent and each is computed by one thread.
+For the same reason the LAPACK factorizations (numerics.py) always run on one BLAS thread: OpenBLAS's
+threaded potrf / potri round differently with the thread count (checked: the factors of the same
+matrix at 1 and 2 threads were not bitwise equal), which changed ExactOBS masks.  Products (gemm) have
+the same bits at any thread count and keep the library's threads.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ import contextlib
 
 import numba
 
-__all__ = ["PARALLEL_MIN_FLOP", "BLAS_MIN_FLOP", "row_threads", "numba_threads", "blas_threads"]
+__all__ = ["PARALLEL_MIN_FLOP", "row_threads", "numba_threads", "blas_threads"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
-BLAS_MIN_FLOP = 2e9      # work of one factorization below which BLAS runs on one thread
 
 _controller: list = []
 
@@ -48,11 +51,8 @@ class numba_threads:
         numba.set_parallel_chunksize(self.old[1])
 
 
-def blas_threads(flop: float | None = None):
-    """A context running BLAS (NumPy's and SciPy's libraries, which numba calls too) on one thread when
-    `flop` is None (inside row-parallel kernels) or below BLAS_MIN_FLOP; otherwise it changes nothing."""
-    if flop is not None and flop >= BLAS_MIN_FLOP:
-        return contextlib.nullcontext()
+def blas_threads():
+    """A context running BLAS (NumPy's and SciPy's libraries, which numba calls too) on one thread."""
     if not _controller:
         try:
             from threadpoolctl import ThreadpoolController
