@@ -17,8 +17,10 @@
    compress/threads.py, and with the thresholds off (threads forced), plus the row-parallel trace forced
    to 1 or 2 threads at a few sizes: the measurement behind threads.PARALLEL_MIN_FLOP.
 
-"1 thread" / "2 threads" set both numba's thread count and the BLAS libraries' (threadpoolctl), for the
-kernel and its floor alike.  The machine is shared: each figure is the minimum of --reps runs, the kernel
+"1 thread" / "2 threads" set both numba's thread count and the BLAS libraries' (threadpoolctl). The floors
+use them; compress/ runs every BLAS call on one thread (OpenBLAS's threaded calls round differently with
+the thread count, compress/threads.py), so the kernels' extra cores come only from the row-parallel
+ExactOBS kernels (numba).  The machine is shared: each figure is the minimum of --reps runs, the kernel
 and its floor alternate inside the same loop, and the load average is printed.
 """
 

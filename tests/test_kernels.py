@@ -163,3 +163,25 @@ def test_whole_layer_same_bits_at_one_and_two_threads_of_numba_and_blas():
     np.testing.assert_array_equal(a.W, b.W)
     np.testing.assert_array_equal(a.scores, b.scores)
     np.testing.assert_array_equal(qa.W, qb.W)
+
+
+def test_hessian_and_masked_solve_same_bits_at_one_and_two_blas_threads():
+    """OpenBLAS's threaded syrk / gemm round differently with the thread count; compress/ runs them on
+    one thread, so the library's thread setting does not reach the results."""
+    from threadpoolctl import threadpool_limits
+
+    from sbc_onnx.compress.obs import masked_solve
+
+    rng = np.random.default_rng(7)
+    Z = ((rng.random((400, 300)) < 0.1) * rng.random((400, 300))).astype(np.float32)
+    H = eager_hessian(Z, 20) + 0.01 * np.eye(300)
+    W = rng.standard_normal((6, 300))
+    mask = rng.random((6, 300)) < 0.5
+    out = {}
+    for n in (1, 2):
+        with threadpool_limits(n, user_api="blas"):
+            acc = HessianAccumulator(300)
+            acc.add(Z, 20)
+            out[n] = acc.H, masked_solve(W, H, mask)
+    np.testing.assert_array_equal(out[1][0], out[2][0])
+    np.testing.assert_array_equal(out[1][1], out[2][1])

@@ -18,6 +18,8 @@ import numpy as np
 from numba import njit
 from scipy.linalg import blas
 
+from .threads import blas_threads
+
 
 def _load_omatcopy():
     """cblas_somatcopy of the OpenBLAS bundled with SciPy's wheels (several times faster than a NumPy
@@ -109,6 +111,12 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     diag = np.diag(U).copy()
     panel = max(1, int(panel))
     outer = blocksize * max(1, -(-int(outer) // blocksize))
+    with blas_threads():  # the same bits at any thread count (threads.py)
+        _sweep_outer(Wt, U, Err, Q, diag, fix, keep, blocksize, sub, panel, on_block, gemm, gemv, err_from, outer)
+
+
+def _sweep_outer(Wt, U, Err, Q, diag, fix, keep, blocksize, sub, panel, on_block, gemm, gemv, err_from, outer):
+    d = Wt.shape[0]
     for o1 in range(0, d, outer):
         o2 = min(d, o1 + outer)
         _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv,

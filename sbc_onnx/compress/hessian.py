@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .threads import blas_threads
+
 __all__ = ["TimeFilter", "kernel_matrix", "filter_time", "HessianAccumulator", "eager_hessian"]
 
 
@@ -141,7 +143,8 @@ class HessianAccumulator:
         Fortran-ordered view that matches the total's layout (every piece a run of contiguous columns)."""
         if self._part is None or self._part.dtype != Zb.dtype:
             self._part = np.empty((self.d, self.d), dtype=Zb.dtype)
-        np.matmul(Zb.T, Zb, out=self._part)
+        with blas_threads():  # OpenBLAS's threaded syrk rounds differently with the thread count
+            np.matmul(Zb.T, Zb, out=self._part)
         pt = self._part.T
         for j in range(0, self.d, cols):
             e = min(self.d, j + cols)

@@ -27,6 +27,7 @@ import numpy as np
 from ._obs_kernel import sub_solve_rows, trace_rows
 from .masks import nm_pattern, select_smallest
 from .numerics import damped_hessian, damped_inverse
+from .threads import blas_threads
 
 
 __all__ = ["PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
@@ -122,6 +123,12 @@ def masked_solve(W0, Hd, mask, Hinv=None):
     active = (nP > 0) & (nK > 0)
     useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
     useK = active & ~useP
+    with blas_threads():  # the same bits at any thread count (threads.py)
+        _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK)
+    return Wn
+
+
+def _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK):
     rows = np.flatnonzero(useP)
     if rows.size:
         Hinv = np.asarray(Hinv, dtype=np.float64)
@@ -133,7 +140,6 @@ def masked_solve(W0, Hd, mask, Hinv=None):
         R = np.where(mask[rows], 0.0, W0[rows]) @ Hd                   # Hd[K,P] w0_P on K
         Xk = _sub_solve(Hd, mask[rows], R)
         Wn[rows] = np.where(mask[rows], W0[rows] + Xk, 0.0)
-    return Wn
 
 
 def exact_resolve(W0, H, mask, *, rel_damp=0.01, max_damp=1.0):

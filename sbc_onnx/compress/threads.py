@@ -8,10 +8,11 @@ runs on one thread (the measurements behind the threshold: benchmarks/bench_kern
 benchmarks/results/kernels.md).  Inside a row-parallel kernel the BLAS calls run on one thread each
 (BLAS threads on top of row threads only wait for each other).
 Results never depend on the thread count: rows are independent and each is computed by one thread.
-For the same reason the LAPACK factorizations (numerics.py) always run on one BLAS thread: OpenBLAS's
-threaded potrf / potri round differently with the thread count (checked: the factors of the same
-matrix at 1 and 2 threads were not bitwise equal), which changed ExactOBS masks.  Products (gemm) have
-the same bits at any thread count and keep the library's threads.
+For the same reason every BLAS / LAPACK call of compress/ runs on one BLAS thread (`blas_threads`):
+the Hessian's syrk blocks, the factorizations, the masked solves' products and the sweeps.  OpenBLAS's
+threaded potrf, syrk and gemm round differently with the thread count (checked here: the same call at 1
+and 2 threads was not bitwise equal), which changed ExactOBS weights and would change masks.  The cores
+are used by the row-parallel kernels, whose partition does not depend on the thread count.
 """
 
 from __future__ import annotations
