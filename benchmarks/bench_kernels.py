@@ -39,8 +39,7 @@ from threadpoolctl import threadpool_limits
 
 import sbc_onnx as sbc
 from sbc_onnx.calibrate import calibrate
-from sbc_onnx.compress import (damped_inverse, make_grid, obs_trace, prune_exact_obs, quantize_gptq,
-                               upper_inverse_factor)
+from sbc_onnx.compress import damped_inverse, make_grid, obs_trace, prune_exact_obs, quantize_gptq, upper_inverse_factor
 from sbc_onnx.compress import threads as th
 from sbc_onnx.compress.hessian import filter_time
 from sbc_onnx.compress.numerics import damped_hessian
@@ -181,7 +180,7 @@ def section_obs_rows(rows, reps):
 def section_layer(rows, reps):
     d, d_out = 2048, 500
     rng = np.random.default_rng(2)
-    say(f"## 4. ExactOBS 2048 -> 500 (50 %) at 1 and 2 threads\n")
+    say("## 4. ExactOBS 2048 -> 500 (50 %) at 1 and 2 threads\n")
     H = spike_hessian(rng, d, 6000)
     W = rng.standard_normal((d_out, d))[:rows]
     times: dict[int, list] = {1: [], 2: []}
@@ -215,7 +214,7 @@ def section_tiny(reps):
     W = rng.standard_normal((d_out, d))
     g = make_grid(W, 4)
     say("## 5. Tiny 256 -> 10 layer (ExactOBS 50 % + GPTQ 4 bits), and where row threads pay\n")
-    run = lambda: (prune_exact_obs(W, H, W.size // 2), quantize_gptq(W, H, g))  # noqa: E731
+    run = lambda: (prune_exact_obs(W, H, W.size // 2), quantize_gptq(W, H, g))
     rows = []
     for label, forced in (("thresholds of compress/threads.py", False), ("thresholds off (threads forced)", True)):
         old = th.PARALLEL_MIN_FLOP

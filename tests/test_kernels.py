@@ -8,8 +8,18 @@ from threadpoolctl import threadpool_info
 
 import sbc_onnx as sbc
 from sbc_onnx.calibrate import calibrate
-from sbc_onnx.compress import (HessianAccumulator, damped_inverse, eager_hessian, filter_time, make_grid,
-                               obs_trace, prune_exact_obs, quantize, quantize_gptq, quantize_gptq_eager)
+from sbc_onnx.compress import (
+    HessianAccumulator,
+    damped_inverse,
+    eager_hessian,
+    filter_time,
+    make_grid,
+    obs_trace,
+    prune_exact_obs,
+    quantize,
+    quantize_gptq,
+    quantize_gptq_eager,
+)
 from sbc_onnx.compress import threads as th
 from sbc_onnx.compress._obs_kernel import sub_solve_rows
 from sbc_onnx.data import Dataset

@@ -15,7 +15,7 @@ import numpy as np
 
 from .threads import blas_threads
 
-__all__ = ["TimeFilter", "kernel_matrix", "filter_time", "HessianAccumulator", "eager_hessian"]
+__all__ = ["HessianAccumulator", "TimeFilter", "eager_hessian", "filter_time", "kernel_matrix"]
 
 
 class TimeFilter:

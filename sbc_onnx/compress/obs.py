@@ -29,9 +29,15 @@ from .masks import nm_pattern, select_smallest
 from .numerics import damped_hessian, damped_inverse
 from .threads import blas_threads
 
-
-__all__ = ["PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
-           "masked_solve"]
+__all__ = [
+    "ObsTrace",
+    "PruneResult",
+    "exact_resolve",
+    "masked_solve",
+    "obs_trace",
+    "prune_exact_obs",
+    "trace_layer",
+]
 
 
 @dataclass

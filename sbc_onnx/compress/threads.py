@@ -21,7 +21,7 @@ import contextlib
 
 import numba
 
-__all__ = ["PARALLEL_MIN_FLOP", "row_threads", "numba_threads", "blas_threads"]
+__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "numba_threads", "row_threads"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
 
