@@ -17,6 +17,9 @@ factors) stays in cache for d <= 512.
 Step 2 gathers each row's system and solves it by Cholesky.  The loop is compiled so that small
 systems do not pay a Python call each (the NumPy version stacked them, padded, by size).
 
+Rows are independent: both kernels have a prange twin that spreads the rows over numba's threads when
+the work is large enough (threads.py); the serial twin is the reference and the bits are the same.
+
 N:M patterns: ``m > 0`` limits every group idx // m to ``cap0[group]`` eliminations, at most one per
 group per iteration (so a capacity can never be exceeded); bi = min(b_in, groups with capacity left).
 """
