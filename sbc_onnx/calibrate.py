@@ -234,7 +234,10 @@ def calibrate(
     if objective == "smp":
         calib.notes += [n for n in (nonlinear_note(fg, c.name, c.neuron) for c in cals.values()) if n]
     for cal in cals.values():
-        live = int(np.count_nonzero(np.diag(cal.acc.H) > 0))
+        t1 = time.perf_counter()
+        cal.acc.flush()  # the last, partly filled block of rows is part of the layer's Hessian time
+        cal.seconds += time.perf_counter() - t1
+        live = int(np.count_nonzero(cal.acc.diag > 0))
         units = cal.acc.n_units
         # Static (rate-coded) inputs: filtered spikes barely change within a sample, so the rank of H is
         # about the number of samples x positions, not the number of rows: warn when that is < live inputs.

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .calibrate import fed_neuron
+from .compress.hessian import HessianAccumulator
 from .sim import Walker
 
 __all__ = ["MemoryEstimate", "estimate_peak", "peak_rss", "process_rss"]
@@ -137,8 +138,10 @@ def estimate_peak(walker: Walker, layers: list[str], dataset: Any, batch_size: i
             d = w.shape[-1] if w.ndim == 2 else int(np.prod(w.shape[1:])) * int(np.asarray(node.groups).reshape(-1)[0])
             in_values = sizes.inputs.get(n, 0) // itemsize
             rows = in_values if w.ndim == 2 else _unfolded(node, sizes.outputs.get(n, 0), itemsize) // itemsize
-            # S (float64) + block product (float32) + filter states, z (float64) + rows (float32), x2 for norms
-            calibration += 12 * d * d + b * (3 * 8 * in_values + 4 * rows * (2 if input_norms else 1))
+            # S (float64) + block product (float32) + the accumulator's buffer of rows not yet folded;
+            # filter states, z (float64) + rows (float32), x2 for norms
+            calibration += (12 * d * d + HessianAccumulator.buffer_bytes(d)
+                            + b * (3 * 8 * in_values + 4 * rows * (2 if input_norms else 1)))
         if damage:
             targets = {fed_neuron(fg, n) for n in layers} - {None}
             cells = sum(sizes.outputs.get(t, 0) // itemsize for t in targets if walker.ops[t].spiking)

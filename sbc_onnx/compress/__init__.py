@@ -7,9 +7,9 @@ name; entry point for the graph-level pass: ``compress_layer`` / ``compress_grou
 
 from .allocation import (ALLOCATIONS, Allocation, Budget, LayerStats, allocate, allocate_by_scores, group_blocks,
                          lamp_scores, make_allocation)
-from .gptq import QuantResult, quantize_gptq, quantize_rtn
+from .gptq import QuantResult, quantize_gptq, quantize_gptq_eager, quantize_rtn
 from .grids import SCHEMES, Grid, from_int, make_grid, quantize, to_int
-from .hessian import HessianAccumulator, TimeFilter, filter_time, kernel_matrix
+from .hessian import HessianAccumulator, TimeFilter, eager_hessian, filter_time, kernel_matrix
 from .layer import LayerResult, compress_groups, compress_layer, relative_objective
 from .masks import check_nm, magnitude_mask, nm_mask, nm_pattern, select_smallest, wanda_mask, wanda_scores
 from .methods import METHODS, Method, PruneJob, get_method
@@ -20,8 +20,8 @@ from .sparsegpt import prune_sparsegpt
 
 __all__ = [
     "ALLOCATIONS", "Allocation", "Budget", "LayerStats", "allocate", "allocate_by_scores", "group_blocks",
-    "lamp_scores", "make_allocation", "QuantResult", "quantize_gptq", "quantize_rtn", "SCHEMES", "Grid",
-    "from_int", "make_grid", "quantize", "to_int", "HessianAccumulator", "TimeFilter", "filter_time",
+    "lamp_scores", "make_allocation", "QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn", "SCHEMES", "Grid",
+    "from_int", "make_grid", "quantize", "to_int", "HessianAccumulator", "TimeFilter", "eager_hessian", "filter_time",
     "kernel_matrix", "LayerResult", "compress_groups", "compress_layer", "relative_objective", "check_nm",
     "magnitude_mask", "nm_mask", "nm_pattern", "select_smallest", "wanda_mask", "wanda_scores", "METHODS",
     "Method", "PruneJob", "get_method", "FactorizationError", "damped_inverse", "upper_inverse_factor",

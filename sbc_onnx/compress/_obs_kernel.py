@@ -17,6 +17,9 @@ factors) stays in cache for d <= 512.
 Step 2 gathers each row's system and solves it by Cholesky.  The loop is compiled so that small
 systems do not pay a Python call each (the NumPy version stacked them, padded, by size).
 
+Rows are independent: both kernels have a prange twin that spreads the rows over numba's threads when
+the work is large enough (threads.py); the serial twin is the reference and the bits are the same.
+
 N:M patterns: ``m > 0`` limits every group idx // m to ``cap0[group]`` eliminations, at most one per
 group per iteration (so a capacity can never be exceeded); bi = min(b_in, groups with capacity left).
 """
@@ -31,7 +34,9 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from .threads import blas_threads, numba_threads, row_threads
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -143,8 +148,10 @@ def _select(sc, w, dcur, dead, idx, s, bi, m, cap, taken, P, sP):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r):
-    """Drop the dead positions and apply the r lazy downdates to the alive block (one sgemm).
+def _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r, buf):
+    """Drop the dead positions and apply the r lazy downdates to the alive block (one sgemm), written
+    into the flat scratch ``buf`` (not Hs; reused by later flushes: a fresh block per flush cost page
+    faults on every one for large d).
     The alive entries of the tail [s2, s) move into the holes that dead ones left in [0, s2), so all
     other rows and columns are copied contiguously.  Returns the new block; w, dcur, sc, idx, dead are
     compacted in place (the diagonal refreshed exactly)."""
@@ -169,7 +176,8 @@ def _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r):
         for i in range(s2):
             Ac[t, i] = at[src[i]]
             Bc[t, i] = bt[src[i]]
-    Hn = np.dot(Ac.T, Bc)  # the downdate on the alive block, in new positions
+    Hn = buf[:s2 * s2].reshape((s2, s2))
+    np.dot(Ac.T, Bc, Hn)  # the downdate on the alive block, in new positions
     tmp = np.empty(nh, np.float32)
     for i in range(s2):
         hn = Hn[i]
@@ -220,6 +228,8 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
     cap = cap0.copy()
     taken = np.zeros(cap0.shape[0], np.bool_)
     Hs = H0
+    bufs = np.empty((2, (d - min(flush, d)) ** 2), np.float32)  # ping-pong blocks (after the first flush)
+    nb = 0
     s = d
     r = 0
     pos = 0
@@ -313,7 +323,8 @@ def _trace_row(H0, w0, b_in, flush, m, cap0, order, scores):
         r += bi
         pos += bi
         if r >= flush and pos < n_elim:
-            Hs = _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r)
+            Hs = _compact(Hs, A, Bt, w, dcur, sc, idx, dead, s, r, bufs[nb])
+            nb = 1 - nb
             s = Hs.shape[0]
             r = 0
 
@@ -324,10 +335,24 @@ def _trace_rows(H0, W, b_in, flush, m, cap0, order, scores):
         _trace_row(H0, W[i], b_in, flush, m, cap0, order[i], scores[i])
 
 
+@njit(cache=True, error_model="numpy", fastmath={"contract"}, parallel=True)
+def _trace_rows_par(H0, W, b_in, flush, m, cap0, order, scores):
+    """_trace_rows with the rows spread over numba's threads: each row reads only H0 and its own w and
+    writes only its own order / scores, so the result is the same bits whatever the thread count."""
+    for i in prange(W.shape[0]):
+        _trace_row(H0, W[i], b_in, flush, m, cap0, order[i], scores[i])
+
+
 def trace_rows(H0, W, b_in, flush, m, cap0, order, scores) -> None:
     """Run the trace for every row of W (float32, (d_out, d)) against the symmetric float32 H0 = H^-1;
-    fills order / scores (d_out, n_elim) in place."""
-    _trace_rows(H0, W, b_in, flush, m, cap0, order, scores)
+    fills order / scores (d_out, n_elim) in place.  Rows run in parallel when that pays (threads.row_threads)."""
+    n = row_threads(W.shape[0], W.shape[1] ** 3)
+    with blas_threads():
+        if n > 1:
+            with numba_threads(n):
+                _trace_rows_par(H0, W, b_in, flush, m, cap0, order, scores)
+        else:
+            _trace_rows(H0, W, b_in, flush, m, cap0, order, scores)
     _compiled("trace_rows")
 
 
@@ -364,39 +389,58 @@ def _spd_solve(G, b):
 def sub_solve_rows(A, sel, rhs, X) -> np.ndarray:
     """For every row i: X[i, S] = A[S, S]^-1 rhs[i, S] with S = flatnonzero(sel[i]) (A: SPD float64,
     a damped Hessian or its inverse); X must be zero elsewhere on entry.  Returns the rows whose
-    system was not numerically positive definite (left 0 for the caller's least squares)."""
-    failed = _sub_solve_rows(A, sel, rhs, X)
+    system was not numerically positive definite (left 0 for the caller's least squares).  Rows run in
+    parallel when that pays (threads.row_threads; the same bits whatever the thread count)."""
+    m = int(sel.sum(1).max()) if sel.size else 0
+    n = row_threads(sel.shape[0], m ** 3 / 3)
+    failed = np.zeros(sel.shape[0], np.bool_)
+    with blas_threads():
+        if n > 1:
+            with numba_threads(n):
+                _sub_solve_rows_par(A, sel, rhs, X, failed)
+        else:
+            _sub_solve_rows(A, sel, rhs, X, failed)
     _compiled("sub_solve_rows")
-    return failed
+    return np.flatnonzero(failed)
 
 
 @njit(cache=True, error_model="numpy")
-def _sub_solve_rows(A, sel, rhs, X):
-    nr, d = sel.shape
-    S = np.empty(d, np.int64)
-    failed = np.zeros(nr, np.bool_)
-    for i in range(nr):
-        m = 0
-        for j in range(d):
-            if sel[i, j]:
-                S[m] = j
-                m += 1
-        if m == 0:
-            continue
-        G = np.empty((m, m))
-        b = np.empty(m)
-        for a in range(m):
-            Aa = A[S[a]]
-            for c in range(m):
-                G[a, c] = Aa[S[c]]
-            b[a] = rhs[i, S[a]]
-        x, ok = _spd_solve(G, b)
-        if not ok:
-            failed[i] = True
-            continue
-        for a in range(m):
-            X[i, S[a]] = x[a]
-    return np.flatnonzero(failed)
+def _sub_solve_row(A, sel, rhs, X, failed, i, S):
+    d = sel.shape[1]
+    m = 0
+    for j in range(d):
+        if sel[i, j]:
+            S[m] = j
+            m += 1
+    if m == 0:
+        return
+    G = np.empty((m, m))
+    b = np.empty(m)
+    for a in range(m):
+        Aa = A[S[a]]
+        for c in range(m):
+            G[a, c] = Aa[S[c]]
+        b[a] = rhs[i, S[a]]
+    x, ok = _spd_solve(G, b)
+    if not ok:
+        failed[i] = True
+        return
+    for a in range(m):
+        X[i, S[a]] = x[a]
+
+
+@njit(cache=True, error_model="numpy")
+def _sub_solve_rows(A, sel, rhs, X, failed):
+    S = np.empty(sel.shape[1], np.int64)
+    for i in range(sel.shape[0]):
+        _sub_solve_row(A, sel, rhs, X, failed, i, S)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _sub_solve_rows_par(A, sel, rhs, X, failed):
+    for i in prange(sel.shape[0]):
+        S = np.empty(sel.shape[1], np.int64)
+        _sub_solve_row(A, sel, rhs, X, failed, i, S)
 
 
 # ---- "is the compiled code on disk?" -------------------------------------------------------------------

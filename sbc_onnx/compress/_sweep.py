@@ -18,6 +18,8 @@ import numpy as np
 from numba import njit
 from scipy.linalg import blas
 
+from .threads import blas_threads
+
 
 def _load_omatcopy():
     """cblas_somatcopy of the OpenBLAS bundled with SciPy's wheels (several times faster than a NumPy
@@ -78,7 +80,8 @@ def _sub_gemm(Wt, U, Err, a1, a2, b1, b2, gemm):
     gemm(-1.0, Err[a1:a2].T, U[a1:a2, b1:b2], beta=1.0, c=Wt[b1:b2].T, overwrite_c=1)
 
 
-def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, panel=1, outer=512) -> None:
+def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, panel=1, outer=512,
+              err_from=None) -> None:
     """Sweep columns 0..d-1 of W (given transposed as a C-contiguous ``Wt``, modified in place).
 
     fix(i, w, out): writes the value the current column i (vector ``w`` over rows, up to date) is
@@ -92,6 +95,10 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     ``outer``: a third blocking level (rounded up to a multiple of ``blocksize``): a block updates only
     the rest of its outer block, and each outer block updates the trailing columns with one sgemm of
     inner dimension ``outer`` (fewer passes over W, better GEMM efficiency; same math).
+    ``err_from``: the quantization errors are taken against these rows instead of the current ones:
+    err_i = (err_from_i - q_i) / U_ii.  With err_from = the original W^T and U = -V D^-1 (V the upper
+    factor of H = V V^T, D = diag V, unit diagonal) the sweep is the same OBS elimination without
+    inverting the factor (GPTQ's "V-form", gptq.py).
     """
     d, n = Wt.shape
     if not Wt.flags.c_contiguous:
@@ -104,9 +111,16 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     diag = np.diag(U).copy()
     panel = max(1, int(panel))
     outer = blocksize * max(1, -(-int(outer) // blocksize))
+    with blas_threads():  # the same bits at any thread count (threads.py)
+        _sweep_outer(Wt, U, Err, Q, diag, fix, keep, blocksize, sub, panel, on_block, gemm, gemv, err_from, outer)
+
+
+def _sweep_outer(Wt, U, Err, Q, diag, fix, keep, blocksize, sub, panel, on_block, gemm, gemv, err_from, outer):
+    d = Wt.shape[0]
     for o1 in range(0, d, outer):
         o2 = min(d, o1 + outer)
-        _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv)
+        _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv,
+                     err_from)
         if o2 < d:
             _sub_gemm(Wt, U, Err, o1, o2, o2, d, gemm)
 
@@ -131,7 +145,7 @@ def _prune_sub_block(Wt, Err, UsT, C, j1, j2):
             ei[q] = w[q] * ci[q]
 
 
-def _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv):
+def _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv, err_from=None):
     """Columns [j1, j2) one by one (quantization, or N:M panels), left-looking inside each panel."""
     for p1 in range(j1, j2, panel):
         p2 = min(j2, p1 + panel)
@@ -147,11 +161,12 @@ def _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv):
             else:
                 q = Q[i - j1]
                 fix(i, w, q)
-                np.subtract(w, q, out=Err[i])
+                np.subtract(w if err_from is None else err_from[i], q, out=Err[i])
                 np.divide(Err[i], diag[i], out=Err[i])
 
 
-def _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv):
+def _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, on_block, gemm, gemv,
+                 err_from=None):
     dt = Wt.dtype
     for i1 in range(o1, o2, blocksize):
         i2 = min(o2, i1 + blocksize)
@@ -167,7 +182,7 @@ def _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, 
             if fix is None and panel == 1:  # pruning: the whole sub-block in one compiled call
                 _prune_sub_block(Wt, Err, UsT, C, j1, j2)
             else:
-                _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv)
+                _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv, err_from)
             if fix is None:
                 Wt[j1:j2] *= keep[j1:j2]
             else:

@@ -2,7 +2,14 @@
 
 Order: pi = argsort(diag(H^-1)) ascending (stable), computed once; permuting the columns by pi and
 running the Cholesky (upper factor) sweep is identical to §2.3's per-column loop with rank-1
-downdates of H^-1 (the sweep is the same math, lazily blocked for GEMM speed: §A.1).
+downdates of H^-1 (the sweep is the same math, lazily blocked for GEMM speed: §A.1;
+``quantize_gptq_eager`` is that loop, readable, in float64).
+V-form: the sweep needs no inverse factor.  With H_pi = V V^T (V upper: the Cholesky factor of the
+flipped H_pi) and U = V^-1 the usual factor, the errors E_i = (w_i - q_i) / U_ii satisfy E U = W0 - Q,
+so E = (W0 - Q) V and the current column is w_i = W0_i + sum_{k<i} (W0_k - q_k) V_ki / V_ii: the same
+blocked sweep with U replaced by -V D^-1 and the errors taken against the original weights.  This
+saves the triangular inverse of the second factorization (only the order needs diag(H^-1), hence one
+potrf + trtri, then one potrf).
 Grid: fixed from the ORIGINAL weights before compensation (passed in); each column is set to its
 clamped grid value when reached, so the result is on the grid (compensated values beyond the range
 are clamped: the paper's "out-of-range" limitation).
@@ -22,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._sweep import obs_sweep, transpose
-from .grids import Grid, from_int, to_int
-from .numerics import upper_inverse_factor
+from .grids import Grid, from_int, quantize, to_int
+from .numerics import damped_cholesky, damped_inverse, upper_inverse_factor
 
-__all__ = ["QuantResult", "quantize_gptq", "quantize_rtn"]
+__all__ = ["QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
 
 
 @dataclass
@@ -55,12 +62,17 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     t0 = time.perf_counter()
     U0, rd, esc = upper_inverse_factor(H, rel_damp, max_damp)
     perm = np.argsort((U0 * U0).sum(axis=0), kind="stable")  # diag(H^-1) = column norms^2 of U
-    Hp = np.asarray(H, dtype=np.float64)[np.ix_(perm, perm)]
-    U, _, esc2 = upper_inverse_factor(Hp, rd, max(rd, max_damp))
+    del U0
+    L, _, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)  # J H_pi J = L L^T
     esc = esc + esc2
+    V = L[::-1, ::-1]  # upper, H_pi = V V^T
+    Uv = np.divide(V, -np.diag(V)[None, :], dtype=np.float32)  # -V D^-1 (V-form, module docstring)
+    np.fill_diagonal(Uv, 1.0)
+    del L, V
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     Wt = transpose(np.where(keep, W0, 0.0), np.float32)[perm]  # row gathers of W^T are contiguous
+    W0t = Wt.copy()
     keepT = transpose(keep)[perm]
     scale = np.broadcast_to(np.asarray(grid.scale, np.float64), (d_out, 1))[:, 0].astype(np.float32)
     zero = np.broadcast_to(np.asarray(grid.zero, np.float64), (d_out, 1))[:, 0].astype(np.float32)
@@ -78,7 +90,7 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
         np.minimum(out, hi, out=out)
         np.multiply(out, SK[i], out=out)
 
-    obs_sweep(Wt, U.astype(np.float32), fix, blocksize=blocksize, sub=sub)
+    obs_sweep(Wt, Uv, fix, blocksize=blocksize, sub=sub, err_from=W0t)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(d)
     Wsw = transpose(Wt[inv]).astype(np.float64)
@@ -89,3 +101,20 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     q = np.where(keep, q, to_int(np.zeros((d_out, 1)), grid))
     t2 = time.perf_counter()
     return QuantResult(Wq, q, rd, esc, perm, {"factor": t1 - t0, "sweep": t2 - t1})
+
+
+def quantize_gptq_eager(W, H, grid: Grid, *, mask=None, rel_damp=0.01) -> np.ndarray:
+    """The readable twin of ``quantize_gptq`` (float64, one column at a time, O(d^3) per column block of
+    d_out: tests only): docs/sbc_method.md §2.3's loop in the static order argsort(diag(H^-1)), each
+    column fixed to its grid value (0 where masked), its error spread with a rank-1 downdate of H^-1."""
+    W = np.asarray(W, dtype=np.float64)
+    keep = np.ones_like(W, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    Hi = damped_inverse(H, rel_damp, rel_damp)[0]
+    Wr = np.where(keep, W, 0.0)
+    for c in np.argsort(np.diag(Hi), kind="stable"):
+        wq = np.where(keep[:, c], quantize(Wr[:, [c]], grid)[:, 0], 0.0)
+        e = (Wr[:, c] - wq) / Hi[c, c]
+        Wr -= np.outer(e, Hi[:, c])
+        Wr[:, c] = wq
+        Hi -= np.outer(Hi[:, c], Hi[c]) / Hi[c, c]
+    return Wr

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TimeFilter", "kernel_matrix", "filter_time", "HessianAccumulator"]
+from .threads import blas_threads
+
+__all__ = ["HessianAccumulator", "TimeFilter", "eager_hessian", "filter_time", "kernel_matrix"]
 
 
 class TimeFilter:
@@ -72,21 +74,40 @@ class HessianAccumulator:
     ``add(Z, n_units)``: Z (rows, d) are *already filtered* rows (one per unit and time step);
     ``n_units`` is the number of (sample x position) units they belong to (time is summed, not averaged).
 
-    Precision: filtered spikes are not integers, so float32 sums can drift.  We run syrk (NumPy's
-    Z^T Z) on blocks of at most ``block_rows`` rows (bounded float32 rounding: relative error ~
-    sqrt(block_rows) * 6e-8) and fold each block into a float64 total.  ``precision="float64"`` uses
-    float64 throughout (slower).  syrk = n d^2 FLOPs, half of a GEMM.
+    Precision: filtered spikes are not integers, so float32 sums can drift.  The rows of all calls form
+    one stream, cut into blocks of ``block_rows`` rows; each block is one syrk (NumPy's Z^T Z) with
+    bounded float32 rounding (relative error ~ sqrt(block_rows) * 6e-8), folded into a float64 total.
+    Rows arriving in small pieces (a dense layer gets batch-size rows per time step) are copied into a
+    block buffer first: folding the d x d total once per step cost several times the syrk itself.  The
+    partition does not depend on how the rows were split into calls, so many small ``add`` calls give
+    the bits of one call with all the rows (``eager_hessian`` is the readable float64 formula).
+    ``precision="float64"`` uses float64 throughout (slower).  syrk = n d^2 FLOPs, half of a GEMM.
+    ``block_rows`` defaults to 8192, fewer for wide layers so that the buffer stays <= 16 MiB.
     """
 
-    def __init__(self, d: int, betas: tuple = (), *, precision: str = "float32", block_rows: int = 8192):
+    BUFFER_BYTES = 1 << 24
+
+    @classmethod
+    def default_block_rows(cls, d: int, itemsize: int = 4) -> int:
+        return min(8192, max(512, cls.BUFFER_BYTES // (itemsize * max(1, int(d)))))
+
+    @classmethod
+    def buffer_bytes(cls, d: int, itemsize: int = 4) -> int:
+        """Bytes of the row buffer of a d-input layer (what `memory.estimate_peak` counts)."""
+        return cls.default_block_rows(d, itemsize) * int(d) * itemsize
+
+    def __init__(self, d: int, betas: tuple = (), *, precision: str = "float32", block_rows: int | None = None):
         if precision not in ("float32", "float64"):
             raise ValueError(f"precision must be float32 or float64, not {precision!r}")
         self.d = int(d)
         self.betas = tuple(float(b) for b in betas)
         self.precision = precision
-        self.block_rows = int(block_rows)
+        self._dtype = np.dtype(np.float32 if precision == "float32" else np.float64)
+        self.block_rows = int(block_rows or self.default_block_rows(self.d, self._dtype.itemsize))
         self._S = np.zeros((self.d, self.d), dtype=np.float64, order="F")  # upper triangle of sum z z^T
-        self._part = None  # float32/64 Z^T Z of one block, reused
+        self._part = None  # Z^T Z of one block, reused
+        self._buf = None   # rows of the current, not yet folded block
+        self._fill = 0
         self._n_units = 0
         self._sq = np.zeros(self.d, dtype=np.float64)
 
@@ -96,12 +117,30 @@ class HessianAccumulator:
         Z = np.asarray(Z)
         if Z.ndim != 2 or Z.shape[1] != self.d:
             raise ValueError(f"Z must have shape (rows, {self.d}), got {Z.shape}")
-        dt = np.float32 if self.precision == "float32" else np.float64
-        if Z.shape[0] > self.block_rows and not Z.flags.c_contiguous:
+        br, n = self.block_rows, Z.shape[0]
+        if n >= br and not Z.flags.c_contiguous:
             Z = np.ascontiguousarray(Z)  # row blocks of Fortran data would be strided copies anyway
-        for r0 in range(0, Z.shape[0], self.block_rows):
-            self._fold(np.asarray(Z[r0:r0 + self.block_rows], dtype=dt))
+        pos = 0
+        while pos < n:
+            if self._fill == 0 and n - pos >= br:  # a whole block: fold it where it is
+                self._fold(np.asarray(Z[pos:pos + br], dtype=self._dtype))
+                pos += br
+                continue
+            if self._buf is None:
+                self._buf = np.empty((br, self.d), dtype=self._dtype)
+            take = min(br - self._fill, n - pos)
+            self._buf[self._fill:self._fill + take] = Z[pos:pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == br:
+                self.flush()
         self._n_units += int(n_units)
+
+    def flush(self) -> None:
+        """Fold the buffered rows of the current block into the total (done by ``H`` and ``is_finite``)."""
+        if self._fill:
+            self._fold(self._buf[:self._fill])
+            self._fill = 0
 
     def _fold(self, Zb, cols: int = 256) -> None:
         """Zb^T Zb into the reused buffer, folded into the float64 total over the upper triangle only,
@@ -111,7 +150,8 @@ class HessianAccumulator:
         Fortran-ordered view that matches the total's layout (every piece a run of contiguous columns)."""
         if self._part is None or self._part.dtype != Zb.dtype:
             self._part = np.empty((self.d, self.d), dtype=Zb.dtype)
-        np.matmul(Zb.T, Zb, out=self._part)
+        with blas_threads():  # OpenBLAS's threaded syrk rounds differently with the thread count
+            np.matmul(Zb.T, Zb, out=self._part)
         pt = self._part.T
         for j in range(0, self.d, cols):
             e = min(self.d, j + cols)
@@ -135,6 +175,7 @@ class HessianAccumulator:
     @property
     def is_finite(self) -> bool:
         """Whether every accumulated entry is finite (an overflow or a NaN input makes H meaningless)."""
+        self.flush()
         return bool(np.isfinite(self._S).all())
 
     @property
@@ -144,6 +185,7 @@ class HessianAccumulator:
     @property
     def H(self) -> np.ndarray:
         """Symmetric float64 (d, d) Hessian 2/N_units * sum z z^T (zeros if nothing was added)."""
+        self.flush()
         d, S, b = self.d, self._S, 128
         H = np.empty((d, d))
         scale = 2.0 / self._n_units if self._n_units else 1.0
@@ -159,6 +201,18 @@ class HessianAccumulator:
         return H
 
     @property
+    def diag(self) -> np.ndarray:
+        """diag(H) without building H."""
+        self.flush()
+        return np.diag(self._S) * (2.0 / self._n_units if self._n_units else 1.0)
+
+    @property
     def sq_norms(self) -> np.ndarray:
         """Per-input sum of squares of the unfiltered input (not normalised; Wanda is scale-free)."""
         return self._sq.copy()
+
+
+def eager_hessian(Z: np.ndarray, n_units: int) -> np.ndarray:
+    """The readable twin of ``HessianAccumulator``: 2/N_units * Z^T Z over all filtered rows, in float64."""
+    Z = np.asarray(Z, dtype=np.float64)
+    return 2.0 / n_units * (Z.T @ Z) if n_units else Z.T @ Z

@@ -22,6 +22,8 @@ import math
 import numpy as np
 from scipy.linalg import lapack
 
+from .threads import blas_threads
+
 __all__ = ["MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky", "damped_hessian",
            "damped_inverse", "upper_inverse_factor"]
 
@@ -57,23 +59,45 @@ def damped_hessian(H: np.ndarray, rel_damp: float) -> tuple[np.ndarray, float]:
     return H, lam
 
 
-def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0, *, reverse: bool = False):
-    """Lower Cholesky factor L of the damped H (of J H J if ``reverse``: the flip trick).
+def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndarray, float]:
+    """(J) H_perm (J) + lambda I as a fresh C-ordered array, lambda from diag(H_perm) as `damped_hessian`
+    computes it.  One copy: row and column gathers, or a flat reversal (J H J of a C-ordered matrix is
+    its memory read backwards).  H is symmetric, so the C array is also the Fortran array LAPACK reads
+    (its transpose, passed without another copy)."""
+    diag = np.diag(H) if perm is None else np.diag(H)[perm]
+    live = diag > 0
+    with np.errstate(over="ignore"):  # an overflow gives inf, which damped_cholesky reports
+        lam = rd * (float(diag[live].mean()) if live.any() else 1.0)
+    if perm is None:
+        G = np.ascontiguousarray(H).ravel()[::-1].reshape(H.shape).copy() if reverse else np.array(H, copy=True)
+    else:
+        idx = np.asarray(perm)[::-1] if reverse else np.asarray(perm)
+        G = np.take(H[idx], idx, axis=1)
+    G[np.diag_indices_from(G)] += lam
+    return G, lam
+
+
+def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0, *, reverse: bool = False,
+                    perm=None):
+    """Lower Cholesky factor L of the damped H (of J H J if ``reverse``: the flip trick), of the damped
+    H[perm][:, perm] if ``perm`` is given (lambda from its diagonal; the same as permuting H first).
+    H must be symmetric (only one triangle is read).
 
     Returns (L, rel_damp_used, lambda_abs, escalations).
     """
     rd, max_damp = check_damping(rel_damp), check_damping(max_damp, "max_damp")
     H = np.asarray(H, dtype=np.float64)
+    if H.ndim != 2 or H.shape[0] != H.shape[1]:
+        raise ValueError(f"H must be square, got {H.shape}")
     if not np.all(np.isfinite(H)):
         raise FactorizationError("Hessian has non-finite entries (NaN/inf); no damping can fix that")
     escalations: list[str] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):  # bounded: rd is finite and each retry needs a new rd
-        Hd, lam = damped_hessian(H, rd)
+        Hd, lam = _damped_copy(H, rd, perm, reverse)
         if not math.isfinite(lam):
             raise FactorizationError(f"damping overflows (lambda = {lam:g} at rel_damp={rd:g})")
-        if reverse:
-            Hd = Hd[::-1, ::-1]
-        L, info = lapack.dpotrf(Hd, lower=1, clean=1)
+        with blas_threads():  # one thread: OpenBLAS's threaded potrf rounds differently (threads.py)
+            L, info = lapack.dpotrf(Hd.T, lower=1, clean=1, overwrite_a=1)
         if info == 0 and not np.all(np.isfinite(L)):
             raise FactorizationError(f"the Cholesky factor has non-finite entries at rel_damp={rd:g}")
         if info == 0 and (rd > 0 or np.all(np.diag(L) > 0)):
@@ -95,7 +119,8 @@ def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0
 def damped_inverse(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):
     """(Hinv, rel_damp_used, escalations): full symmetric inverse of the damped H (potrf + potri)."""
     L, rd, _, esc = damped_cholesky(H, rel_damp, max_damp)
-    Hinv, info = lapack.dpotri(L, lower=1)
+    with blas_threads():
+        Hinv, info = lapack.dpotri(L, lower=1)
     if info != 0:
         raise FactorizationError(f"potri failed (info={info})")
     Hinv = np.tril(Hinv) + np.tril(Hinv, -1).T
@@ -110,7 +135,8 @@ def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float 
     instead of the 4/3 d^3 of SparseGPT's cholesky -> cholesky_inverse -> cholesky chain.
     """
     L, rd, _, esc = damped_cholesky(H, rel_damp, max_damp, reverse=True)
-    Linv, info = lapack.dtrtri(L, lower=1)
+    with blas_threads():
+        Linv, info = lapack.dtrtri(L, lower=1)
     if info != 0:
         raise FactorizationError(f"trtri failed (info={info})")
     U = np.ascontiguousarray(np.tril(Linv)[::-1, ::-1])

@@ -21,11 +21,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from ._obs_kernel import sub_solve_rows, trace_rows
 from .masks import nm_pattern, select_smallest
 from .numerics import damped_hessian, damped_inverse
+from .threads import blas_threads
 
 
 __all__ = ["load_kernels", "PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
@@ -80,7 +82,8 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
     order = np.empty((d_out, n_elim), dtype=np.int64)
     scores = np.empty((d_out, n_elim), dtype=np.float64)
     W32 = np.ascontiguousarray(W, dtype=np.float32)
-    step = d_out if on_rows is None else max(1, -(-(1 << 32) // max(1, d) ** 3))  # a few rows per call: progress moves
+    # a few rows per call so that progress moves, at least one per thread so that every thread has one
+    step = d_out if on_rows is None else max(numba.get_num_threads(), -(-(1 << 32) // max(1, d) ** 3))
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)
         trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])
@@ -120,6 +123,12 @@ def masked_solve(W0, Hd, mask, Hinv=None):
     active = (nP > 0) & (nK > 0)
     useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
     useK = active & ~useP
+    with blas_threads():  # the same bits at any thread count (threads.py)
+        _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK)
+    return Wn
+
+
+def _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK):
     rows = np.flatnonzero(useP)
     if rows.size:
         Hinv = np.asarray(Hinv, dtype=np.float64)
@@ -131,7 +140,6 @@ def masked_solve(W0, Hd, mask, Hinv=None):
         R = np.where(mask[rows], 0.0, W0[rows]) @ Hd                   # Hd[K,P] w0_P on K
         Xk = _sub_solve(Hd, mask[rows], R)
         Wn[rows] = np.where(mask[rows], W0[rows] + Xk, 0.0)
-    return Wn
 
 
 def exact_resolve(W0, H, mask, *, rel_damp=0.01, max_damp=1.0):

@@ -1,0 +1,65 @@
+"""When the compress/ kernels use threads, and how many.
+
+Two kinds of threads: numba's (the ExactOBS kernels split a layer's independent rows over them, prange)
+and the BLAS library's.  Threads cost a start-up and, on a busy machine, spin-waiting; on small problems
+that costs more than the work (a 256 -> 10 layer was several times slower with two threads than with
+one).  So a row-parallel kernel asks for threads by the size of its work: below PARALLEL_MIN_FLOP it
+runs on one thread (the measurements behind the threshold: benchmarks/bench_kernels.py,
+benchmarks/results/kernels.md).  Inside a row-parallel kernel the BLAS calls run on one thread each
+(BLAS threads on top of row threads only wait for each other).
+Results never depend on the thread count: rows are independent and each is computed by one thread.
+For the same reason every BLAS / LAPACK call of compress/ runs on one BLAS thread (`blas_threads`):
+the Hessian's syrk blocks, the factorizations, the masked solves' products and the sweeps.  OpenBLAS's
+threaded potrf, syrk and gemm round differently with the thread count (checked here: the same call at 1
+and 2 threads was not bitwise equal), which changed ExactOBS weights and would change masks.  The cores
+are used by the row-parallel kernels, whose partition does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numba
+
+__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "numba_threads", "row_threads"]
+
+PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
+
+_controller: list = []
+
+
+def row_threads(rows: int, flop_per_row: float) -> int:
+    """How many numba threads a kernel over `rows` independent rows of `flop_per_row` each should use."""
+    n = min(numba.get_num_threads(), rows)
+    return n if n > 1 and rows * flop_per_row >= PARALLEL_MIN_FLOP else 1
+
+
+class numba_threads:
+    """numba's thread count for one parallel call, with one row per chunk (a thread slowed by other work
+    on the machine does not hold a fixed share of the rows); both restored afterwards."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.old = numba.get_num_threads(), numba.get_parallel_chunksize()
+        numba.set_num_threads(self.n)
+        numba.set_parallel_chunksize(1)
+        return self
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.old[0])
+        numba.set_parallel_chunksize(self.old[1])
+
+
+def blas_threads():
+    """A context running BLAS (NumPy's and SciPy's libraries, which numba calls too) on one thread."""
+    if not _controller:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _controller.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency; without it: default threads
+            _controller.append(None)
+    if _controller[0] is None:  # pragma: no cover
+        return contextlib.nullcontext()
+    return _controller[0].limit(limits=1, user_api="blas")

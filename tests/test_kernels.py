@@ -1,0 +1,197 @@
+"""Fast kernels against their readable twins, and the same result whatever the thread count (#13, #15)."""
+
+import nir
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import sbc_onnx as sbc
+from sbc_onnx.calibrate import calibrate
+from sbc_onnx.compress import (
+    HessianAccumulator,
+    damped_inverse,
+    eager_hessian,
+    filter_time,
+    make_grid,
+    obs_trace,
+    prune_exact_obs,
+    quantize,
+    quantize_gptq,
+    quantize_gptq_eager,
+)
+from sbc_onnx.compress import threads as th
+from sbc_onnx.compress._obs_kernel import sub_solve_rows
+from sbc_onnx.data import Dataset
+
+
+def spike_H(rng, d, rows=600, beta=0.6):
+    Z = filter_time((rng.random((rows // 20, 20, d)) < 0.15).astype(np.float64), (beta,), axis=1)
+    return 2.0 / 20 * Z.reshape(-1, d).T @ Z.reshape(-1, d)
+
+
+def test_buffered_rows_give_the_bits_of_one_call_and_the_eager_hessian():
+    rng = np.random.default_rng(0)
+    Z = ((rng.random((1000, 37)) < 0.2) * rng.random((1000, 37))).astype(np.float32)
+    one = HessianAccumulator(37, block_rows=300)
+    one.add(Z, 10)
+    many = HessianAccumulator(37, block_rows=300)
+    cuts = [0, 7, 9, 300, 301, 650, 999, 1000]  # pieces smaller, equal and across block boundaries
+    for a, b in zip(cuts, cuts[1:]):
+        many.add(Z[a:b], 10 if a == 0 else 0)
+    np.testing.assert_array_equal(many.H, one.H)
+    ref = eager_hessian(Z, 10)
+    np.testing.assert_allclose(many.H, ref, rtol=0, atol=2e-6 * np.abs(ref).max())  # float32 blocks of 300
+    np.testing.assert_allclose(many.diag, np.diag(ref), rtol=2e-6)
+    f64 = HessianAccumulator(37, precision="float64", block_rows=300)
+    for a, b in zip(cuts, cuts[1:]):
+        f64.add(Z[a:b], 10 if a == 0 else 0)
+    np.testing.assert_allclose(f64.H, ref, rtol=1e-13, atol=1e-13 * np.abs(ref).max())  # float64 round-off
+    assert HessianAccumulator(4608).block_rows * 4608 * 4 <= HessianAccumulator.BUFFER_BYTES  # bounded buffer
+
+
+def test_calibration_observer_equals_eager_hessian_of_the_filtered_rows():
+    """The observer (one small piece of rows per step, buffered) against 2/B sum (M X)^T (M X)."""
+    rng = np.random.default_rng(1)
+    d, do, T, B = 23, 5, 30, 6
+    g = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": np.array([d])}),
+               "fc": nir.Affine(weight=rng.normal(0, 0.3, (do, d)), bias=np.zeros(do)),
+               "lif": nir.LIF(tau=np.full(do, 2.0), r=np.full(do, 2.0), v_leak=np.zeros(do),
+                              v_threshold=np.ones(do), v_reset=np.zeros(do)),
+               "output": nir.Output(output_type={"output": np.array([do])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    X = (rng.random((B, T, d)) < 0.2).astype(np.uint8)
+    cal = calibrate(sbc.Walker(g, sbc.SimConfig(dt=1.0, dtype="float64")), Dataset(X, np.zeros(B, int)), batch_size=4)
+    lc = cal.layers["fc"]
+    assert lc.betas == (0.5,)
+    Z = filter_time(X.astype(np.float64), lc.betas, axis=1).reshape(-1, d)
+    ref = eager_hessian(Z, B)
+    np.testing.assert_allclose(lc.H, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.fixture
+def forced_threads(monkeypatch):
+    """Threads used whatever the size (the thresholds would keep these small tests on one thread)."""
+    monkeypatch.setattr(th, "PARALLEL_MIN_FLOP", 0)
+    old = numba.get_num_threads()
+    yield
+    numba.set_num_threads(old)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
+def test_exact_obs_same_bits_at_one_and_two_threads(forced_threads):
+    rng = np.random.default_rng(2)
+    H = spike_H(rng, 48)
+    W = rng.standard_normal((9, 48))
+    out = {}
+    for n in (1, 2):
+        numba.set_num_threads(n)
+        out[n] = prune_exact_obs(W, H, 200), obs_trace(W, damped_inverse(H)[0], pattern=(2, 4))
+    (a, (oa, sa)), (b, (ob, sb)) = out[1], out[2]
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.W, b.W)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(oa, ob)
+    np.testing.assert_array_equal(sa, sb)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
+def test_masked_solves_same_bits_at_one_and_two_threads_and_equal_numpy(forced_threads):
+    rng = np.random.default_rng(3)
+    A = spike_H(rng, 30) + 0.1 * np.eye(30)
+    sel = rng.random((11, 30)) < 0.6
+    sel[4] = False  # an empty row stays 0
+    rhs = rng.standard_normal((11, 30))
+    X = {}
+    for n in (1, 2):
+        numba.set_num_threads(n)
+        X[n] = np.zeros((11, 30))
+        assert sub_solve_rows(A, sel, rhs, X[n]).size == 0
+    np.testing.assert_array_equal(X[1], X[2])
+    for i in range(11):
+        S = np.flatnonzero(sel[i])
+        ref = np.zeros(30)
+        if S.size:
+            ref[S] = np.linalg.solve(A[np.ix_(S, S)], rhs[i, S])
+        np.testing.assert_allclose(X[2][i], ref, rtol=1e-9, atol=1e-12)
+
+
+def test_thread_policy_by_size_and_blas_limit():
+    assert th.row_threads(10, 256**3) == 1 or 10 * 256**3 >= th.PARALLEL_MIN_FLOP
+    assert th.row_threads(4, 64**3) == 1  # a tiny layer never starts threads
+    assert th.row_threads(1, 1e12) == 1  # one row: nothing to split
+    if numba.get_num_threads() > 1:
+        assert th.row_threads(500, 2048**3) == min(numba.get_num_threads(), 500)
+    with th.blas_threads():
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gptq_v_form_equals_the_eager_loop(masked):
+    """The V-form sweep (no inverse factor; float32) against §2.3's float64 per-column loop: every weight
+    on the same grid point (the float32 sweep's rounding never moved one across a rounding boundary)."""
+    rng = np.random.default_rng(4 + masked)
+    d = 70
+    H = spike_H(rng, d)
+    H[:, [5, 11]] = H[[5, 11], :] = 0  # dead inputs
+    W = rng.standard_normal((12, d))
+    mask = prune_exact_obs(W, H, 300).mask if masked else None
+    W0 = np.where(mask, W, 0) if masked else W
+    g = make_grid(W0, 3)
+    fast = quantize_gptq(W0, H, g, mask=mask, blocksize=16, sub=4)
+    ref = quantize_gptq_eager(W0, H, g, mask=mask)
+    np.testing.assert_allclose(fast.W, quantize(ref, g) if not masked else np.where(mask, quantize(ref, g), 0),
+                               rtol=0, atol=1e-12)
+    kept = np.ones_like(W, bool) if mask is None else mask
+    assert np.mean((fast.W != quantize(W0, g))[kept]) > 0.05  # not RTN
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
+def test_whole_layer_same_bits_at_one_and_two_threads_of_numba_and_blas():
+    """With the default thresholds, numba and BLAS both at 1 or at 2 threads: ExactOBS (factorization,
+    row-parallel trace and solves) and GPTQ give identical bits (OpenBLAS's threaded potrf does not: the
+    factorizations run on one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(6)
+    d = 300
+    H = spike_H(rng, d, rows=1200)
+    W = rng.standard_normal((8, d))
+    g = make_grid(W, 4)
+    old, out = numba.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            with threadpool_limits(n, user_api="blas"):
+                out[n] = prune_exact_obs(W, H, W.size // 2), quantize_gptq(W, H, g)
+    finally:
+        numba.set_num_threads(old)
+    (a, qa), (b, qb) = out[1], out[2]
+    assert W.shape[0] * d**3 >= th.PARALLEL_MIN_FLOP  # the trace did run on two threads
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.W, b.W)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(qa.W, qb.W)
+
+
+def test_hessian_and_masked_solve_same_bits_at_one_and_two_blas_threads():
+    """OpenBLAS's threaded syrk / gemm round differently with the thread count; compress/ runs them on
+    one thread, so the library's thread setting does not reach the results."""
+    from threadpoolctl import threadpool_limits
+
+    from sbc_onnx.compress.obs import masked_solve
+
+    rng = np.random.default_rng(7)
+    Z = ((rng.random((400, 300)) < 0.1) * rng.random((400, 300))).astype(np.float32)
+    H = eager_hessian(Z, 20) + 0.01 * np.eye(300)
+    W = rng.standard_normal((6, 300))
+    mask = rng.random((6, 300)) < 0.5
+    out = {}
+    for n in (1, 2):
+        with threadpool_limits(n, user_api="blas"):
+            acc = HessianAccumulator(300)
+            acc.add(Z, 20)
+            out[n] = acc.H, masked_solve(W, H, mask)
+    np.testing.assert_array_equal(out[1][0], out[2][0])
+    np.testing.assert_array_equal(out[1][1], out[2][1])
