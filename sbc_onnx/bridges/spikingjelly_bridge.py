@@ -8,10 +8,12 @@ same, only the leading axes differ ((B, ...) or (T, B, ...)); one network mixing
 
 Discrete-time equivalence (one SpikingJelly step = one walker step, dt = 1, forward Euler: k = dt/tau):
   IFNode                  v += x                               <->  IF   r = 1
-  LIFNode  decay_input    v += (x - (v - v_reset)) / tau       <->  LIF  tau, r = 1,   v_leak = v_reset
-  LIFNode  no decay_input v += -(v - v_reset) / tau + x        <->  LIF  tau, r = tau, v_leak = v_reset
+  LIFNode  decay_input    v += (x - (v - v_reset)) / tau       <->  LIF  tau, r = 1
+  LIFNode  no decay_input v += -(v - v_reset) / tau + x        <->  LIF  tau, r = tau
   ParametricLIFNode       as LIFNode with 1/tau = sigmoid(w)   <->  LIF  tau = 1 / sigmoid(w) (float32, as SJ)
-  v_reset = None (soft reset: v -= v_threshold, leak towards 0)  <->  metadata reset "subtract", v_leak = 0
+  v_reset = None (soft reset: v -= v_threshold, leak towards 0)  <->  metadata reset "subtract"
+  SpikingJelly starts v at v_reset, NIR simulators at 0: the membrane is exported shifted by -v_reset, so
+  v_leak = v_reset = 0 and the threshold is v_threshold - v_reset (v_reset = 0 or None: no shift).
   Conv2d / Linear (layer. or nn.), BatchNorm2d after a Conv2d and BatchNorm1d after a Linear folded in
   (eval-mode running statistics: W' = W s, b' = (b - mean) s + beta, s = gamma / sqrt(var + eps); a layer
   without bias gets the folded one), Flatten / torch.flatten / view / reshape that flatten, AvgPool2d,
@@ -163,7 +165,7 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def fire_threshold(v_threshold: float) -> float:
+def fire_threshold(v_threshold: float | np.float32) -> float:
     """The threshold the walker compares with `>` so that float32 `v > it` is SpikingJelly's `v >= thr`."""
     return float(np.nextafter(np.float32(v_threshold), np.float32(-np.inf)))
 
@@ -174,10 +176,13 @@ def _neuron_node(m: torch.nn.Module, path: str, shape: tuple[int, ...]) -> nir.N
                          f"(supported: {', '.join(c.__name__ for c in _NEURONS)})")
     if not getattr(m.surrogate_function, "spiking", True):
         raise ValueError(f"{path!r}: surrogate_function with spiking=False outputs no spikes")
-    thr = full(fire_threshold(float(m.v_threshold)), shape)
-    v_reset = full(0.0 if m.v_reset is None else float(m.v_reset), shape)
+    # SpikingJelly starts v at v_reset (hard reset) and NIR simulators at 0: the membrane is exported shifted
+    # by -v_reset (rest, reset and leak target 0; the threshold v_threshold - v_reset)
+    shift = np.float32(0.0 if m.v_reset is None else m.v_reset)
+    thr = full(fire_threshold(np.float32(m.v_threshold) - shift), shape)
+    zeros = np.zeros(shape)
     if isinstance(m, neuron.IFNode):
-        return nir.IF(r=np.ones(shape), v_threshold=thr, v_reset=v_reset)
+        return nir.IF(r=np.ones(shape), v_threshold=thr, v_reset=zeros)
     if isinstance(m, neuron.ParametricLIFNode):
         k = float(m.w.detach().float().sigmoid())  # SpikingJelly's 1/tau, computed in float32 as it does
         tau = 1.0 / k
@@ -185,7 +190,7 @@ def _neuron_node(m: torch.nn.Module, path: str, shape: tuple[int, ...]) -> nir.N
         tau = float(m.tau)
     tau = full(tau, shape)
     r = np.ones(shape) if m.decay_input else tau.copy()
-    return nir.LIF(tau=tau, r=r, v_leak=v_reset.copy(), v_threshold=thr, v_reset=v_reset)
+    return nir.LIF(tau=tau, r=r, v_leak=zeros, v_threshold=thr, v_reset=zeros.copy())
 
 
 def _reset_mode(net: torch.nn.Module) -> str:
@@ -315,7 +320,10 @@ class _Builder:
         elif isinstance(m, torch.nn.AdaptiveAvgPool2d):
             self.add(fxn, path, _adaptive_avg(m, path, shape_in), srcs)
         elif isinstance(m, torch.nn.MaxPool2d):
-            self.add(fxn, path, _max_pool(m, path), srcs)
+            node = _max_pool(m, path)
+            # nir's type inference knows no MaxPool2d: its types come from the traced shapes
+            node.input_type, node.output_type = {"input": np.array(shape_in)}, {"output": np.array(shape_out)}
+            self.add(fxn, path, node, srcs)
         else:
             raise ValueError(f"module {path!r} ({type(m).__module__}.{type(m).__name__}) has no NIR equivalent "
                              "in this bridge")
