@@ -17,15 +17,15 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("spikingjelly.activation_based.neuron")
 
-import torch  # noqa: E402
-from spikingjelly.activation_based import functional, layer, neuron  # noqa: E402
+import torch
+from spikingjelly.activation_based import functional, layer, neuron
 
-import sbc_onnx  # noqa: E402
-from sbc_onnx.bridges.spikingjelly_zoo import sew_resnet_module  # noqa: E402
-from sbc_onnx.data import Dataset  # noqa: E402
-from sbc_onnx.errors import SbcError  # noqa: E402
-from sbc_onnx.sim import SimConfig, Walker  # noqa: E402
-from sbc_onnx.torch import compress_module, export_module, load_weights, run_module  # noqa: E402
+import sbc_onnx
+from sbc_onnx.bridges.spikingjelly_zoo import sew_resnet_module
+from sbc_onnx.data import Dataset
+from sbc_onnx.errors import SbcError
+from sbc_onnx.sim import SimConfig, Walker
+from sbc_onnx.torch import compress_module, export_module, load_weights, run_module
 
 MODES = ("s", "m")
 

@@ -36,6 +36,7 @@ a logging warning naming the BatchNorm layers. The result is the same class with
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import operator
@@ -48,7 +49,6 @@ from ..nodes import MaxPool2d
 from ._common import full, sim_metadata, to_numpy
 
 try:
-    import spikingjelly
     import torch
     import torch.fx
     from spikingjelly.activation_based import base, functional, layer, neuron
@@ -407,10 +407,16 @@ def export_spikingjelly(net: torch.nn.Module, sample: Any) -> nir.NIRGraph:
         functional.reset_net(net)
         net.train(was_training)
     graph.infer_types()
-    graph.metadata = sim_metadata(SJ_DT, reset, source=f"spikingjelly {spikingjelly.__version__}"
-                                  if hasattr(spikingjelly, "__version__") else "spikingjelly",
-                                  spikingjelly_step_mode=mode, spikingjelly_fire="v >= v_threshold")
+    graph.metadata = sim_metadata(SJ_DT, reset, source=f"spikingjelly {_version()}", spikingjelly_step_mode=mode,
+                                  spikingjelly_fire="v >= v_threshold")
     return graph
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("spikingjelly")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout on the path
+        return "(version unknown)"
 
 
 def run_spikingjelly(net: torch.nn.Module, x: Any) -> np.ndarray:
