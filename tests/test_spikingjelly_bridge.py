@@ -272,3 +272,42 @@ def test_load_weights_leaves_plain_modules_to_the_copy():
     graph.nodes["0"].weight = np.full((2, 3), 0.5, np.float32)
     load_weights(net, graph, {"0": "0.weight"})
     assert torch.equal(net[0].weight, torch.full((2, 3), 0.5))
+
+
+def test_seq_to_ann_container_exports_module_by_module():
+    torch.manual_seed(9)
+    net = torch.nn.Sequential(
+        layer.SeqToANNContainer(torch.nn.Conv2d(1, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4)),
+        neuron.IFNode(),
+        layer.SeqToANNContainer(torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 6),
+                                torch.nn.BatchNorm1d(6)),
+        neuron.LIFNode(tau=2.0))
+    functional.set_step_mode(net, "m")
+    randomize_bn(net, 9)
+    with torch.no_grad():
+        net[2][2].weight.mul_(6.0)
+    x = np.random.default_rng(10).random((30, 4, 1, 4, 4)).astype(np.float32) * 3
+    graph = export(net, x)
+    assert [n for n in graph.nodes if n not in ("input", "output")] == ["0.0", "1", "2.0", "2.1", "2.2", "3"]
+    ref = run_module(net, x)
+    assert 0 < ref.mean() < 1
+    np.testing.assert_array_equal(walk(graph, x).outputs["output"], ref)
+    inside = torch.nn.Sequential(layer.SeqToANNContainer(torch.nn.Linear(3, 3), neuron.IFNode()))
+    functional.set_step_mode(inside, "m")
+    with pytest.raises(SbcError, match="'0.1': IFNode inside a SeqToANNContainer"):
+        export(inside, np.zeros((1, 1, 3), np.float32))
+
+
+def test_sew_resnet18_exports_with_its_max_pooling_and_fan_in():
+    """SpikingJelly's own sew_resnet18 (small input for speed): every BatchNorm folded, each ADD a fan-in."""
+    net = sew_resnet_module().sew_resnet18(cnf="ADD", spiking_neuron=neuron.IFNode)
+    functional.set_step_mode(net, "m")
+    graph = export_module(net, torch.zeros(1, 3, 16, 16), framework="spikingjelly")
+    kinds = [type(n).__name__ for n in graph.nodes.values()]
+    assert kinds.count("Conv2d") == 20 and kinds.count("IF") == 20 and kinds.count("MaxPool2d") == 1
+    assert "BatchNorm2d" not in kinds and "layer1.0.bn1" not in graph.nodes
+    into = lambda node: sorted(s for s, d in graph.edges if d == node)  # noqa: E731
+    assert into("layer1.1.conv1") == ["layer1.0.sn2", "maxpool"]  # layer1.0 = maxpool + its branch
+    assert into("layer2.0.conv1") == into("layer2.0.downsample.0") == ["layer1.0.sn2", "layer1.1.sn2", "maxpool"]
+    assert into("avgpool") == ["layer4.0.downsample_sn", "layer4.0.sn2", "layer4.1.sn2"]
+    assert graph.metadata["spikingjelly_step_mode"] == "m" and graph.metadata["dt"] == 1.0

@@ -90,7 +90,8 @@ class _Tracer(torch.fx.Tracer):
 
 def step_mode(net: torch.nn.Module) -> str:
     """'s' or 'm': the step mode of the network's SpikingJelly modules (one for all; 's' if none)."""
-    modes = {m.step_mode for m in net.modules() if isinstance(m, base.StepModule)}
+    modes = {"m" if isinstance(m, base.MultiStepModule) else "s" if isinstance(m, base.SingleModule) else m.step_mode
+             for m in net.modules() if isinstance(m, base.StepModule)}
     if len(modes) > 1:
         raise ValueError(f"the network mixes single-step and multi-step modules ({sorted(modes)}): set one mode "
                          "with spikingjelly.activation_based.functional.set_step_mode(net, 'm')")
@@ -116,26 +117,38 @@ def _trace(net: torch.nn.Module) -> torch.fx.GraphModule:
 
 def _bn_pairs(gm: torch.fx.GraphModule) -> dict[str, str]:
     """BatchNorm module path -> the path of the Conv2d (BatchNorm2d) or Linear (BatchNorm1d) it is folded
-    into: the layer's only use is that BatchNorm, and the layer is used once."""
+    into: the layer's only use is that BatchNorm, and the layer is used once (in a SeqToANNContainer: the
+    module just before it)."""
     pairs: dict[str, str] = {}
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
     for n in gm.graph.nodes:
-        if n.op != "call_module" or not isinstance(gm.get_submodule(n.target), _BN):
+        if n.op != "call_module":
             continue
-        bn = gm.get_submodule(n.target)
-        src = n.args[0] if n.args else None
-        layer_type = torch.nn.Conv2d if isinstance(bn, torch.nn.BatchNorm2d) else torch.nn.Linear
-        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(gm.get_submodule(src.target), layer_type) and calls[src.target] == 1
-                and calls[n.target] == 1):
+        m = gm.get_submodule(n.target)
+        if isinstance(m, layer.SeqToANNContainer):
+            children = list(m)
+            for i, bn in enumerate(children):
+                if isinstance(bn, _BN):
+                    _check_fold(bn, f"{n.target}.{i}", children[i - 1] if i else None)
+                    pairs[f"{n.target}.{i}"] = f"{n.target}.{i - 1}"
+        elif isinstance(m, _BN):
+            src = n.args[0] if n.args else None
+            ok = (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                  and calls[src.target] == 1 and calls[n.target] == 1)
+            _check_fold(m, n.target, gm.get_submodule(src.target) if ok else None)
             pairs[n.target] = src.target
-        else:
-            raise ValueError(f"{type(bn).__name__} {n.target!r} does not directly follow a {layer_type.__name__} "
-                             "used only by it: it cannot be folded, and a graph has no batch normalization node")
     return pairs
+
+
+def _check_fold(bn: torch.nn.Module, path: str, before: torch.nn.Module | None) -> None:
+    layer_type = torch.nn.Conv2d if isinstance(bn, torch.nn.BatchNorm2d) else torch.nn.Linear
+    if not isinstance(before, layer_type):
+        why = (f"{type(bn).__name__} {path!r} does not directly follow a {layer_type.__name__} used only by it: it "
+               "cannot be folded, and a graph has no batch normalization node")
+        raise ValueError(why)  # noqa: TRY004 - export_module turns ValueErrors into one SbcError line
 
 
 def _bn_scale(bn: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
@@ -275,12 +288,7 @@ class _Builder:
         return self.env[n]
 
     def add(self, fxn: torch.fx.Node, name: str, node: nir.NIRNode, srcs: list[str]) -> None:
-        if name in self.nodes:
-            raise ValueError(f"module {name!r} is called more than once in the forward pass: a graph node (and a "
-                             "neuron's state) belongs to one call")
-        self.nodes[name] = node
-        self.edges.extend((s, name) for s in srcs)
-        self.env[fxn] = [name]
+        self.env[fxn] = self.put(name, node, srcs)
 
     def check_lead(self, fxn: torch.fx.Node, arg: torch.fx.Node, what: str) -> None:
         if self.shape(fxn)[:self.lead] != self.shape(arg)[:self.lead]:
@@ -296,37 +304,70 @@ class _Builder:
         else:
             self.add(fxn, fxn.name, _flatten_node(what, s_in, s_out), srcs)
 
+    def put(self, name: str, node: nir.NIRNode, srcs: list[str]) -> list[str]:
+        if name in self.nodes:
+            raise ValueError(f"module {name!r} is called more than once in the forward pass: a graph node (and a "
+                             "neuron's state) belongs to one call")
+        self.nodes[name] = node
+        self.edges.extend((s, name) for s in srcs)
+        return [name]
+
     def module(self, fxn: torch.fx.Node) -> None:
         path, m = str(fxn.target), self.gm.get_submodule(fxn.target)
         if len(fxn.args) != 1 or fxn.kwargs:
             raise ValueError(f"module {path!r} is called with {len(fxn.args)} arguments: only one tensor is supported")
         arg = fxn.args[0]
         srcs = self.sources(arg, repr(path))
-        shape_in, shape_out = self.sample_shape(arg), self.sample_shape(fxn)
-        if isinstance(m, _BN):
-            self.env[fxn] = srcs  # folded into the layer before it (_bn_pairs)
-        elif isinstance(m, _IDENTITY + _SJ_IDENTITY):
-            self.env[fxn] = srcs
-        elif type(m) in _NEURONS or isinstance(m, neuron.BaseNode):
-            self.add(fxn, path, _neuron_node(m, path, shape_out), srcs)
+        if isinstance(m, torch.nn.Flatten):
+            return self.reshape(fxn, arg, repr(path))
+        self.env[fxn] = self.emit(m, path, srcs, self.sample_shape(arg), self.sample_shape(fxn))
+        return None
+
+    def emit(self, m: torch.nn.Module, path: str, srcs: list[str], shape_in: tuple[int, ...],
+             shape_out: tuple[int, ...]) -> list[str]:
+        """The NIR node for module `m` fed by `srcs`; returns what its output sums (itself, or `srcs`)."""
+        if isinstance(m, _BN + _IDENTITY + _SJ_IDENTITY):
+            return srcs  # a BatchNorm is folded into the layer before it (_bn_pairs); the others are identities
+        if isinstance(m, layer.SeqToANNContainer):
+            return self.container(m, path, srcs, shape_in)
+        if isinstance(m, neuron.BaseNode):
+            node = _neuron_node(m, path, shape_out)
         elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             bn = self.folded_into.get(path)
             node = _layer_node(m, path, shape_in, None if bn is None else self.gm.get_submodule(bn))
-            self.add(fxn, path, node, srcs)
-        elif isinstance(m, torch.nn.Flatten):
-            self.reshape(fxn, arg, repr(path))
+        elif isinstance(m, torch.nn.Flatten):  # inside a container: the shapes say what it does
+            if shape_in == shape_out:
+                return srcs
+            node = _flatten_node(repr(path), shape_in, shape_out)
         elif isinstance(m, torch.nn.AvgPool2d):
-            self.add(fxn, path, pool_node(m), srcs)
+            node = pool_node(m)
         elif isinstance(m, torch.nn.AdaptiveAvgPool2d):
-            self.add(fxn, path, _adaptive_avg(m, path, shape_in), srcs)
+            node = _adaptive_avg(m, path, shape_in)
         elif isinstance(m, torch.nn.MaxPool2d):
             node = _max_pool(m, path)
             # nir's type inference knows no MaxPool2d: its types come from the traced shapes
             node.input_type, node.output_type = {"input": np.array(shape_in)}, {"output": np.array(shape_out)}
-            self.add(fxn, path, node, srcs)
         else:
-            raise ValueError(f"module {path!r} ({type(m).__module__}.{type(m).__name__}) has no NIR equivalent "
-                             "in this bridge")
+            why = f"module {path!r} ({type(m).__module__}.{type(m).__name__}) has no NIR equivalent in this bridge"
+            raise ValueError(why)  # noqa: TRY004
+        return self.put(path, node, srcs)
+
+    def container(self, m: torch.nn.Sequential, path: str, srcs: list[str], shape_in: tuple[int, ...]) -> list[str]:
+        """SeqToANNContainer: its stateless modules applied to every step (time folded into the batch)."""
+        x = torch.zeros((2,) + shape_in, dtype=next((p.dtype for p in m.parameters()), torch.float32))
+        for i, child in enumerate(m):
+            name = f"{path}.{i}"
+            if isinstance(child, base.MemoryModule):
+                why = (f"{name!r}: {type(child).__name__} inside a SeqToANNContainer would see time as batch: put "
+                       "stateful modules outside the container")
+                raise ValueError(why)  # noqa: TRY004
+            with torch.no_grad():
+                y = child(x)
+            if not isinstance(y, torch.Tensor) or y.shape[0] != 2:
+                raise ValueError(f"{name!r} ({type(child).__name__}) does not keep the batch axis")
+            srcs = self.emit(child, name, srcs, tuple(x.shape[1:]), tuple(y.shape[1:]))
+            x = y
+        return srcs
 
     def function(self, fxn: torch.fx.Node) -> None:
         fn, what = fxn.target, f"{fxn.name!r} ({getattr(fxn.target, '__name__', fxn.target)})"
@@ -379,10 +420,11 @@ class _Builder:
 
 
 def _shape_sample(sample: torch.Tensor, mode: str) -> torch.Tensor:
-    """The sample (B, *input_shape) with at least 2 samples, and 2 steps in multi-step mode: a flatten that
-    folds the batch (or time) axis into the features then changes the leading sizes and is caught."""
-    x = sample if sample.shape[0] >= 2 else torch.cat([sample, sample])
-    return torch.stack([x, x]) if mode == "m" else x
+    """The first 2 samples of `sample` (B, *input_shape) (one repeated if B = 1), as one step (1, 2, ...) in
+    multi-step mode: a reshape that folds the batch or time axis into others changes the leading sizes
+    ((2,) or (1, 2)) and is caught."""
+    x = sample[:2] if sample.shape[0] >= 2 else torch.cat([sample, sample])
+    return x[None] if mode == "m" else x
 
 
 def export_spikingjelly(net: torch.nn.Module, sample: Any) -> nir.NIRGraph:
