@@ -306,7 +306,10 @@ def test_sew_resnet18_exports_with_its_max_pooling_and_fan_in():
     kinds = [type(n).__name__ for n in graph.nodes.values()]
     assert kinds.count("Conv2d") == 20 and kinds.count("IF") == 20 and kinds.count("MaxPool2d") == 1
     assert "BatchNorm2d" not in kinds and "layer1.0.bn1" not in graph.nodes
-    into = lambda node: sorted(s for s, d in graph.edges if d == node)  # noqa: E731
+
+    def into(node):
+        return sorted(s for s, d in graph.edges if d == node)
+
     assert into("layer1.1.conv1") == ["layer1.0.sn2", "maxpool"]  # layer1.0 = maxpool + its branch
     assert into("layer2.0.conv1") == into("layer2.0.downsample.0") == ["layer1.0.sn2", "layer1.1.sn2", "maxpool"]
     assert into("avgpool") == ["layer4.0.downsample_sn", "layer4.0.sn2", "layer4.1.sn2"]
