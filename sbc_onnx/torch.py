@@ -97,7 +97,10 @@ def run_module(module: Any, x: Any, *, framework: str | None = None) -> np.ndarr
 def _parameter_names(module: Any, fg, bridge: _Bridge) -> dict[str, str]:
     """Weight node -> parameter name, checked against the module: same shape and same dense values."""
     special = bridge.weight_parameters(module)
-    dense = bridge.dense_weights(module) if bridge.dense_weights else {}
+    try:
+        dense = bridge.dense_weights(module) if bridge.dense_weights else {}
+    except ValueError as e:  # a folded layer the module could not take back
+        raise SbcError(str(e)) from e
     params = dict(module.named_parameters())
     names = {}
     for node in fg.weight_nodes():

@@ -314,3 +314,15 @@ def test_sew_resnet18_exports_with_its_max_pooling_and_fan_in():
     assert into("layer2.0.conv1") == into("layer2.0.downsample.0") == ["layer1.0.sn2", "layer1.1.sn2", "maxpool"]
     assert into("avgpool") == ["layer4.0.downsample_sn", "layer4.0.sn2", "layer4.1.sn2"]
     assert graph.metadata["spikingjelly_step_mode"] == "m" and graph.metadata["dt"] == 1.0
+
+
+def test_batchnorm_without_affine_exports_but_cannot_take_the_bias_back():
+    net = torch.nn.Sequential(layer.Conv2d(1, 2, 3, bias=False), layer.BatchNorm2d(2, affine=False), neuron.IFNode(),
+                              layer.Flatten(), layer.Linear(18, 2))
+    x = np.random.default_rng(11).random((4, 4, 1, 5, 5)).astype(np.float32)
+    graph = export(net, x)
+    np.testing.assert_array_equal(walk(graph, x).outputs["output"], run_module(net, x))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(SbcError, match="BatchNorm '1' has no bias"):
+        compress_module(net, Dataset(x.transpose(1, 0, 2, 3, 4), np.zeros(4, int)), sparsity=0.5, inplace=True)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())

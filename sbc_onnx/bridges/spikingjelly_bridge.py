@@ -59,8 +59,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("sbc_onnx.bridges.spikingjelly_bridge needs torch==2.13.0 and spikingjelly 0.0.0.0.14 "
                       f"(pip install --no-deps spikingjelly==0.0.0.0.14; see sbc_onnx/bridges/README.md): {e}") from e
 
-__all__ = ["SJ_DT", "dense_weights", "export_spikingjelly", "load_folded", "run_spikingjelly", "step_mode",
-           "weight_parameters"]
+__all__ = ["SJ_DT", "dense_weights", "export_spikingjelly", "fire_threshold", "load_folded", "run_spikingjelly",
+           "step_mode", "weight_parameters"]
 
 log = logging.getLogger("sbc_onnx")
 
@@ -489,10 +489,19 @@ def weight_parameters(net: torch.nn.Module) -> dict[str, str]:
 
 def dense_weights(net: torch.nn.Module) -> dict[str, np.ndarray]:
     """Parameter name -> the weight the exported graph holds where it is not the parameter itself: the
-    layers a BatchNorm is folded into."""
+    layers a BatchNorm is folded into. ValueError if a folded BatchNorm could not carry the bias back."""
     gm = _trace(net)
+    pairs = _bn_pairs(gm)
+    _check_carriers(net, pairs)
     return {f"{layer}.weight": _folded(gm.get_submodule(layer), gm.get_submodule(bn))[0]
-            for bn, layer in _bn_pairs(gm).items()}
+            for bn, layer in pairs.items()}
+
+
+def _check_carriers(net: torch.nn.Module, pairs: dict[str, str]) -> None:
+    for bn_path in pairs:
+        if net.get_submodule(bn_path).bias is None:
+            raise ValueError(f"BatchNorm {bn_path!r} has no bias (affine=False) to carry the folded bias back into "
+                             "the module")
 
 
 def _unit_variance(eps: float) -> float:
@@ -509,20 +518,18 @@ def _unit_variance(eps: float) -> float:
 def load_folded(net: torch.nn.Module, graph: nir.NIRGraph, names: dict[str, str]) -> None:
     """After the weights are copied: each BatchNorm folded into a layer becomes the identity carrying the
     folded bias (the graph node's bias), and the layer's own bias is zeroed. Logs a warning naming them."""
-    gm = _trace(net)
+    pairs = _bn_pairs(_trace(net))
+    _check_carriers(net, pairs)
     done = []
     with torch.no_grad():
-        for bn_path, layer_path in _bn_pairs(gm).items():
+        for bn_path, layer_path in pairs.items():
             if layer_path not in names or layer_path not in graph.nodes:
                 continue
             bn, layer = net.get_submodule(bn_path), net.get_submodule(layer_path)
             bias = torch.as_tensor(np.asarray(graph.nodes[layer_path].bias, dtype=np.float32))
             if layer.bias is not None:
                 layer.bias.zero_()
-            if bn.weight is not None:
-                bn.weight.fill_(1.0)
-            if bn.bias is None:
-                raise ValueError(f"BatchNorm {bn_path!r} has no bias (affine=False) to carry the folded bias")
+            bn.weight.fill_(1.0)
             bn.bias.copy_(bias.to(bn.bias.dtype))
             bn.running_mean.zero_()
             bn.running_var.fill_(_unit_variance(bn.eps))
