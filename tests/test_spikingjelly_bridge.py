@@ -182,10 +182,41 @@ def test_unknown_modules_and_operations_are_refused_by_name():
 
     with pytest.raises(SbcError, match="'mul' .*not linear"):
         export(Mul(), np.zeros((1, 2, 3), np.float32))
+
+    class Rate(torch.nn.Module):  # a readout averaging over time inside the forward pass
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = layer.Linear(3, 3, step_mode="m"), neuron.IFNode(step_mode="m")
+
+        def forward(self, x):
+            return self.b(self.a(x)).mean(0)
+
+    with pytest.raises(SbcError, match="operation 'mean' .*has no NIR equivalent"):
+        export(Rate(), np.zeros((1, 2, 3), np.float32))
     with pytest.raises(SbcError, match=r"module '1' \(torch.nn.modules.activation.ReLU\) has no NIR equivalent"):
         export(torch.nn.Sequential(layer.Linear(3, 3), torch.nn.ReLU()), np.zeros((1, 2, 3), np.float32))
     with pytest.raises(SbcError, match="KLIFNode has no NIR equivalent"):
         export(torch.nn.Sequential(layer.Linear(3, 3), neuron.KLIFNode()), np.zeros((1, 2, 3), np.float32))
+
+
+def test_a_flattening_view_with_the_batch_size_read_from_the_input():
+    class View(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.sn, self.fc = layer.Conv2d(1, 2, 3), neuron.IFNode(), layer.Linear(8, 3)
+
+        def forward(self, x):
+            s = self.sn(self.conv(x))
+            return self.fc(s.view(s.size(0), -1))
+
+    torch.manual_seed(12)
+    net = View()
+    x = np.random.default_rng(12).random((10, 3, 1, 4, 4)).astype(np.float32) * 4
+    graph = export(net, x)
+    assert type(graph.nodes["view"]).__name__ == "Flatten"
+    np.testing.assert_allclose(walk(graph, x).outputs["output"], run_module(net, x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(SbcError, match=r"'1' changes the batch axis \(\(2, 2, 2, 2\) -> \(16,\)\)"):
+        export(torch.nn.Sequential(layer.Conv2d(1, 2, 3), torch.nn.Flatten(0)), x)
 
 
 def test_max_pooling_becomes_the_project_max_pool_node():

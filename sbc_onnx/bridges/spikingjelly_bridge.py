@@ -407,6 +407,8 @@ class _Builder:
             elif n.op == "call_module":
                 self.module(n)
             elif n.op in ("call_function", "call_method"):
+                if "tensor_meta" not in n.meta:
+                    continue  # sizes and other numbers (x.size(0) for a view): a tensor consuming them is checked
                 self.function(n)
             elif n.op == "get_attr":
                 raise ValueError(f"the forward pass reads the tensor attribute {n.target!r} directly: not supported")
