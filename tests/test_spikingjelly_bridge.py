@@ -195,6 +195,9 @@ def test_unknown_modules_and_operations_are_refused_by_name():
         export(Rate(), np.zeros((1, 2, 3), np.float32))
     with pytest.raises(SbcError, match=r"module '1' \(torch.nn.modules.activation.ReLU\) has no NIR equivalent"):
         export(torch.nn.Sequential(layer.Linear(3, 3), torch.nn.ReLU()), np.zeros((1, 2, 3), np.float32))
+    torch_conv_multi_step = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), neuron.IFNode(step_mode="m"))
+    with pytest.raises(SbcError, match=r"^module '0' fails on the sample in step mode 'm': Expected 3D .*\]$"):
+        export(torch_conv_multi_step, np.zeros((1, 1, 1, 5, 5), np.float32))
     with pytest.raises(SbcError, match="KLIFNode has no NIR equivalent"):
         export(torch.nn.Sequential(layer.Linear(3, 3), neuron.KLIFNode()), np.zeros((1, 2, 3), np.float32))
 
@@ -352,7 +355,7 @@ def test_batchnorm_without_affine_exports_but_cannot_take_the_bias_back():
                               layer.Flatten(), layer.Linear(18, 2))
     x = np.random.default_rng(11).random((4, 4, 1, 5, 5)).astype(np.float32)
     graph = export(net, x)
-    np.testing.assert_array_equal(walk(graph, x).outputs["output"], run_module(net, x))
+    np.testing.assert_allclose(walk(graph, x).outputs["output"], run_module(net, x), rtol=1e-5, atol=1e-6)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(SbcError, match="BatchNorm '1' has no bias"):
         compress_module(net, Dataset(x.transpose(1, 0, 2, 3, 4), np.zeros(4, int)), sparsity=0.5, inplace=True)

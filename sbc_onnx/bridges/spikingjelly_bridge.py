@@ -40,6 +40,7 @@ import importlib.metadata
 import logging
 import math
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import nir
@@ -52,7 +53,6 @@ try:
     import torch
     import torch.fx
     from spikingjelly.activation_based import base, functional, layer, neuron
-    from torch.fx.passes.shape_prop import ShapeProp
 
     from ._torch_modules import pool_node
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -72,18 +72,19 @@ _SJ_IDENTITY = (layer.Dropout,)  # Dropout2d is a subclass; both are the identit
 _ADD = (operator.add, torch.add, operator.iadd)
 _FLATTEN_METHODS = ("flatten", "view", "reshape")
 _NOOP_METHODS = ("contiguous",)
+_TRACED_THROUGH = ("spikingjelly.activation_based.model", "spikingjelly.activation_based.examples")  # networks
 
 
 # ----------------------------------------------------------------------------------------------------------
 # tracing
 # ----------------------------------------------------------------------------------------------------------
 class _Tracer(torch.fx.Tracer):
-    """SpikingJelly's neurons and layers (and torch.nn's modules) are leaves; SpikingJelly's model code
-    (sew_resnet's blocks) and the user's own modules are traced through."""
+    """SpikingJelly's neurons and layers (and torch.nn's modules) are leaves; SpikingJelly's networks
+    (model/: sew_resnet's blocks, examples/) and the user's own modules are traced through."""
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         mod = type(m).__module__
-        if mod.startswith("spikingjelly.") and not mod.startswith("spikingjelly.activation_based.model"):
+        if mod.startswith("spikingjelly.") and not mod.startswith(_TRACED_THROUGH):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -106,16 +107,53 @@ def _check_connect_functions(net: torch.nn.Module) -> None:
                              "graph sums the edges into a node and has no spike-wise AND; only SEW's ADD is exported")
 
 
-def _trace(net: torch.nn.Module) -> torch.fx.GraphModule:
+@dataclass(frozen=True)
+class _Traced:
+    """The module and its fx graph (no GraphModule: generating and compiling its code costs seconds)."""
+
+    net: torch.nn.Module
+    graph: torch.fx.Graph
+
+    def get_submodule(self, path: str) -> torch.nn.Module:
+        return self.net.get_submodule(path)
+
+
+def _trace(net: torch.nn.Module) -> _Traced:
     _check_connect_functions(net)
     try:
         graph = _Tracer().trace(net)
     except Exception as e:  # torch.fx raises TraceError, TypeError, ... on data-dependent Python control flow
         raise ValueError(f"torch.fx cannot trace {type(net).__name__}'s forward pass: {e}") from e
-    return torch.fx.GraphModule(net, graph)
+    return _Traced(net, graph)
 
 
-def _bn_pairs(gm: torch.fx.GraphModule) -> dict[str, str]:
+class _Shapes(torch.fx.Interpreter):
+    """Runs the traced module once, recording each tensor's shape in its fx node (meta "shape")."""
+
+    def __init__(self, traced: _Traced):
+        super().__init__(traced.net, graph=traced.graph)
+
+    def shapes(self, x: torch.Tensor, mode: str) -> None:
+        self.current: torch.fx.Node | None = None
+        try:
+            with torch.no_grad():
+                self.run(x)
+        except Exception as e:  # noqa: BLE001 - whatever a module raises on the sample, said in one line
+            n = self.current
+            what = "the forward pass" if n is None else (
+                f"module {n.target!r}" if n.op == "call_module" else f"operation {n.name!r}")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{what} fails on the sample in step mode {mode!r}: {first}") from None
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        self.current = n
+        y = super().run_node(n)
+        if isinstance(y, torch.Tensor):
+            n.meta["shape"] = tuple(int(s) for s in y.shape)
+        return y
+
+
+def _bn_pairs(gm: _Traced) -> dict[str, str]:
     """BatchNorm module path -> the path of the Conv2d (BatchNorm2d) or Linear (BatchNorm1d) it is folded
     into: the layer's only use is that BatchNorm, and the layer is used once (in a SeqToANNContainer: the
     module just before it)."""
@@ -265,7 +303,7 @@ def _layer_node(m: torch.nn.Module, path: str, shape_in: tuple[int, ...], bn: to
 class _Builder:
     """Walks the fx graph; each fx value is the list of NIR nodes whose outputs it sums."""
 
-    def __init__(self, gm: torch.fx.GraphModule, lead: int):
+    def __init__(self, gm: _Traced, lead: int):
         self.gm, self.lead = gm, lead
         self.bn_pairs = _bn_pairs(gm)
         self.folded_into = {conv: bn for bn, conv in self.bn_pairs.items()}
@@ -274,10 +312,9 @@ class _Builder:
         self.env: dict[torch.fx.Node, list[str]] = {}
 
     def shape(self, n: torch.fx.Node) -> tuple[int, ...]:
-        meta = n.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
+        if "shape" not in n.meta:
             raise ValueError(f"{n.name!r} does not produce one tensor")
-        return tuple(int(s) for s in meta.shape)
+        return n.meta["shape"]
 
     def sample_shape(self, n: torch.fx.Node) -> tuple[int, ...]:
         return self.shape(n)[self.lead:]
@@ -407,7 +444,7 @@ class _Builder:
             elif n.op == "call_module":
                 self.module(n)
             elif n.op in ("call_function", "call_method"):
-                if "tensor_meta" not in n.meta:
+                if "shape" not in n.meta:
                     continue  # sizes and other numbers (x.size(0) for a view): a tensor consuming them is checked
                 self.function(n)
             elif n.op == "get_attr":
@@ -444,8 +481,7 @@ def export_spikingjelly(net: torch.nn.Module, sample: Any) -> nir.NIRGraph:
     net.eval()
     try:
         functional.reset_net(net)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(_shape_sample(sample.to(dtype), mode))
+        _Shapes(gm).shapes(_shape_sample(sample.to(dtype), mode), mode)
         graph = _Builder(gm, 2 if mode == "m" else 1).build()
     finally:
         functional.reset_net(net)
