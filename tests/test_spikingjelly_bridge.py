@@ -57,6 +57,7 @@ NEURONS = {  # kind: (neuron, input gain giving 5-95 % of steps with a spike)
     "IF soft": (lambda: neuron.IFNode(v_threshold=0.8, v_reset=None), 1.0),
     "LIF decay_input hard": (lambda: neuron.LIFNode(tau=2.0), 3.0),
     "LIF decay_input soft": (lambda: neuron.LIFNode(tau=3.0, v_reset=None), 3.0),
+    "LIF no decay_input hard": (lambda: neuron.LIFNode(tau=4.0, decay_input=False), 1.0),
     "LIF no decay_input hard v_reset": (lambda: neuron.LIFNode(tau=4.0, decay_input=False, v_reset=-0.2), 1.0),
     "LIF no decay_input soft": (lambda: neuron.LIFNode(tau=1.5, decay_input=False, v_reset=None,
                                                        v_threshold=0.7), 1.0),
