@@ -204,18 +204,19 @@ def test_snntorch_recurrent_cells_nir_cannot_express_are_refused():
             compress_module(net, loader("mlp"), sparsity=0.5)
 
 
-def test_framework_detection_and_the_spikingjelly_hook():
+def test_framework_detection_and_unknown_spikingjelly_modules():
     torch = pytest.importorskip("torch")
     from sbc_onnx.torch import compress_module, detect_framework
 
     with pytest.raises(SbcError, match="no snntorch, norse"):
         detect_framework(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-    # a SpikingJelly neuron is recognised by its package, and refused with a clear message (no bridge yet)
+    # a SpikingJelly module is recognised by its package; one the bridge does not know is refused by name
     sj_neuron = type("LIFNode", (torch.nn.Module,), {"__module__": "spikingjelly.activation_based.neuron",
                                                      "forward": lambda self, x: x})
     net = torch.nn.Sequential(torch.nn.Linear(8, 4), sj_neuron())
     assert detect_framework(net) == "spikingjelly"
-    with pytest.raises(SbcError, match="spikingjelly modules are recognised but have no bridge yet"):
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    with pytest.raises(SbcError, match=r"module '1' \(spikingjelly.activation_based.neuron.LIFNode\) has no NIR"):
         compress_module(net, loader("mlp"), sparsity=0.5)
 
 
