@@ -31,7 +31,7 @@ def _if(c, size, threshold):
 
 
 def sew_resnet_graph(*, image: int = 224, channels: int = 3, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2),
-                     classes: int = 1000, seed: int = 0, gain: float = 2.0, threshold: float = 1.0) -> nir.NIRGraph:
+                     classes: int = 1000, seed: int = 0, gain: float = 2.0, threshold: float = 0.5) -> nir.NIRGraph:
     """The graph described in the module docstring (weights N(0, gain^2 / fan_in), IF thresholds)."""
     rng = np.random.default_rng(seed)
     nodes: dict = {"input": nir.Input(np.array([channels, image, image]))}
@@ -50,7 +50,7 @@ def sew_resnet_graph(*, image: int = 224, channels: int = 3, widths=(64, 128, 25
             nodes[p + "sn1"] = _if(width, out, threshold)
             nodes[p + "conv2"] = _conv(rng, width, width, 3, 1, out, gain)
             nodes[p + "sn2"] = _if(width, out, threshold)
-            nodes[p + "add"] = nir.Scale(np.ones((width, 1, 1), np.float32))
+            nodes[p + "add"] = nir.Scale(np.ones((width, out, out), np.float32))
             edges += [(prev, p + "conv1"), (p + "conv1", p + "sn1"), (p + "sn1", p + "conv2"),
                       (p + "conv2", p + "sn2"), (p + "sn2", p + "add")]
             if stride != 1 or c_prev != width:
