@@ -25,8 +25,8 @@ from .errors import SbcError
 from .graph import FlatGraph
 from .sim import Walker
 
-__all__ = ["LayerNeed", "MemoryPlan", "available_memory", "bytes_text", "plan_memory", "resident_memory",
-           "peak_resident_memory", "to_bytes"]
+__all__ = ["LayerNeed", "MemoryPlan", "available_memory", "bytes_text", "peak_resident_memory", "plan_memory",
+           "resident_memory", "to_bytes"]
 
 
 def available_memory() -> int:
@@ -116,12 +116,17 @@ def step_sizes(walker: Walker, sample: np.ndarray) -> tuple[int, dict[str, tuple
     outs: dict[str, np.ndarray] = {}
     ins: dict[str, int] = {}
     weights = set(walker.fg.weight_nodes())
-    on_out = {n: (lambda n: lambda t, y: outs.__setitem__(n, np.shape(y)))(n) for n in walker.fg.order}
-    on_in = {n: (lambda n: lambda t, x: ins.__setitem__(n, int(np.size(x))))(n) for n in weights}
+    on_out = {n: _keep(outs, n, np.shape) for n in walker.fg.order}
+    on_in = {n: _keep(ins, n, np.size) for n in weights}
     walker.run(sample[:1, :1], on_output=on_out, on_input=on_in, record_outputs=False)
     itemsize = np.dtype(walker.cfg.dtype).itemsize
     total = sum(int(np.prod(s)) * itemsize for s in outs.values())
-    return total, {n: (ins.get(n, 0), int(np.prod(outs.get(n, (0,))))) for n in weights}
+    return total, {n: (int(ins.get(n, 0)), int(np.prod(outs.get(n, (0,))))) for n in weights}
+
+
+def _keep(into: dict, name: str, what):
+    """An observer storing what(x) under `name`."""
+    return lambda t, x: into.__setitem__(name, what(x))
 
 
 def layer_need(fg: FlatGraph, name: str, sizes: tuple[int, int], batch: int, itemsize: int,

@@ -32,7 +32,7 @@ from .data import as_dataset
 from .errors import SbcError
 from .graph import FlatGraph, flatten
 from .memory import MemoryPlan, available_memory, plan_memory, to_bytes
-from .progress import LayerProgress, progress_bar, step_progress
+from .progress import LayerProgress, phase_line, progress_bar, step_progress
 from .repair import RepairReport, repair_thresholds
 from .sim import SimConfig, Walker
 from .sim.config import config_for
@@ -364,6 +364,21 @@ def _memory_plan(walker: Walker, names: list[str], data, plan: Plan, batch_size:
                        hessians_at_once=at_once)
 
 
+def check_resume(graph: nir.NIRGraph, calib, plan: Plan, resume, *, cfg: SimConfig | None = None,
+                 batch_size: int = 32) -> None:
+    """SbcError (one line) unless `resume` is a new or empty folder or a work folder made for this model,
+    plan, settings and calibration data (workdir.py); writes nothing."""
+    calib = calib if hasattr(calib, "batches") else as_dataset(calib)
+    fg = flatten(graph)
+    WorkDir.check(resume, _layer_names(fg, plan.layers),
+                  _binding(fg, calib, plan, cfg or config_for(graph), batch_size))
+
+
+def _binding(fg: FlatGraph, data, plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
+    return {"model": graph_hash(fg), "options": _plan_binding(plan, cfg, batch_size),
+            "calibration": data_hash(data, batch_size)}
+
+
 def _plan_binding(plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
     """The options a work folder is bound to (everything the weights depend on), JSON-able."""
     return {"method": plan.method.name, "allocation": repr(plan.allocation), "sparsity": plan.sparsity,
@@ -425,15 +440,15 @@ class _Compression:
             if resume is not None:
                 raise SbcError("a precomputed calibration cannot be combined with resume")
             return  # its Hessians are in memory already
+        binding = _binding(self.dense.fg, self.data, self.plan, self.cfg, self.batch_size) if resume else None
+        if resume is not None:
+            WorkDir.check(resume, self.names, binding)  # before the memory plan's sample step
         self.memory = _memory_plan(self.dense, self.names, self.data, self.plan, self.batch_size, max_memory)
-        log.info("%s", self.memory.describe())
         if resume is None and len(self.memory.passes) == 1:
             return
         if resume is None:
             self._spill_dir = tempfile.mkdtemp(prefix="sbc-onnx-hessians-")
-        binding = {"model": graph_hash(self.dense.fg),
-                   "options": _plan_binding(self.plan, self.cfg, self.batch_size),
-                   "calibration": data_hash(self.data, self.batch_size)}
+            binding = {}
         self.work = WorkDir.open(resume if resume is not None else self._spill_dir, self.names, binding)
         self.resumable = resume is not None
 
@@ -488,9 +503,8 @@ class _Compression:
         todo = [[n for n in p if not self.work.has_hessian(n)] for p in self.memory.passes]
         todo = [p for p in todo if p]
         for i, layers in enumerate(todo):
-            if self.progress:
-                log.info("calibration pass %d/%d: %d layer(s), %s ... %s", i + 1, len(todo), len(layers),
-                         layers[0], layers[-1])
+            phase_line(f"calibration pass {i + 1}/{len(todo)}: {len(layers)} layer(s), {layers[0]} ... {layers[-1]}",
+                       self.progress)
             self._spill(self._calibrate(self.dense, layers, self.progress and len(todo) == 1), layers)
         return self._stored_calibration()
 

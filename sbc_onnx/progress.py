@@ -50,6 +50,13 @@ def iterate(items: Iterable[T], desc: str, unit: str, enabled: bool = True, tota
     yield from tqdm(items, desc=desc, unit=unit, leave=False, total=total, file=sys.stderr)
 
 
+def phase_line(text: str, enabled: bool = True) -> None:
+    """One line on stderr for a phase of a long run (a calibration pass), terminal or not."""
+    if enabled:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
 class LayerProgress:
     """'layer k/n' with an ETA weighted by each layer's expected cost (e.g. `compress.cost.layer_flops`):
     the bar of `progress_bar` on a terminal (its description carries the ETA), else one line per layer
@@ -85,7 +92,7 @@ class LayerProgress:
 
 
 def _duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"
     if s >= 60:

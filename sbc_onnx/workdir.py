@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from .errors import SbcError
 from .graph import FlatGraph
 from .io.atomic import write_atomic, write_text_atomic
 
-__all__ = ["WorkDir", "StoredHessian", "data_hash", "graph_hash"]
+__all__ = ["StoredHessian", "WorkDir", "data_hash", "graph_hash"]
 
 FORMAT = "sbc-onnx-work/1"
 
@@ -97,6 +96,20 @@ class WorkDir:
     def open(cls, path: str | Path, layers: list[str], binding: dict[str, Any]) -> WorkDir:
         """Create the folder (and its manifest), or reopen one made for the same `binding` (SbcError naming
         what differs otherwise). binding: JSON-able {"model": hash, "options": {...}, "calibration": hash}."""
+        wd = cls.check(path, layers, binding)
+        man = wd.path / "manifest.json"
+        if not man.is_file():
+            wd.path.mkdir(parents=True, exist_ok=True)
+            manifest = {"format": FORMAT, **binding, "layers": list(layers)}
+            write_text_atomic(man, json.dumps(manifest, indent=1, sort_keys=True))
+        (wd.path / "hessians").mkdir(exist_ok=True)
+        (wd.path / "layers").mkdir(exist_ok=True)
+        return wd
+
+    @classmethod
+    def check(cls, path: str | Path, layers: list[str], binding: dict[str, Any]) -> WorkDir:
+        """SbcError unless `path` is missing, an empty folder or a work folder made for `binding`; writes
+        nothing."""
         wd = cls(path, layers)
         manifest = {"format": FORMAT, **binding, "layers": list(layers)}
         man = wd.path / "manifest.json"
@@ -111,13 +124,8 @@ class WorkDir:
             if differs:
                 raise SbcError(f"--resume {wd.path} was made for another {' and '.join(_what(k) for k in differs)}; "
                                "give a new folder or the same model, options and calibration data")
-        else:
-            if wd.path.is_dir() and any(p for p in wd.path.iterdir() if not p.name.startswith(".")):
-                raise SbcError(f"--resume {wd.path} is a non-empty folder without a manifest.json: not a work folder")
-            wd.path.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(man, json.dumps(manifest, indent=1, sort_keys=True))
-        (wd.path / "hessians").mkdir(exist_ok=True)
-        (wd.path / "layers").mkdir(exist_ok=True)
+        elif wd.path.is_dir() and any(p for p in wd.path.iterdir() if not p.name.startswith(".")):
+            raise SbcError(f"--resume {wd.path} is a non-empty folder without a manifest.json: not a work folder")
         return wd
 
     # ---- Hessians
@@ -188,6 +196,3 @@ def _jsonable(o: Any) -> Any:
         return o.tolist()
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -18,7 +18,8 @@ from ..hardware.profiles import load_profile
 from ..io.models import load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
 from ..io.sizes import file_sizes, storage_model
-from ..pipeline import GRANULARITIES, Plan, check_budget_floor, compress, compression_metadata, memory_plan
+from ..pipeline import (GRANULARITIES, Plan, check_budget_floor, check_resume, compress, compression_metadata,
+                        memory_plan)
 from ..sim import Walker
 from . import cli
 from .hardware_cmd import CheckFailed
@@ -111,6 +112,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     calib = load_data_for(walker, calib_path, calib_limit)
     test = load_data_for(walker, eval_path, eval_limit, labels=True) if eval_path else None  # checked up front
     check_budget_floor(graph, plan, storage, plan.layers)  # before the first line of progress
+    if resume is not None:
+        check_resume(graph, calib, plan, resume, cfg=cfg, batch_size=batch_size)
     memory = memory_plan(graph, calib, plan, cfg=cfg, batch_size=batch_size, max_memory=max_memory)
     click.echo(memory.describe(), err=True)  # too small a budget was refused above
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "
