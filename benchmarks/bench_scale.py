@@ -18,9 +18,9 @@ Runs, each in its own process so that its peak RSS (getrusage) is its own:
   quant     `compress(method="sbc", bits=4, ...)`: GPTQ on the SMP Hessian, the whole network
   rows      ExactOBS (`sbc` at 50 %, and `obc`'s code on the same Hessians) on --rows rows of each layer of
             --layers, with the layer's Hessian from fast's work folder; the whole layer's time is projected
-            as t_rows * d_out / rows (the per-row trace dominates; the shared inverse is counted d_out/rows
-            times, so the projection is an upper bound). obc's own Hessian (M = I) is not collected here:
-            its cost does not depend on the Hessian's values, so its time is the same code on the SMP one.
+            as setup + (t_rows - setup) * d_out / rows, setup = the damped inverse and damped H every row
+            shares (timed on its own). obc's own Hessian (M = I) is not collected here: its cost does not
+            depend on the Hessian's values, so its time is the same code on the SMP one (--row-methods).
   full-sbc  (--full-sbc) the real `sbc` 50 % run of the whole network: hours on a shared 2-core machine.
 Per layer: d_out x d_in, its forward in the calibration walk (s), its Hessian accumulation (s, rows d_in^2
 flops), compression (s; flops by `sbc_onnx.compress.cost.layer_flops`), and the fraction of sgemm speed
@@ -47,13 +47,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # ---------------------------------------------------------------------------------------------- model, data
 
-def build_model(kind: str, image: int, steps: int, seed: int = 0):
+def build_model(kind: str, image: int, steps: int, seed: int = 0, tiny: bool = False):
     """(NIR graph, SimConfig) of SEW-ResNet18 at `image` x `image`."""
     from sbc_onnx.sim import SimConfig
 
     if kind == "synthetic":
         from sbc_onnx.synthetic import sew_resnet_graph
-        return sew_resnet_graph(image=image, seed=seed), SimConfig(dt=1.0)
+        small = dict(widths=(8, 16, 16, 32), classes=10) if tiny else {}
+        return sew_resnet_graph(image=image, seed=seed, **small), SimConfig(dt=1.0)
     import torch
     from spikingjelly.activation_based import functional, neuron
 
@@ -125,7 +126,7 @@ def job(args) -> None:
     import sbc_onnx as sbc
     from sbc_onnx.memory import peak_resident_memory, step_sizes
 
-    graph, cfg = build_model(args.model, args.image, args.steps)
+    graph, cfg = build_model(args.model, args.image, args.steps, tiny=args.tiny)
     data = calibration_data(args.samples, args.steps, args.image)
     out: dict = {"job": args.job}
     if args.job == "rows":
@@ -160,6 +161,7 @@ def job(args) -> None:
 def rows_job(graph, cfg, args) -> list[dict]:
     """ExactOBS on a row subset of each layer, with the Hessian spilled by the `fast` run."""
     from sbc_onnx.compress import compress_groups, get_method
+    from sbc_onnx.compress.numerics import damped_hessian, damped_inverse
     from sbc_onnx.graph import flatten
     from sbc_onnx.workdir import WorkDir
 
@@ -176,7 +178,10 @@ def rows_job(graph, cfg, args) -> list[dict]:
         stored, _ = work.hessian(name)
         H = stored.H
         res = {"name": name, "rows": rows, "d_out": W2.shape[0], "d_in": W2.shape[1]}
-        for method in ("sbc", "obc"):
+        t = time.perf_counter()
+        damped_hessian(H, damped_inverse(H, 0.01)[1])  # what every row shares: computed once per layer
+        res["setup"] = time.perf_counter() - t
+        for method in args.row_methods.split(","):
             t = time.perf_counter()
             compress_groups(W2[idx], H, 1, int(0.5 * W2[idx].size), method=get_method(method))
             res[method] = time.perf_counter() - t
@@ -206,6 +211,14 @@ def run_child(args, name: str, kill_at: int | None = None) -> tuple[dict | None,
     return json.loads(stdout.strip().splitlines()[-1]), lines
 
 
+def project(row: dict, method: str) -> float:
+    """A whole layer's time from `rows` of its rows: the shared setup once, the rest scaled by d_out/rows."""
+    if method not in row:
+        return float("nan")
+    setup = min(row["setup"], row[method])
+    return setup + (row[method] - setup) * row["d_out"] / row["rows"]
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -213,8 +226,8 @@ def gib(n: float) -> str:
 def table(fast: dict, quant: dict, rows: dict, sgemm: float, n_samples: int, steps: int) -> list[str]:
     from sbc_onnx.compress.cost import hessian_flops, layer_flops
 
-    by_rows = {r["name"]: r for r in rows["layers"]}
-    qs = {r["name"]: r for r in quant["layers"]}
+    by_rows = {r["name"]: r for r in rows["layers"]} if rows else {}
+    qs = {r["name"]: r for r in quant["layers"]} if quant else {}
     head = ("| layer | d_out x d_in | fwd s | H s | H Gflop | H % sgemm | sbc-fast s | % sgemm | 4-bit s | % sgemm "
             "| sbc s (rows) | sbc s proj. | sbc Gflop | % sgemm | obc s proj. |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -230,16 +243,15 @@ def table(fast: dict, quant: dict, rows: dict, sgemm: float, n_samples: int, ste
         pct = lambda f, s: f"{100 * f / s / 1e9 / sgemm:.0f}" if s > 0 else "-"  # noqa: E731
         fwd = fast["forward"].get(n, 0.0)
         row = by_rows.get(n)
-        q = qs[n]["comp_s"]
+        q = qs[n]["comp_s"] if n in qs else float("nan")
         tot["fast"] += r["comp_s"]
-        tot["quant"] += q
+        tot["quant"] += q if np.isfinite(q) else 0.0
         tot["H"] += r["hessian_s"]
         tot["fwd"] += fwd
         if row:
-            proj = row["sbc"] * row["d_out"] / row["rows"]
-            oproj = row["obc"] * row["d_out"] / row["rows"]
+            proj, oproj = project(row, "sbc"), project(row, "obc")
             tot["sbc"] += proj
-            tot["obc"] += oproj
+            tot["obc"] += oproj if np.isfinite(oproj) else 0.0
             sbc_cells = f"{row['sbc']:.2f} ({row['rows']}) | {proj:.0f} | {of / 1e9:.0f} | {pct(of, proj)} | {oproj:.0f}"
         else:
             sbc_cells = "- | - | - | - | -"
@@ -258,69 +270,113 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--max-memory", default="8GiB")
-    ap.add_argument("--rows", type=int, default=8, help="rows per layer for the ExactOBS timing")
+    ap.add_argument("--rows", type=int, default=4, help="rows per layer for the ExactOBS timing")
+    ap.add_argument("--row-methods", default="sbc,obc", help="methods timed on row subsets")
     ap.add_argument("--layers", default="", help="comma-separated layers for the ExactOBS timing (default: all)")
     ap.add_argument("--kill-at", type=int, default=8, help="SIGKILL the first fast run after this layer (0-based)")
-    ap.add_argument("--full-sbc", action="store_true", help="also run the whole sbc 50 %% compression (hours)")
-    ap.add_argument("--work", default=None, help="work folders (default: a new one under /tmp)")
+    ap.add_argument("--jobs", default="fast,quant,rows,fast-mem",
+                    help="runs, in order (full-sbc: the whole sbc 50 %% compression, hours)")
+    ap.add_argument("--work", default=None, help="work folder (default: a new one under /tmp); results go there "
+                    "as JSON, so --report-only can write the table from the runs that finished")
+    ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "scale.md"))
-    ap.add_argument("--quick", action="store_true", help="64 x 64 images, 2 samples: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="64 x 64 images, 2 samples")
+    ap.add_argument("--tiny", action="store_true", help="a smoke run of the script: small widths, 32 x 32")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.image, args.samples = 64, 2
+    if args.tiny:
+        args.image, args.samples, args.kill_at = 32, 2, 3
     if args.job:
         job(args)
         return
     import tempfile
 
     args.work = args.work or tempfile.mkdtemp(prefix="bench-scale-")
+    work = Path(args.work)
     args.passthrough = ["--model", args.model, "--image", str(args.image), "--steps", str(args.steps),
                         "--samples", str(args.samples), "--max-memory", args.max_memory, "--rows", str(args.rows),
-                        "--layers", args.layers, "--work", args.work]
-    sgemm = sgemm_gflops()
-    print(f"sgemm {sgemm:.1f} GFLOP/s; work folders in {args.work}", file=sys.stderr)
-    t0 = time.perf_counter()
-    killed, lines_k = run_child(args, "fast", kill_at=args.kill_at)
-    t_killed = time.perf_counter() - t0
-    fast, lines = run_child(args, "fast")
-    restored = sum(1 for ln in lines if ln.endswith("restored") or ": restored;" in ln)
-    computed = sum(1 for ln in lines if ln.startswith("compressing layer") and ": restored;" not in ln)
-    mem, _ = run_child(args, "fast-mem")
-    w_res, w_mem = np.load(Path(args.work) / "fast_weights.npz"), np.load(Path(args.work) / "fast-mem_weights.npz")
-    identical = all(np.array_equal(w_res[k], w_mem[k]) for k in w_mem.files)
-    quant, qlines = run_child(args, "quant")
-    rows, _ = run_child(args, "rows")
-    full = run_child(args, "full-sbc")[0] if args.full_sbc else None
-    sgemm = max(sgemm, sgemm_gflops())
-    body, tot = table(mem, quant, rows, sgemm, args.samples, args.steps)
-    plan_line = next((ln for ln in lines_k if ln.startswith("memory budget")), None)
-    passes = [ln for ln in lines_k if ln.startswith("calibration pass")]
-    md = [f"# ImageNet-shape SEW-ResNet18 under --max-memory {args.max_memory} (`benchmarks/bench_scale.py`)", "",
-          f"Model: {args.model} ({'sbc_onnx.synthetic.sew_resnet_graph' if args.model == 'synthetic' else 'SpikingJelly sew_resnet18'}), "
-          f"{args.image} x {args.image}, T = {args.steps}, {args.samples} random calibration images; "
-          f"sgemm {sgemm:.1f} GFLOP/s (float32 2048^3, same run). Machine shared (2 cores, other jobs running): "
-          "timings are noisy.", "",
-          f"- plan: {plan_line or '(in the library: no line)'}; {len(passes) or 1} calibration pass(es)",
-          f"- calibration (the whole walk with every layer's Hessian, in-memory run): "
-          f"{mem['seconds']['calibration']:.0f} s; the resumed run walked for {fast['seconds']['calibration']:.0f} s "
-          "(its Hessians were spilled before the kill)",
-          f"- sbc-fast 50 %, work folder: SIGKILLed after layer {args.kill_at + 1} ({t_killed:.0f} s), resumed: "
-          f"{restored} layers restored, {computed - restored} computed; weights identical to the in-memory run: "
-          f"{identical}",
-          f"- peak RSS: sbc-fast resumed run {gib(fast['peak_rss'])}, sbc-fast in memory {gib(mem['peak_rss'])}, "
-          f"4-bit sbc (GPTQ) {gib(quant['peak_rss'])}, ExactOBS row timing {gib(rows['peak_rss'])} "
-          f"(budget {args.max_memory})",
-          f"- whole network compression: sbc-fast {tot['fast']:.0f} s (measured), 4-bit sbc {tot['quant']:.0f} s "
-          f"(measured), sbc 50 % {tot['sbc']:.0f} s and obc {tot['obc']:.0f} s (projected from {args.rows} rows "
-          "per layer: upper bounds, see the script's docstring)"
-          + (f"; full sbc run {full['seconds']['wall']:.0f} s, peak RSS {gib(full['peak_rss'])}" if full else
-             "; the full sbc 50 % run (--full-sbc) was not run"), "",
-          "Columns: fwd s = the layer's forward in the calibration walk, H s = its Hessian accumulation (filter, "
-          "unfold, syrk), H Gflop = rows d_in^2; compression flops from sbc_onnx.compress.cost.layer_flops; "
-          "% sgemm = achieved flop rate / sgemm rate.", "", *body, ""]
+                        "--row-methods", args.row_methods, "--layers", args.layers, "--work", args.work,
+                        *(["--tiny"] if args.tiny else [])]
+    if not args.report_only:
+        _save(work, "sgemm", {"gflops": sgemm_gflops()})
+        print(f"work folder {args.work}", file=sys.stderr)
+        for name in args.jobs.split(","):
+            if name == "fast":
+                t0 = time.perf_counter()
+                _, lines_k = run_child(args, "fast", kill_at=args.kill_at)
+                t_killed = time.perf_counter() - t0
+                fast, lines = run_child(args, "fast")
+                fast["killed"] = {"after_layer": args.kill_at + 1, "seconds": t_killed, "lines": lines_k,
+                                  "resumed_lines": lines}
+                _save(work, "fast", fast)
+            else:
+                _save(work, name, run_child(args, name)[0])
+        _save(work, "sgemm2", {"gflops": sgemm_gflops()})
+    md = report(args, work)
     Path(args.out).write_text("\n".join(md))
     print("\n".join(md))
+
+
+def _save(work: Path, name: str, data: dict) -> None:
+    (work / f"{name}.json").write_text(json.dumps(data))
+
+
+def _load(work: Path, name: str) -> dict | None:
+    p = work / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def report(args, work: Path) -> list[str]:
+    """scale.md from the runs found in the work folder."""
+    fast, mem, quant, rows, full = (_load(work, n) for n in ("fast", "fast-mem", "quant", "rows", "full-sbc"))
+    sgemm = max(d["gflops"] for d in (_load(work, "sgemm"), _load(work, "sgemm2")) if d)
+    base = mem or fast
+    md = [f"# ImageNet-shape SEW-ResNet18 under --max-memory {args.max_memory} (`benchmarks/bench_scale.py`)", "",
+          f"Model: {args.model} ("
+          + ("`sbc_onnx.synthetic.sew_resnet_graph`" if args.model == "synthetic" else "SpikingJelly sew_resnet18")
+          + f"), {args.image} x {args.image}, T = {args.steps}, {args.samples} random calibration images; sgemm "
+          f"{sgemm:.1f} GFLOP/s (float32 2048^3, best of the runs before and after). The machine is shared (2 cores, "
+          "other jobs running): timings are noisy.", ""]
+    if fast:
+        k = fast["killed"]
+        lines = k["resumed_lines"]
+        restored = sum(1 for ln in lines if ": restored;" in ln)
+        computed = sum(1 for ln in lines if ln.startswith("compressing layer") and ": restored;" not in ln)
+        plan = next((ln for ln in k["lines"] if ln.startswith("memory budget")), "-")
+        passes = sum(1 for ln in k["lines"] if ln.startswith("calibration pass"))
+        md += [f"- plan: {plan}; calibration pass lines printed: {passes}",
+               f"- sbc-fast 50 % with a work folder: SIGKILLed once layer {k['after_layer']} was done "
+               f"({k['seconds']:.0f} s), run again on the folder: {restored} layers restored, {computed} computed, "
+               f"calibration {fast['seconds']['calibration']:.1f} s (every Hessian had been spilled); "
+               f"peak RSS of the resumed run {gib(fast['peak_rss'])}"]
+    if mem:
+        same = None
+        if fast:
+            a, b = np.load(work / "fast_weights.npz"), np.load(work / "fast-mem_weights.npz")
+            same = all(np.array_equal(a[f], b[f]) for f in b.files)
+        md += [f"- sbc-fast 50 % in memory (no work folder): calibration {mem['seconds']['calibration']:.0f} s, "
+               f"compression {mem['seconds']['compression']:.0f} s, peak RSS {gib(mem['peak_rss'])}"
+               + (f"; weights bitwise identical to the killed-and-resumed run: {same}" if same is not None else "")]
+    if quant:
+        md += [f"- sbc 4 bits (GPTQ on the SMP Hessian): calibration {quant['seconds']['calibration']:.0f} s, "
+               f"compression {quant['seconds']['compression']:.0f} s, peak RSS {gib(quant['peak_rss'])}"]
+    if rows:
+        md += [f"- ExactOBS row timing ({args.rows} rows per layer, Hessians from the sbc-fast work folder): peak "
+               f"RSS {gib(rows['peak_rss'])}"]
+    md += ["- the full sbc 50 % run: " + (f"{full['seconds']['wall']:.0f} s, peak RSS {gib(full['peak_rss'])}"
+                                           if full else "not run (--jobs full-sbc; hours here)")]
+    if base:
+        body, tot = table(base, quant, rows, sgemm, args.samples, args.steps)
+        md += [f"- whole network compression time: sbc-fast {tot['fast']:.0f} s (measured), 4-bit sbc "
+               f"{tot['quant']:.0f} s (measured), sbc 50 % {tot['sbc']:.0f} s and obc {tot['obc']:.0f} s "
+               "(projected from the row subsets)", "",
+               "Per layer: fwd s = its forward in the calibration walk, H s = its Hessian accumulation (filter, "
+               "unfold, syrk; rows d_in^2 flops), compression flops from `sbc_onnx.compress.cost.layer_flops`, "
+               "% sgemm = achieved flop rate / sgemm rate; sbc s (rows) = ExactOBS on that many rows, proj. = "
+               "setup + (t - setup) d_out / rows.", "", *body, ""]
+    return md
 
 
 if __name__ == "__main__":
