@@ -593,7 +593,10 @@ class _Compression:
         lp.close()
 
     def _cost(self, shape, bits) -> float:
-        return layer_flops(self.plan.method, shape[0], shape[1], prunes=self.plan.prunes, quantizes=bool(bits))
+        """The layer's weight in the ETA: its algorithm's flops plus the report's two objectives
+        tr(dW H dW^T), which every method pays (2 d_out d_in^2 each)."""
+        return (layer_flops(self.plan.method, shape[0], shape[1], prunes=self.plan.prunes, quantizes=bool(bits))
+                + 4.0 * shape[0] * shape[1] ** 2)
 
     def _restore_layer(self, name: str) -> LayerReport:
         """A layer finished by an earlier run of this work folder: its weight, codes, report and notes."""
