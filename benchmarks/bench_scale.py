@@ -2,7 +2,8 @@
 layer under a --max-memory budget, with the peak RSS of every run (writes benchmarks/results/scale.md).
 
     .venv/bin/python benchmarks/bench_scale.py [--model synthetic|spikingjelly] [--image 224] [--steps 4]
-        [--samples 8] [--max-memory 8GiB] [--rows 8] [--layers a,b] [--kill-at 8] [--full-sbc] [--quick]
+        [--samples 8] [--max-memory 8GiB] [--rows 4] [--layers a,b] [--kill-at 8]
+        [--jobs fast,quant,rows,fast-mem[,full-sbc]] [--work DIR] [--report-only] [--quick | --tiny]
 
 The model: `--model spikingjelly` builds SpikingJelly's own `sew_resnet18(cnf='ADD', spiking_neuron=IFNode)`
 (seeded random weights, batch norms with random running statistics, folded by the bridge; multi-step) and
@@ -21,7 +22,7 @@ Runs, each in its own process so that its peak RSS (getrusage) is its own:
             as setup + (t_rows - setup) * d_out / rows, setup = the damped inverse and damped H every row
             shares (timed on its own). obc's own Hessian (M = I) is not collected here: its cost does not
             depend on the Hessian's values, so its time is the same code on the SMP one (--row-methods).
-  full-sbc  (--full-sbc) the real `sbc` 50 % run of the whole network: hours on a shared 2-core machine.
+  full-sbc  (--jobs ...,full-sbc) the real `sbc` 50 % run of the whole network: hours on a shared 2-core machine.
 Per layer: d_out x d_in, its forward in the calibration walk (s), its Hessian accumulation (s, rows d_in^2
 flops), compression (s; flops by `sbc_onnx.compress.cost.layer_flops`), and the fraction of sgemm speed
 (float32 2048^3 matmul measured in the same run, best of 3).
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -240,7 +240,7 @@ def table(fast: dict, quant: dict, rows: dict, sgemm: float, n_samples: int, ste
         hf = hessian_flops(n_samples * steps * positions, d_in)
         ff, qf = layer_flops("sbc-fast", d_out, d_in), layer_flops("sbc", d_out, d_in, prunes=False, quantizes=True)
         of = layer_flops("sbc", d_out, d_in)
-        pct = lambda f, s: f"{100 * f / s / 1e9 / sgemm:.0f}" if s > 0 else "-"  # noqa: E731
+        pct = lambda f, s: f"{100 * f / s / 1e9 / sgemm:.0f}" if s > 0 else "-"
         fwd = fast["forward"].get(n, 0.0)
         row = by_rows.get(n)
         q = qs[n]["comp_s"] if n in qs else float("nan")
@@ -279,6 +279,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="work folder (default: a new one under /tmp); results go there "
                     "as JSON, so --report-only can write the table from the runs that finished")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--plans", default="8GiB,2GiB,1.5GiB,1GiB",
+                    help="budgets whose calibration passes the report lists (planned, not run)")
     ap.add_argument("--out", default=str(RESULTS / "scale.md"))
     ap.add_argument("--quick", action="store_true", help="64 x 64 images, 2 samples")
     ap.add_argument("--tiny", action="store_true", help="a smoke run of the script: small widths, 32 x 32")
@@ -376,7 +378,26 @@ def report(args, work: Path) -> list[str]:
                "unfold, syrk; rows d_in^2 flops), compression flops from `sbc_onnx.compress.cost.layer_flops`, "
                "% sgemm = achieved flop rate / sgemm rate; sbc s (rows) = ExactOBS on that many rows, proj. = "
                "setup + (t - setup) d_out / rows.", "", *body, ""]
-    return md
+    return md + plans(args)
+
+
+def plans(args) -> list[str]:
+    """What `memory_plan` makes of other budgets for this model and data (planned only, not run)."""
+    from sbc_onnx.errors import SbcError
+    from sbc_onnx.pipeline import Plan, memory_plan
+
+    graph, cfg = build_model(args.model, args.image, args.steps, tiny=args.tiny)
+    data = calibration_data(args.samples, args.steps, args.image)
+    out = ["Calibration passes `memory_plan` chooses for other budgets (sbc 50 %, batch = all samples; planned, "
+           "not run):", ""]
+    for b in args.plans.split(","):
+        try:
+            mp = memory_plan(graph, data, Plan.build(sparsity=0.5), cfg=cfg, batch_size=args.samples, max_memory=b)
+            out.append(f"- {b}: {len(mp.passes)} pass(es) of {[len(p) for p in mp.passes]} layers, estimated peak "
+                       f"{gib(mp.peak)}")
+        except SbcError as e:
+            out.append(f"- {b}: refused before any work: {e}")
+    return out + [""]
 
 
 if __name__ == "__main__":
