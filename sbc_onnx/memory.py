@@ -95,19 +95,24 @@ class MemoryPlan:
     step: int                              # one time step's activations of the whole network, one batch
     layers: tuple[LayerNeed, ...]
     passes: tuple[tuple[str, ...], ...]    # the layers each calibration pass collects, in walk order
+    spill: bool = False                    # Hessians go to disk (several passes, or one pass whose
+                                           # accumulators would not fit next to a layer's compression)
 
     @property
     def peak(self) -> int:
-        """Estimated peak bytes: the larger of the heaviest calibration pass and one layer's compression."""
+        """Estimated peak bytes: the heaviest calibration pass, or one layer's compression next to every
+        layer's accumulator when they stay in memory (one pass, not spilled)."""
         by = {n.name: n for n in self.layers}
         cal = max(sum(by[n].calibration for n in p) for p in self.passes)
         transient = max(n.transient for n in self.layers)
-        return self.base + max(self.step + cal + transient, max(n.compression for n in self.layers))
+        kept = 0 if self.spill else cal
+        return self.base + max(self.step + cal + transient, kept + max(n.compression for n in self.layers))
 
     def describe(self) -> str:
         n = len(self.passes)
         return (f"memory budget {bytes_text(self.budget)} ({self.source}): {len(self.layers)} layers' Hessians "
-                f"in {n} calibration pass{'es' if n > 1 else ''}, estimated peak {bytes_text(self.peak)}")
+                f"in {n} calibration pass{'es' if n > 1 else ''}{', spilled to disk' if self.spill else ''}, "
+                f"estimated peak {bytes_text(self.peak)}")
 
 
 def step_sizes(walker: Walker, sample: np.ndarray) -> tuple[int, dict[str, tuple[int, int]]]:
@@ -181,4 +186,6 @@ def plan_memory(walker: Walker, sample: np.ndarray, layers: list[str], betas: di
             used = 0
         passes[-1].append(n.name)
         used += n.calibration
-    return MemoryPlan(int(budget), source, base, step, needs, tuple(tuple(p) for p in passes))
+    in_memory = base + sum(n.calibration for n in needs) + heaviest.compression
+    spill = len(passes) > 1 or in_memory > budget
+    return MemoryPlan(int(budget), source, base, step, needs, tuple(tuple(p) for p in passes), spill)

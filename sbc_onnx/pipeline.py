@@ -444,7 +444,7 @@ class _Compression:
         if resume is not None:
             WorkDir.check(resume, self.names, binding)  # before the memory plan's sample step
         self.memory = _memory_plan(self.dense, self.names, self.data, self.plan, self.batch_size, max_memory)
-        if resume is None and len(self.memory.passes) == 1:
+        if resume is None and not self.memory.spill:
             return
         if resume is None:
             self._spill_dir = tempfile.mkdtemp(prefix="sbc-onnx-hessians-")
