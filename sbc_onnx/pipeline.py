@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,19 +22,22 @@ import nir
 import numpy as np
 
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, check_memory_floor, plan_budget
-from .calibrate import Calibration, LayerCalibration, calibrate
+from .calibrate import Calibration, LayerCalibration, calibrate, kernel_betas
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, load_kernels, make_allocation, nm_pattern)
 from .compress.budget import BudgetSpec, parse_budget
+from .compress.cost import layer_flops
 from .compress.grids import GRANULARITIES
 from .data import as_dataset
 from .errors import SbcError
 from .graph import FlatGraph, flatten
 from .memory import estimate_peak
-from .progress import progress_bar, step_progress
+from .memory_plan import MemoryPlan, available_memory, plan_memory, to_bytes
+from .progress import LayerProgress, phase_line, progress_bar, step_progress
 from .repair import RepairReport, repair_thresholds
 from .sim import SimConfig, Walker
 from .sim.config import config_for
+from .workdir import WorkDir, data_hash, graph_hash
 
 log = logging.getLogger("sbc_onnx")
 
@@ -278,7 +284,8 @@ def compression_metadata(report: CompressionReport) -> dict[str, Any]:
 def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimConfig | None = None,
              calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
              progress: bool = False, storage: StorageBits | None = None, synops: SynOpsOf | None = None,
-             **options) -> tuple[nir.NIRGraph, CompressionReport]:
+             max_memory: int | str | None = None, resume: str | os.PathLike | None = None,
+             on_layer=None, **options) -> tuple[nir.NIRGraph, CompressionReport]:
     """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()), or a torch
     Dataset / DataLoader / iterable of (x, y) (converted by `data.as_dataset`).
 
@@ -292,6 +299,14 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     storage     for a memory budget: the bits a layer's weights take in the output format
                 (io.sizes.storage_model(path)); synops: for a SynOps budget, the SynOps per sample of a
                 layer's weights on the calibration activity (hardware.energy.synops_model).
+    max_memory  a peak-memory budget (bytes or text such as "8GiB"; memory.py): the layers' Hessians are
+                collected in as many calibration passes as it needs, spilled to disk and compressed one at
+                a time; a budget below the largest single layer's need is refused before any work. With
+                `resume` and no max_memory: the machine's available memory.
+    resume      a work folder (workdir.py): spilled Hessians and each finished layer are kept there, and a
+                run given the same folder, model, options and calibration data continues where the last
+                one stopped (no finished layer is computed again; the result is identical).
+    on_layer    on_layer(k, n, name) after layer k of n is compressed (and saved to `resume`).
     A layer whose calibration input is dead or saturated, or whose Hessian is not finite, stops the
     compression with an SbcError naming it (`Calibration.check`), before any weight changes.
     """
@@ -303,9 +318,13 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     run = _Compression(graph, calib, plan, cfg or config_for(graph), batch_size, progress)
     run.storage, run.synops, run.damage = storage, synops, measure_damage
     check_budget_floor(graph, plan, storage, layers=run.names)
-    run.calibrate(calibration)
-    budget = run.allocate()
-    run.compress_layers(budget)
+    try:
+        run.setup_memory(max_memory, resume, calibration)
+        run.calibrate(calibration)
+        budget = run.allocate()
+        run.compress_layers(budget, on_layer)
+    finally:
+        run.drop_spill()
     if plan.repair:
         run.repair(graph)
     report = run.report()
@@ -322,6 +341,56 @@ def check_budget_floor(graph: nir.NIRGraph, plan: Plan, storage: StorageBits | N
     fg = flatten(graph)
     ws = [np.asarray(fg.nodes[n].weight) for n in (layers or fg.weight_nodes())]
     check_memory_floor([w.shape for w in ws], [w.dtype.name for w in ws], plan.budget, storage)
+
+
+def memory_plan(graph: nir.NIRGraph, calib, plan: Plan, *, cfg: SimConfig | None = None, batch_size: int = 32,
+                max_memory: int | str | None = None) -> MemoryPlan:
+    """The calibration passes `compress(..., max_memory=...)` will run (memory.py); SbcError if the budget
+    cannot hold the largest single layer. max_memory None: the machine's available memory."""
+    calib = calib if hasattr(calib, "batches") else as_dataset(calib)
+    cfg = cfg or config_for(graph)
+    walker = Walker(flatten(graph), cfg)
+    return _memory_plan(walker, _layer_names(walker.fg, plan.layers), calib, plan, batch_size, max_memory)
+
+
+def _memory_plan(walker: Walker, names: list[str], data, plan: Plan, batch_size: int, max_memory) -> MemoryPlan:
+    budget, source = ((to_bytes(max_memory), "--max-memory") if max_memory is not None
+                      else (available_memory(), "available memory"))
+    sample = next(iter(data.batches(1)), None)
+    if sample is None:
+        raise SbcError("the calibration dataset is empty")
+    betas = {n: kernel_betas(walker.fg, n, walker.cfg, plan.method.objective) for n in names}
+    at_once = plan.budget is not None or (plan.allocation.needs_hessian and bool(plan.sparsity))
+    return plan_memory(walker, sample[0], names, betas, budget=budget, batch_size=batch_size, source=source,
+                       hessians_at_once=at_once)
+
+
+def check_resume(graph: nir.NIRGraph, calib, plan: Plan, resume, *, cfg: SimConfig | None = None,
+                 batch_size: int = 32) -> None:
+    """SbcError (one line) unless `resume` is a new or empty folder or a work folder made for this model,
+    plan, settings and calibration data (workdir.py); writes nothing."""
+    calib = calib if hasattr(calib, "batches") else as_dataset(calib)
+    fg = flatten(graph)
+    WorkDir.check(resume, _layer_names(fg, plan.layers),
+                  _binding(fg, calib, plan, cfg or config_for(graph), batch_size))
+
+
+def _binding(fg: FlatGraph, data, plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
+    return {"model": graph_hash(fg), "options": _plan_binding(plan, cfg, batch_size),
+            "calibration": data_hash(data, batch_size)}
+
+
+def _plan_binding(plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
+    """The options a work folder is bound to (everything the weights depend on), JSON-able."""
+    return {"method": plan.method.name, "allocation": repr(plan.allocation), "sparsity": plan.sparsity,
+            "bits": plan.bits, "pattern": plan.pattern_text, "grid": plan.grid, "granularity": plan.granularity,
+            "sequential": plan.sequential, "rel_damp": plan.rel_damp, "exact_resolve": plan.exact_resolve,
+            "layers": None if plan.layers is None else list(plan.layers),
+            "budget": None if plan.budget is None else repr(plan.budget), "sim": cfg.to_metadata(),
+            "batch_size": int(batch_size)}
+
+
+STOP_AFTER_ENV = "SBC_ONNX_TEST_STOP_AFTER_LAYER"  # tests: interrupt a run once layer k (0-based) is saved
 
 
 def _layer_matrix(node) -> np.ndarray:
@@ -359,6 +428,36 @@ class _Compression:
         self.budget_plan: BudgetPlan | None = None
         self.repair_report: RepairReport | None = None
         self.damage = True  # whether the spike damage is measured (a pass over the calibration set)
+        self.memory: MemoryPlan | None = None
+        self.work: WorkDir | None = None   # spilled Hessians (and, when resumable, finished layers)
+        self.resumable = False
+        self._spill_dir: str | None = None  # a temporary work folder, removed at the end
+
+    # ---- memory
+    def setup_memory(self, max_memory, resume, given: Calibration | None) -> None:
+        """Plan the calibration passes for `max_memory` and open the work folder, before any work."""
+        if max_memory is None and resume is None:
+            return
+        if given is not None:
+            if resume is not None:
+                raise SbcError("a precomputed calibration cannot be combined with resume")
+            return  # its Hessians are in memory already
+        binding = _binding(self.dense.fg, self.data, self.plan, self.cfg, self.batch_size) if resume else None
+        if resume is not None:
+            WorkDir.check(resume, self.names, binding)  # before the memory plan's sample step
+        self.memory = _memory_plan(self.dense, self.names, self.data, self.plan, self.batch_size, max_memory)
+        if resume is None and not self.memory.spill:
+            return
+        if resume is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="sbc-onnx-hessians-")
+            binding = {}
+        self.work = WorkDir.open(resume if resume is not None else self._spill_dir, self.names, binding)
+        self.resumable = resume is not None
+
+    def drop_spill(self) -> None:
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
 
     # ---- calibrate
     def calibrate(self, given: Calibration | None) -> None:
@@ -374,6 +473,8 @@ class _Compression:
         if given is not None:
             self._check_given(given)
             self.calibs = dict.fromkeys(self.names, given)
+        elif not self.plan.sequential and self.work is not None:
+            self.calibs = dict.fromkeys(self.names, self._calibrate_spilled())
         elif not self.plan.sequential:
             self.calibs = dict.fromkeys(self.names, self._calibrate(self.dense, self.names, self.progress))
 
@@ -398,6 +499,39 @@ class _Compression:
         self.seconds["calibration"] += time.perf_counter() - t0
         cal.check(layers)  # before any layer is compressed
         return cal
+
+    def _calibrate_spilled(self) -> Calibration:
+        """The memory plan's passes, each collecting its layers' Hessians and spilling them to the work
+        folder (layers already there are not collected again); one Calibration reading them back, one
+        layer at a time, identical to the one-pass calibration."""
+        todo = [[n for n in p if not self.work.has_hessian(n)] for p in self.memory.passes]
+        todo = [p for p in todo if p]
+        for i, layers in enumerate(todo):
+            phase_line(f"calibration pass {i + 1}/{len(todo)}: {len(layers)} layer(s), {layers[0]} ... {layers[-1]}",
+                       self.progress)
+            self._spill(self._calibrate(self.dense, layers, self.progress and len(todo) == 1), layers)
+        return self._stored_calibration()
+
+    def _spill(self, cal: Calibration, layers: list[str]) -> None:
+        for n in layers:
+            lc = cal.layers[n]
+            record = {"kind": lc.kind, "neuron": lc.neuron, "betas": list(lc.betas), "groups": lc.groups,
+                      "seconds": lc.seconds, "n_units": lc.acc.n_units, "n_samples": cal.n_samples,
+                      "steps": cal.steps, "objective": cal.objective, "input_norms": cal.input_norms,
+                      "notes": [m for m in cal.notes if m.startswith(f"layer {n}:")]}
+            self.work.save_hessian(n, lc.acc.H, lc.acc.sq_norms, record)
+            lc.acc = lc.filt = None  # this layer's accumulator is on disk now
+
+    def _stored_calibration(self) -> Calibration:
+        layers, notes, rec = {}, [], {}
+        for n in self.names:
+            acc, rec = self.work.hessian(n)
+            layers[n] = LayerCalibration(n, rec["kind"], rec["neuron"], tuple(rec["betas"]), acc,
+                                         groups=rec["groups"], seconds=rec["seconds"])
+            notes += rec["notes"]
+        return Calibration(layers=layers, n_samples=rec["n_samples"], steps=rec["steps"],
+                           seconds=self.seconds["calibration"], objective=rec["objective"],
+                           input_norms=rec["input_norms"], notes=notes)
 
     def layer_calibration(self, name: str) -> LayerCalibration:
         if self.plan.sequential:  # a new walker: upstream layers already carry their compressed weights
@@ -439,13 +573,46 @@ class _Compression:
         return LayerStats(W2, lc.H, lc.groups)
 
     # ---- compress the layers
-    def compress_layers(self, budget: Budget) -> None:
-        bar = progress_bar(len(self.names), "compressing", self.progress)
+    def compress_layers(self, budget: Budget, on_layer=None) -> None:
+        n = len(self.names)
+        shapes = [_layer_matrix(self.fg.nodes[name]).shape for name in self.names]
+        lp = LayerProgress(self.names, [self._cost(s, budget.bits_of(i, self.plan.bits)) for i, s in enumerate(shapes)],
+                           "compressing", self.progress)
+        stop = os.environ.get(STOP_AFTER_ENV)
         for i, (name, k) in enumerate(zip(self.names, budget.counts)):
-            self.layers.append(self._compress_layer(name, k, budget.traces_of(i), bar,
-                                                    budget.bits_of(i, self.plan.bits)))
-        if bar is not None:
-            bar.close()
+            shape = f"{shapes[i][0]} x {shapes[i][1]}"
+            if self.resumable and self.work.has_layer(name):
+                self.layers.append(self._restore_layer(name))
+                lp.done(i, None, shape)
+                continue
+            report = self._compress_layer(name, k, budget.traces_of(i), lp.bar, budget.bits_of(i, self.plan.bits))
+            self.layers.append(report)
+            if self.resumable:
+                self.work.save_layer(name, self.fg.nodes[name].weight, self.quant.get(name), report)
+            lp.done(i, report.seconds, shape)
+            if on_layer is not None:
+                on_layer(i, n, name)
+            if stop is not None and int(stop) == i:
+                raise KeyboardInterrupt(f"{STOP_AFTER_ENV}={stop}")
+        lp.close()
+
+    def _cost(self, shape, bits) -> float:
+        """The layer's weight in the ETA: its algorithm's flops plus the report's two objectives
+        tr(dW H dW^T), which every method pays (2 d_out d_in^2 each)."""
+        return (layer_flops(self.plan.method, shape[0], shape[1], prunes=self.plan.prunes, quantizes=bool(bits))
+                + 4.0 * shape[0] * shape[1] ** 2)
+
+    def _restore_layer(self, name: str) -> LayerReport:
+        """A layer finished by an earlier run of this work folder: its weight, codes, report and notes."""
+        weight, quant, fields = self.work.layer(name)
+        node = self.fg.nodes[name]
+        node.weight = weight.astype(np.asarray(node.weight).dtype, copy=False)
+        if quant is not None:
+            self.quant[name] = quant
+        fields["shape"] = tuple(fields["shape"])
+        report = LayerReport(**fields)
+        self.notes.extend(f"{name}: {m}" for m in report.notes + report.escalations)
+        return report
 
     def _compress_layer(self, name: str, k: int, traces, bar, bits: int | None) -> LayerReport:
         plan = self.plan
@@ -500,13 +667,14 @@ class _Compression:
     def report(self) -> CompressionReport:
         plan = self.plan
         cals = list(self.calibs.values())
-        cal_notes = [n for c in cals for n in c.notes] if plan.sequential else cals[0].notes
+        cal_notes = [n for c in cals for n in c.notes] if plan.sequential or not cals else cals[0].notes
         weights = [np.asarray(self.fg.nodes[n].weight) for n in self.names]
         total = sum(w.size for w in weights)
         zeros = sum(w.size - np.count_nonzero(w) for w in weights)
         return CompressionReport(
             method=plan.method.name, sparsity=plan.sparsity, bits=plan.bits, pattern=plan.pattern_text,
-            allocation=plan.allocation.name, sim=self.cfg.to_metadata(), n_calibration=cals[0].n_samples,
+            allocation=plan.allocation.name, sim=self.cfg.to_metadata(),
+            n_calibration=cals[0].n_samples if cals else self.data.n,
             layers=self.layers, overall_sparsity=zeros / total if total else 0.0, seconds=self.seconds,
             notes=self.notes + list(cal_notes), quant=self.quant,
             budget=None if self.budget_plan is None else self.budget_plan.to_dict(),

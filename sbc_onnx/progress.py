@@ -48,3 +48,53 @@ def iterate(items: Iterable[T], desc: str, unit: str, enabled: bool = True, tota
     from tqdm import tqdm
 
     yield from tqdm(items, desc=desc, unit=unit, leave=False, total=total, file=sys.stderr)
+
+
+def phase_line(text: str, enabled: bool = True) -> None:
+    """One line on stderr for a phase of a long run (a calibration pass), terminal or not."""
+    if enabled:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+class LayerProgress:
+    """'layer k/n' with an ETA weighted by each layer's expected cost (e.g. `compress.cost.layer_flops`):
+    the bar of `progress_bar` on a terminal (its description carries the ETA), else one line per layer
+    on stderr. Layers restored from a work folder move the count but not the time per unit of cost."""
+
+    def __init__(self, names: list[str], costs: list[float], desc: str, enabled: bool = True):
+        self.names, self.costs, self.desc = list(names), [max(float(c), 1.0) for c in costs], desc
+        self.bar = progress_bar(len(self.names), desc, enabled)
+        self.lines = enabled and self.bar is None
+        self.spent = 0.0   # seconds of the layers computed here
+        self.worked = 0.0  # their summed cost
+        self.left = sum(self.costs)
+
+    def done(self, k: int, seconds: float | None, what: str = "") -> None:
+        """Layer k (0-based) finished in `seconds` (None: restored, not computed)."""
+        self.left -= self.costs[k]
+        if seconds is not None:
+            self.spent += seconds
+            self.worked += self.costs[k]
+        eta = _duration(self.spent / self.worked * self.left) if self.worked else "?"
+        label = f"layer {k + 1}/{len(self.names)}"
+        if self.bar is not None:
+            self.bar.set_description(f"{self.desc} {label}, ETA {eta}")
+        elif self.lines:
+            took = "restored" if seconds is None else f"{seconds:.1f} s"
+            sys.stderr.write(f"{self.desc} {label} {self.names[k]}{' ' + what if what else ''}: {took}; "
+                             f"ETA {eta}\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"

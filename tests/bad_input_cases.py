@@ -276,6 +276,35 @@ CASES += [  # --budget: one line naming what is wrong (the tiny model's weights 
     Case("compress: --budget memory=10B too small", "options", (*_ONNX_OUT, "--budget", "memory=10B"),
          ("fits memory=10B",)),
 ]
+
+
+def work_folder(manifest: dict | None, extra: str | None = None) -> Builder:
+    """A --resume folder holding `manifest` as its manifest.json (none if None) and a file `extra`."""
+    def build(p: Path) -> None:
+        p.mkdir()
+        if manifest is not None:
+            (p / "manifest.json").write_text(json.dumps(manifest))
+        if extra:
+            (p / extra).write_text("x")
+    return build
+
+
+CASES += [  # --max-memory and --resume (issue #13): refused before any calibration
+    Case("compress: --max-memory 1KiB too small", "options", (*_compress(), "--sparsity", "0.5", "--max-memory", "1KiB"),
+         ("--max-memory 1.00 KiB is too small",)),
+    Case("compress: --max-memory lots", "options", (*_compress(), "--sparsity", "0.5", "--max-memory", "lots"),
+         ("--max-memory", "8GiB")),
+    Case("compress: --max-memory 0", "options", (*_compress(), "--sparsity", "0.5", "--max-memory", "0"),
+         ("--max-memory",)),
+    Case("compress: --resume folder of another model", "paths",
+         (*_compress(), "--sparsity", "0.5", "--resume", "{w}"), ("was made for another model",),
+         {"w": work_folder({"format": "sbc-onnx-work/1", "model": "0" * 64})}),
+    Case("compress: --resume non-empty folder without manifest", "paths",
+         (*_compress(), "--sparsity", "0.5", "--resume", "{w}"), ("without a manifest.json",),
+         {"w": work_folder(None, "notes.txt")}),
+    Case("compress: --resume is a file", "paths", (*_compress(), "--sparsity", "0.5", "--resume", "{f}"),
+         ("--resume",), {"f": text("x")}),
+]
 CASES += _opt("eval", ("eval", "{m}", "--data", "{c}"), [
     ("--limit 0", "--limit"), ("--limit -1", "--limit"), ("--start -1", "--start"),
     ("--batch-size 0", "--batch-size"), ("--dt inf", "--dt"), ("--engine tvm", "--engine"),

@@ -18,7 +18,8 @@ from ..hardware.profiles import load_profile
 from ..io.models import check_format, load_model, model_format, save_model
 from ..io.paths import check_output, existing_file
 from ..io.sizes import file_sizes, storage_model
-from ..pipeline import GRANULARITIES, Plan, check_budget_floor, compress, compression_metadata
+from ..pipeline import (GRANULARITIES, Plan, check_budget_floor, check_resume, compress, compression_metadata,
+                        memory_plan)
 from ..sim import Walker
 from . import cli
 from .hardware_cmd import CheckFailed
@@ -77,13 +78,21 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 @click.option("--readout", type=click.Choice(["count", "count+potential", "potential"]), default="count",
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--max-memory", default=None,
+              help="Peak memory budget, e.g. 8GiB (B, KB, KiB, MB, MiB, GB, GiB) [default: the machine's available "
+                   "memory]. Layers whose Hessians do not fit together are calibrated in several passes and "
+                   "spilled to disk; a budget below the largest layer's need is refused. The plan is printed first.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False), default=None,
+              help="Work folder for a long run: spilled Hessians and every finished layer are kept there; run the "
+                   "same command again with it to continue after an interruption (refused for another model, "
+                   "options or calibration data).")
 @click.option("--target", default=None, help="Hardware profile (see `sbc-onnx profiles`): bits, grid and scale "
               "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
 def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid,
                  granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path,
-                 eval_limit, readout, force, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
+                 eval_limit, readout, force, max_memory, resume, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
@@ -104,16 +113,21 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     calib = load_data_for(walker, calib_path, calib_limit)
     test = load_data_for(walker, eval_path, eval_limit, labels=True) if eval_path else None  # checked up front
     check_budget_floor(graph, plan, storage, plan.layers)  # before the first line of progress
+    if resume is not None:
+        check_resume(graph, calib, plan, resume, cfg=cfg, batch_size=batch_size)
+    memory = memory_plan(graph, calib, plan, cfg=cfg, batch_size=batch_size, max_memory=max_memory)
+    click.echo(memory.describe(), err=True)  # too small a budget was refused above
     click.echo(f"[1/3] calibrating {model} on {calib.n} samples x {calib.steps} steps "
                f"(dt={cfg.dt:g}, {cfg.integrator}, reset {cfg.reset}); {plan.describe()}"
                + (f"; target {profile.summary()}" if profile else ""), err=True)
     if profile:
         int_g, float_g, deploy = compress_for_target(graph, calib, profile, plan, cfg=cfg, batch_size=batch_size,
-                                                     progress=True,
+                                                     progress=True, max_memory=memory.budget, resume=resume,
                                                      **_budget_inputs(plan, graph, calib, cfg, storage, batch_size))
         report, models = deploy.compression, {"integer": int_g, "twin": float_g}
     else:
         new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True,
+                               max_memory=memory.budget, resume=resume,
                                **_budget_inputs(plan, graph, calib, cfg, storage, batch_size))
         deploy, models = None, {"compressed": new}
     _show(report, deploy)

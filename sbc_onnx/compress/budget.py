@@ -27,7 +27,7 @@ from .numerics import FactorizationError
 from .obs import trace_layer
 
 __all__ = ["BUDGET_KINDS", "BudgetChoice", "BudgetSpec", "Option", "choose_options", "option_costs",
-           "parse_budget"]
+           "parse_budget", "parse_bytes"]
 
 BUDGET_KINDS = ("memory", "synops")
 DEFAULT_SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97)
@@ -59,12 +59,7 @@ def parse_budget(text: str, *, sparsities=None, bits=None) -> BudgetSpec:
     kind, value = kind.strip().lower(), value.strip().lower().replace(" ", "")
     if not sep or kind not in BUDGET_KINDS:
         raise ValueError(f"a budget is memory=SIZE or synops=COUNT (e.g. memory=64KiB), got {text!r}")
-    table = _BYTES if kind == "memory" else _COUNT
-    m = re.fullmatch(r"([0-9.]+(?:e[+-]?[0-9]+)?)([a-z]*)", value)
-    try:
-        amount = float(m.group(1)) * table[m.group(2)] if m else math.nan
-    except (KeyError, ValueError):
-        amount = math.nan
+    amount = _amount(value, _BYTES if kind == "memory" else _COUNT)
     if not math.isfinite(amount) or amount <= 0:
         raise ValueError(f"the {kind} budget must be a finite amount > 0, got {value!r}")
     sp = tuple(sorted({0.0, *(float(x) for x in (sparsities or DEFAULT_SPARSITIES))}))
@@ -74,6 +69,24 @@ def parse_budget(text: str, *, sparsities=None, bits=None) -> BudgetSpec:
     if any(b is not None and not 2 <= int(b) <= 8 for b in bt):
         raise ValueError("budget bit widths must be between 2 and 8")
     return BudgetSpec(kind, math.floor(amount), sp, bt)
+
+
+def _amount(value: str, table: dict) -> float:
+    """A number with an optional unit of `table` ('64kib' -> 65536.0); NaN if it is not one."""
+    m = re.fullmatch(r"([0-9.]+(?:e[+-]?[0-9]+)?)([a-z]*)", value)
+    try:
+        return float(m.group(1)) * table[m.group(2)] if m else math.nan
+    except (KeyError, ValueError):
+        return math.nan
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB', '512MB', '1e9' (B, KB, KiB, MB, MiB, GB, GiB; a bare number is bytes) -> bytes (ValueError
+    unless a finite amount > 0)."""
+    amount = _amount(str(text).strip().lower().replace(" ", ""), _BYTES)
+    if not math.isfinite(amount) or amount < 1:
+        raise ValueError(f"a size is a finite amount >= 1 byte such as 8GiB or 512MB, got {text!r}")
+    return math.floor(amount)
 
 
 def _bytes_text(n: int) -> str:

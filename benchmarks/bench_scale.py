@@ -1,0 +1,405 @@
+"""ImageNet-shape SEW-ResNet18 on one machine (issue #13 scope 5): calibration, Hessians and compression per
+layer under a --max-memory budget, with the peak RSS of every run (writes benchmarks/results/scale.md).
+
+    .venv/bin/python benchmarks/bench_scale.py [--model synthetic|spikingjelly] [--image 224] [--steps 4]
+        [--samples 8] [--max-memory 8GiB] [--rows 4] [--layers a,b] [--kill-at 8]
+        [--jobs fast,quant,rows,fast-mem[,full-sbc]] [--work DIR] [--report-only] [--quick | --tiny]
+
+The model: `--model spikingjelly` builds SpikingJelly's own `sew_resnet18(cnf='ADD', spiking_neuron=IFNode)`
+(seeded random weights, batch norms with random running statistics, folded by the bridge; multi-step) and
+exports it with `sbc_onnx.torch.export_module(..., framework="spikingjelly")`; `--model synthetic` builds
+`sbc_onnx.synthetic.sew_resnet_graph`, a NIR graph of the same 21 weight layers and shapes (stem max pool as
+a 2x2 average pool). Calibration: `--samples` random static images repeated over `--steps` steps.
+
+Runs, each in its own process so that its peak RSS (getrusage) is its own:
+  fast      `compress(method="sbc-fast", sparsity=0.5, max_memory=..., resume=DIR)`, the whole network; it is
+            SIGKILLed once layer --kill-at has finished and run again on the same folder (a resume): the
+            restored layers are counted and its weights compared with the in-memory run below
+  fast-mem  the same without a work folder (one pass in memory if the budget allows): the reference weights
+  quant     `compress(method="sbc", bits=4, ...)`: GPTQ on the SMP Hessian, the whole network
+  rows      ExactOBS (`sbc` at 50 %, and `obc`'s code on the same Hessians) on --rows rows of each layer of
+            --layers, with the layer's Hessian from fast's work folder; the whole layer's time is projected
+            as setup + (t_rows - setup) * d_out / rows, setup = the damped inverse and damped H every row
+            shares (timed on its own). obc's own Hessian (M = I) is not collected here: its cost does not
+            depend on the Hessian's values, so its time is the same code on the SMP one (--row-methods).
+  full-sbc  (--jobs ...,full-sbc) the real `sbc` 50 % run of the whole network: hours on a shared 2-core machine.
+Per layer: d_out x d_in, its forward in the calibration walk (s), its Hessian accumulation (s, rows d_in^2
+flops), compression (s; flops by `sbc_onnx.compress.cost.layer_flops`), and the fraction of sgemm speed
+(float32 2048^3 matmul measured in the same run, best of 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# ---------------------------------------------------------------------------------------------- model, data
+
+def build_model(kind: str, image: int, steps: int, seed: int = 0, tiny: bool = False):
+    """(NIR graph, SimConfig) of SEW-ResNet18 at `image` x `image`."""
+    from sbc_onnx.sim import SimConfig
+
+    if kind == "synthetic":
+        from sbc_onnx.synthetic import sew_resnet_graph
+        small = dict(widths=(8, 16, 16, 32), classes=10) if tiny else {}
+        return sew_resnet_graph(image=image, seed=seed, **small), SimConfig(dt=1.0)
+    import torch
+    from spikingjelly.activation_based import functional, neuron
+
+    from sbc_onnx.bridges.spikingjelly_zoo import sew_resnet_module
+    from sbc_onnx.sim.config import config_for
+    from sbc_onnx.torch import export_module
+
+    torch.manual_seed(seed)
+    net = sew_resnet_module().sew_resnet18(cnf="ADD", spiking_neuron=neuron.IFNode)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1.0, 0.1)
+                m.bias.normal_(0.0, 0.1)
+    net.eval()
+    functional.set_step_mode(net, "m")
+    graph = export_module(net, torch.zeros(1, 3, image, image), framework="spikingjelly")
+    return graph, config_for(graph)
+
+
+def calibration_data(n: int, steps: int, image: int, seed: int = 1):
+    from sbc_onnx.data import Dataset
+
+    x = np.random.default_rng(seed).normal(size=(n, 1, 3, image, image)).astype(np.float32)
+    return Dataset(x, np.zeros(n, np.int64), repeat_steps=steps)
+
+
+def sgemm_gflops(n: int = 2048, reps: int = 3) -> float:
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = a.T.copy()
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------------- jobs (child processes)
+
+def _timed_forward(forward: dict):
+    """Wrap the walker's ops of weight layers so that each one's forward seconds add up in `forward`."""
+    import sbc_onnx.sim.walker as walker_mod
+    from sbc_onnx.primitives import kinds, lookup
+
+    build = walker_mod.build_op
+    weights = set(kinds("weight"))
+
+    def timed_build(name, node, cfg):
+        op = build(name, node, cfg)
+        prim = lookup(node)
+        if prim is not None and prim.kind in weights:
+            step = op.step
+
+            def timed(x, state):
+                t = time.perf_counter()
+                out = step(x, state)
+                forward[name] = forward.get(name, 0.0) + time.perf_counter() - t
+                return out
+            op.step = timed
+        return op
+    walker_mod.build_op = timed_build
+
+
+def job(args) -> None:
+    """One run in this process; its JSON result on stdout's last line."""
+    import sbc_onnx as sbc
+    from sbc_onnx.memory import peak_rss
+    from sbc_onnx.memory_plan import step_sizes
+
+    graph, cfg = build_model(args.model, args.image, args.steps, tiny=args.tiny)
+    data = calibration_data(args.samples, args.steps, args.image)
+    out: dict = {"job": args.job}
+    if args.job == "rows":
+        out["layers"] = rows_job(graph, cfg, args)
+    else:
+        forward: dict[str, float] = {}
+        _timed_forward(forward)
+        opts = {"fast": dict(method="sbc-fast", sparsity=0.5), "fast-mem": dict(method="sbc-fast", sparsity=0.5),
+                "quant": dict(method="sbc", bits=4), "full-sbc": dict(method="sbc", sparsity=0.5)}[args.job]
+        resume = None if args.job == "fast-mem" else str(Path(args.work) / args.job)
+        from sbc_onnx.pipeline import Plan, memory_plan
+        mp = memory_plan(graph, data, Plan.build(**opts), cfg=cfg, batch_size=args.samples, max_memory=args.max_memory)
+        print(mp.describe(), file=sys.stderr, flush=True)
+        out["passes"] = [list(p) for p in mp.passes]
+        t0 = time.perf_counter()
+        new, rep = sbc.compress(graph, data, cfg=cfg, batch_size=args.samples, progress=True, measure_damage=False,
+                                max_memory=args.max_memory, resume=resume, **opts)
+        out["seconds"] = {**rep.seconds, "wall": time.perf_counter() - t0}
+        out["layers"] = [{"name": r.name, "shape": r.shape, "hessian_s": r.hessian_seconds, "comp_s": r.seconds,
+                          "sparsity": r.sparsity, "objective": r.objective_after} for r in rep.layers]
+        out["forward"] = forward
+        walker = sbc.Walker(graph, cfg)
+        _, sizes = step_sizes(walker, next(data.batches(1))[0])
+        out["out_elements"] = {n: s[1] for n, s in sizes.items()}
+        weights = {r.name: np.asarray(sbc.graph.flatten(new).nodes[r.name].weight) for r in rep.layers}
+        np.savez(Path(args.work) / f"{args.job}_weights.npz", **{f"w{i}": weights[r.name]
+                                                                  for i, r in enumerate(rep.layers)})
+    out["peak_rss"] = peak_rss()
+    print(json.dumps(out))
+
+
+def rows_job(graph, cfg, args) -> list[dict]:
+    """ExactOBS on a row subset of each layer, with the Hessian spilled by the `fast` run."""
+    from sbc_onnx.compress import compress_groups, get_method
+    from sbc_onnx.compress.numerics import damped_hessian, damped_inverse
+    from sbc_onnx.graph import flatten
+    from sbc_onnx.workdir import WorkDir
+
+    fg = flatten(graph)
+    names = fg.weight_nodes()
+    work = WorkDir(Path(args.work) / "fast", names)
+    chosen = args.layers.split(",") if args.layers else names
+    out = []
+    for name in chosen:
+        W = np.asarray(fg.nodes[name].weight)
+        W2 = W.reshape(W.shape[0], -1).astype(np.float64)
+        rows = min(args.rows, W2.shape[0])
+        idx = np.random.default_rng(0).choice(W2.shape[0], rows, replace=False)
+        stored, _ = work.hessian(name)
+        H = stored.H
+        res = {"name": name, "rows": rows, "d_out": W2.shape[0], "d_in": W2.shape[1]}
+        t = time.perf_counter()
+        damped_hessian(H, damped_inverse(H, 0.01)[1])  # what every row shares: computed once per layer
+        res["setup"] = time.perf_counter() - t
+        for method in args.row_methods.split(","):
+            t = time.perf_counter()
+            compress_groups(W2[idx], H, 1, int(0.5 * W2[idx].size), method=get_method(method))
+            res[method] = time.perf_counter() - t
+        out.append(res)
+        del H
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def run_child(args, name: str, kill_at: int | None = None) -> tuple[dict | None, list[str]]:
+    """Run job `name` in a child process; with kill_at, SIGKILL it once layer kill_at+1 is reported done."""
+    argv = [sys.executable, __file__, "--job", name, *args.passthrough]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in p.stderr:
+        lines.append(line.rstrip())
+        print(f"  [{name}] {line.rstrip()}", file=sys.stderr, flush=True)
+        if kill_at is not None and line.startswith(f"compressing layer {kill_at + 1}/"):
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            return None, lines
+    stdout = p.stdout.read()
+    if p.wait() != 0:
+        raise SystemExit(f"job {name} failed ({p.returncode}): {lines[-5:]}")
+    return json.loads(stdout.strip().splitlines()[-1]), lines
+
+
+def project(row: dict, method: str) -> float:
+    """A whole layer's time from `rows` of its rows: the shared setup once, the rest scaled by d_out/rows."""
+    if method not in row:
+        return float("nan")
+    setup = min(row["setup"], row[method])
+    return setup + (row[method] - setup) * row["d_out"] / row["rows"]
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def table(fast: dict, quant: dict, rows: dict, sgemm: float, n_samples: int, steps: int) -> list[str]:
+    from sbc_onnx.compress.cost import hessian_flops, layer_flops
+
+    by_rows = {r["name"]: r for r in rows["layers"]} if rows else {}
+    qs = {r["name"]: r for r in quant["layers"]} if quant else {}
+    head = ("| layer | d_out x d_in | fwd s | H s | H Gflop | H % sgemm | sbc-fast s | % sgemm | 4-bit s | % sgemm "
+            "| sbc s (rows) | sbc s proj. | sbc Gflop | % sgemm | obc s proj. |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    tot = {"fast": 0.0, "quant": 0.0, "sbc": 0.0, "obc": 0.0, "H": 0.0, "fwd": 0.0}
+    for r in fast["layers"]:
+        n = r["name"]
+        d_out = r["shape"][0]
+        d_in = int(np.prod(r["shape"][1:]))
+        positions = max(1, fast["out_elements"][n] // d_out)
+        hf = hessian_flops(n_samples * steps * positions, d_in)
+        ff, qf = layer_flops("sbc-fast", d_out, d_in), layer_flops("sbc", d_out, d_in, prunes=False, quantizes=True)
+        of = layer_flops("sbc", d_out, d_in)
+        pct = lambda f, s: f"{100 * f / s / 1e9 / sgemm:.0f}" if s > 0 else "-"
+        fwd = fast["forward"].get(n, 0.0)
+        row = by_rows.get(n)
+        q = qs[n]["comp_s"] if n in qs else float("nan")
+        tot["fast"] += r["comp_s"]
+        tot["quant"] += q if np.isfinite(q) else 0.0
+        tot["H"] += r["hessian_s"]
+        tot["fwd"] += fwd
+        if row:
+            proj, oproj = project(row, "sbc"), project(row, "obc")
+            tot["sbc"] += proj
+            tot["obc"] += oproj if np.isfinite(oproj) else 0.0
+            sbc_cells = f"{row['sbc']:.2f} ({row['rows']}) | {proj:.0f} | {of / 1e9:.0f} | {pct(of, proj)} | {oproj:.0f}"
+        else:
+            sbc_cells = "- | - | - | - | -"
+        lines.append(f"| {n} | {d_out} x {d_in} | {fwd:.1f} | {r['hessian_s']:.1f} | {hf / 1e9:.0f} | "
+                     f"{pct(hf, r['hessian_s'])} | {r['comp_s']:.1f} | {pct(ff, r['comp_s'])} | {q:.1f} | "
+                     f"{pct(qf, q)} | {sbc_cells} |")
+    lines.append(f"| **total** | | {tot['fwd']:.0f} | {tot['H']:.0f} | | | {tot['fast']:.0f} | | {tot['quant']:.0f} | "
+                 f"| | {tot['sbc']:.0f} | | | {tot['obc']:.0f} |")
+    return lines, tot
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=["synthetic", "spikingjelly"], default="synthetic")
+    ap.add_argument("--image", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-memory", default="8GiB")
+    ap.add_argument("--rows", type=int, default=4, help="rows per layer for the ExactOBS timing")
+    ap.add_argument("--row-methods", default="sbc,obc", help="methods timed on row subsets")
+    ap.add_argument("--layers", default="", help="comma-separated layers for the ExactOBS timing (default: all)")
+    ap.add_argument("--kill-at", type=int, default=8, help="SIGKILL the first fast run after this layer (0-based)")
+    ap.add_argument("--jobs", default="fast,quant,rows,fast-mem",
+                    help="runs, in order (full-sbc: the whole sbc 50 %% compression, hours)")
+    ap.add_argument("--work", default=None, help="work folder (default: a new one under /tmp); results go there "
+                    "as JSON, so --report-only can write the table from the runs that finished")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--plans", default="8GiB,2GiB,1.5GiB,1GiB",
+                    help="budgets whose calibration passes the report lists (planned, not run)")
+    ap.add_argument("--out", default=str(RESULTS / "scale.md"))
+    ap.add_argument("--quick", action="store_true", help="64 x 64 images, 2 samples")
+    ap.add_argument("--tiny", action="store_true", help="a smoke run of the script: small widths, 32 x 32")
+    ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.quick:
+        args.image, args.samples = 64, 2
+    if args.tiny:
+        args.image, args.samples, args.kill_at = 32, 2, 3
+    if args.job:
+        job(args)
+        return
+    import tempfile
+
+    args.work = args.work or tempfile.mkdtemp(prefix="bench-scale-")
+    work = Path(args.work)
+    args.passthrough = ["--model", args.model, "--image", str(args.image), "--steps", str(args.steps),
+                        "--samples", str(args.samples), "--max-memory", args.max_memory, "--rows", str(args.rows),
+                        "--row-methods", args.row_methods, "--layers", args.layers, "--work", args.work,
+                        *(["--tiny"] if args.tiny else [])]
+    if not args.report_only:
+        _save(work, "sgemm", {"gflops": sgemm_gflops()})
+        print(f"work folder {args.work}", file=sys.stderr)
+        for name in args.jobs.split(","):
+            if name == "fast":
+                t0 = time.perf_counter()
+                _, lines_k = run_child(args, "fast", kill_at=args.kill_at)
+                t_killed = time.perf_counter() - t0
+                fast, lines = run_child(args, "fast")
+                fast["killed"] = {"after_layer": args.kill_at + 1, "seconds": t_killed, "lines": lines_k,
+                                  "resumed_lines": lines}
+                _save(work, "fast", fast)
+            else:
+                _save(work, name, run_child(args, name)[0])
+        _save(work, "sgemm2", {"gflops": sgemm_gflops()})
+    md = report(args, work)
+    Path(args.out).write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _save(work: Path, name: str, data: dict) -> None:
+    (work / f"{name}.json").write_text(json.dumps(data))
+
+
+def _load(work: Path, name: str) -> dict | None:
+    p = work / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def report(args, work: Path) -> list[str]:
+    """scale.md from the runs found in the work folder."""
+    fast, mem, quant, rows, full = (_load(work, n) for n in ("fast", "fast-mem", "quant", "rows", "full-sbc"))
+    sgemm = max(d["gflops"] for d in (_load(work, "sgemm"), _load(work, "sgemm2")) if d)
+    base = mem or fast
+    md = [f"# ImageNet-shape SEW-ResNet18 under --max-memory {args.max_memory} (`benchmarks/bench_scale.py`)", "",
+          f"Model: {args.model} ("
+          + ("`sbc_onnx.synthetic.sew_resnet_graph`" if args.model == "synthetic" else "SpikingJelly sew_resnet18")
+          + f"), {args.image} x {args.image}, T = {args.steps}, {args.samples} random calibration images; sgemm "
+          f"{sgemm:.1f} GFLOP/s (float32 2048^3, best of the runs before and after). The machine is shared (2 cores, "
+          "other jobs running): timings are noisy.", ""]
+    if fast:
+        k = fast["killed"]
+        lines = k["resumed_lines"]
+        restored = sum(1 for ln in lines if ": restored;" in ln)
+        computed = sum(1 for ln in lines if ln.startswith("compressing layer") and ": restored;" not in ln)
+        plan = next((ln for ln in k["lines"] if ln.startswith("memory budget")), "-")
+        passes = sum(1 for ln in k["lines"] if ln.startswith("calibration pass"))
+        md += [f"- plan: {plan}; calibration pass lines printed: {passes}",
+               f"- sbc-fast 50 % with a work folder: SIGKILLed once layer {k['after_layer']} was done "
+               f"({k['seconds']:.0f} s), run again on the folder: {restored} layers restored, {computed} computed, "
+               f"calibration {fast['seconds']['calibration']:.1f} s (every Hessian had been spilled); "
+               f"peak RSS of the resumed run {gib(fast['peak_rss'])}"]
+    if mem:
+        same = None
+        if fast:
+            a, b = np.load(work / "fast_weights.npz"), np.load(work / "fast-mem_weights.npz")
+            same = all(np.array_equal(a[f], b[f]) for f in b.files)
+        md += [f"- sbc-fast 50 % in memory (no work folder): calibration {mem['seconds']['calibration']:.0f} s, "
+               f"compression {mem['seconds']['compression']:.0f} s, peak RSS {gib(mem['peak_rss'])}"
+               + (f"; weights bitwise identical to the killed-and-resumed run: {same}" if same is not None else "")]
+    if quant:
+        md += [f"- sbc 4 bits (GPTQ on the SMP Hessian): calibration {quant['seconds']['calibration']:.0f} s, "
+               f"compression {quant['seconds']['compression']:.0f} s, peak RSS {gib(quant['peak_rss'])}"]
+    if rows:
+        md += [f"- ExactOBS row timing ({args.rows} rows per layer, Hessians from the sbc-fast work folder): peak "
+               f"RSS {gib(rows['peak_rss'])}"]
+    md += ["- the full sbc 50 % run: " + (f"{full['seconds']['wall']:.0f} s, peak RSS {gib(full['peak_rss'])}"
+                                           if full else "not run (--jobs full-sbc; hours here)")]
+    if base:
+        body, tot = table(base, quant, rows, sgemm, args.samples, args.steps)
+        md += [f"- whole network compression time: sbc-fast {tot['fast']:.0f} s (measured), 4-bit sbc "
+               f"{tot['quant']:.0f} s (measured), sbc 50 % {tot['sbc']:.0f} s and obc {tot['obc']:.0f} s "
+               "(projected from the row subsets)", "",
+               "Per layer: fwd s = its forward in the calibration walk, H s = its Hessian accumulation (filter, "
+               "unfold, syrk; rows d_in^2 flops), compression flops from `sbc_onnx.compress.cost.layer_flops`, "
+               "% sgemm = achieved flop rate / sgemm rate; sbc s (rows) = ExactOBS on that many rows, proj. = "
+               "setup + (t - setup) d_out / rows.", "", *body, ""]
+    return md + plans(args)
+
+
+def plans(args) -> list[str]:
+    """What `memory_plan` makes of other budgets for this model and data (planned only, not run)."""
+    from sbc_onnx.errors import SbcError
+    from sbc_onnx.pipeline import Plan, memory_plan
+
+    graph, cfg = build_model(args.model, args.image, args.steps, tiny=args.tiny)
+    data = calibration_data(args.samples, args.steps, args.image)
+    out = ["Calibration passes `memory_plan` chooses for other budgets (sbc 50 %, batch = all samples; planned, "
+           "not run):", ""]
+    for b in args.plans.split(","):
+        try:
+            mp = memory_plan(graph, data, Plan.build(sparsity=0.5), cfg=cfg, batch_size=args.samples, max_memory=b)
+            out.append(f"- {b}: {len(mp.passes)} pass(es) of {[len(p) for p in mp.passes]} layers, estimated peak "
+                       f"{gib(mp.peak)}")
+        except SbcError as e:
+            out.append(f"- {b}: refused before any work: {e}")
+    return out + [""]
+
+
+if __name__ == "__main__":
+    main()
