@@ -298,6 +298,7 @@ def main() -> None:
 
     args.work = args.work or tempfile.mkdtemp(prefix="bench-scale-")
     work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
     args.passthrough = ["--model", args.model, "--image", str(args.image), "--steps", str(args.steps),
                         "--samples", str(args.samples), "--max-memory", args.max_memory, "--rows", str(args.rows),
                         "--row-methods", args.row_methods, "--layers", args.layers, "--work", args.work,
