@@ -138,3 +138,12 @@ def test_estimate_counts_a_batch_not_the_dataset(tmp_path):
     assert "expected peak memory" in e_few.describe()
     smaller = estimate_peak(walker, layers, many, 2)
     assert smaller.batch < e_many.batch and smaller.simulation < e_many.simulation
+
+
+def test_rows_on_disk_index_like_the_array(tmp_path):
+    """Tuple keys index the rows read from disk like the in-memory array (rows first, then the rest)."""
+    x = np.random.default_rng(0).random((5, 4, 3)).astype(np.float32)
+    save_dataset(Dataset(x, np.zeros(5, int)), tmp_path / "a.npz")
+    rows = load_dataset(tmp_path / "a.npz").x
+    for key in [(1, slice(0, 2)), (slice(1, 4), 2), ([0, 3], slice(None), 1), (2,), 3, slice(None, None, 2), [4, 0]]:
+        np.testing.assert_array_equal(rows[key], x[key], err_msg=str(key))

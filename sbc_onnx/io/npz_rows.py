@@ -167,6 +167,11 @@ class NpzRows:
         return f"NpzRows({self._m.path}:{self._m.name}, shape={self.shape}, dtype={self.dtype})"
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):  # rows first (read from disk), then the rest on the rows read
+            if not key:
+                return np.asarray(self)
+            rows = self[key[0]]
+            return rows[key[1:]] if isinstance(key[0], (int, np.integer)) else rows[(slice(None), *key[1:])]
         if isinstance(key, (int, np.integer)):
             return self.read(np.array([key]))[0]
         if isinstance(key, slice):
