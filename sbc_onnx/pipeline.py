@@ -299,7 +299,7 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     storage     for a memory budget: the bits a layer's weights take in the output format
                 (io.sizes.storage_model(path)); synops: for a SynOps budget, the SynOps per sample of a
                 layer's weights on the calibration activity (hardware.energy.synops_model).
-    max_memory  a peak-memory budget (bytes or text such as "8GiB"; memory.py): the layers' Hessians are
+    max_memory  a peak-memory budget (bytes or text such as "8GiB"; memory_plan.py): the layers' Hessians are
                 collected in as many calibration passes as it needs, spilled to disk and compressed one at
                 a time; a budget below the largest single layer's need is refused before any work. With
                 `resume` and no max_memory: the machine's available memory.
@@ -345,7 +345,7 @@ def check_budget_floor(graph: nir.NIRGraph, plan: Plan, storage: StorageBits | N
 
 def memory_plan(graph: nir.NIRGraph, calib, plan: Plan, *, cfg: SimConfig | None = None, batch_size: int = 32,
                 max_memory: int | str | None = None) -> MemoryPlan:
-    """The calibration passes `compress(..., max_memory=...)` will run (memory.py); SbcError if the budget
+    """The calibration passes `compress(..., max_memory=...)` will run (memory_plan.py); SbcError if the budget
     cannot hold the largest single layer. max_memory None: the machine's available memory."""
     calib = calib if hasattr(calib, "batches") else as_dataset(calib)
     cfg = cfg or config_for(graph)
