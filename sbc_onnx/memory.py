@@ -31,7 +31,7 @@ from .calibrate import fed_neuron
 from .compress.hessian import HessianAccumulator
 from .sim import Walker
 
-__all__ = ["MemoryEstimate", "estimate_peak", "peak_rss", "process_rss"]
+__all__ = ["MemoryEstimate", "estimate_peak", "peak_rss", "process_rss", "step_sizes"]
 
 MiB = 2**20
 
@@ -94,15 +94,18 @@ def _size_recorder(sizes: dict[str, int], name: str):
     return lambda t, y: sizes.__setitem__(name, np.asarray(y).nbytes)
 
 
-def _one_step(walker: Walker) -> _StepSizes | None:
-    shape = walker.input_shape
-    if shape is None or len(walker.fg.inputs) != 1:
-        return None
+def step_sizes(walker: Walker, sample: np.ndarray | None = None) -> _StepSizes | None:
+    """Bytes per sample of one walker step, measured by stepping `sample` (T, B, ...; its first step and
+    sample) or one zero sample of the walker's input shape (None for a graph without one input)."""
+    if sample is None:
+        shape = walker.input_shape
+        if shape is None or len(walker.fg.inputs) != 1:
+            return None
+        sample = np.zeros((1, 1) + tuple(shape), dtype=np.float32)
     inputs: dict[str, int] = {}
     outputs: dict[str, int] = {}
     order = walker.fg.order
-    res = walker.run(np.zeros((1, 1) + tuple(shape), dtype=np.float32),
-                     on_input={n: _size_recorder(inputs, n) for n in order},
+    res = walker.run(sample[:1, :1], on_input={n: _size_recorder(inputs, n) for n in order},
                      on_output={n: _size_recorder(outputs, n) for n in order}, record_outputs=False)
     held = sum(inputs.values()) + sum(outputs.values()) + _nbytes(res.states) + _nbytes(res.counts)
     return _StepSizes(inputs, outputs, held)
@@ -125,7 +128,7 @@ def estimate_peak(walker: Walker, layers: list[str], dataset: Any, batch_size: i
     x = getattr(dataset, "x", None)
     stored = 0 if x is None else int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize  # a sample
     values = int(np.prod(getattr(dataset, "input_shape", ()), dtype=np.int64)) * 4  # one step, float32
-    sizes = _one_step(walker)
+    sizes = step_sizes(walker)
     itemsize = np.dtype(walker.cfg.dtype).itemsize
     simulation = calibration = damage_bytes = 0
     if sizes is not None:

@@ -24,6 +24,7 @@ from .compress.budget import parse_bytes
 from .errors import SbcError
 from .graph import FlatGraph
 from .memory import process_rss
+from .memory import step_sizes as measured_step
 from .sim import Walker
 
 __all__ = ["LayerNeed", "MemoryPlan", "available_memory", "bytes_text", "plan_memory", "to_bytes"]
@@ -103,21 +104,11 @@ class MemoryPlan:
 
 def step_sizes(walker: Walker, sample: np.ndarray) -> tuple[int, dict[str, tuple[int, int]]]:
     """(bytes of one time step's outputs of every node, {weight node: (input, output) elements}) for ONE
-    sample, measured by stepping `sample` (T, B, ...) once with its first sample."""
-    outs: dict[str, np.ndarray] = {}
-    ins: dict[str, int] = {}
-    weights = set(walker.fg.weight_nodes())
-    on_out = {n: _keep(outs, n, np.shape) for n in walker.fg.order}
-    on_in = {n: _keep(ins, n, np.size) for n in weights}
-    walker.run(sample[:1, :1], on_output=on_out, on_input=on_in, record_outputs=False)
+    sample, measured by stepping the first step of `sample`'s first sample (`memory.step_sizes`)."""
+    sizes = measured_step(walker, sample)
     itemsize = np.dtype(walker.cfg.dtype).itemsize
-    total = sum(int(np.prod(s)) * itemsize for s in outs.values())
-    return total, {n: (int(ins.get(n, 0)), int(np.prod(outs.get(n, (0,))))) for n in weights}
-
-
-def _keep(into: dict, name: str, what):
-    """An observer storing what(x) under `name`."""
-    return lambda t, x: into.__setitem__(name, what(x))
+    return sum(sizes.outputs.values()), {n: (sizes.inputs.get(n, 0) // itemsize, sizes.outputs.get(n, 0) // itemsize)
+                                         for n in walker.fg.weight_nodes()}
 
 
 def layer_need(fg: FlatGraph, name: str, sizes: tuple[int, int], batch: int, itemsize: int,

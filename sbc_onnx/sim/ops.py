@@ -111,13 +111,20 @@ class Conv(Op):
         return y, state
 
 
-@register("SumPool2d", "AvgPool2d")
-class Pool(Op):
+class _Window(Op):
+    """A 2d pooling op: the node's kernel_size, stride and padding as pairs."""
+
     def __init__(self, node, cfg):
         super().__init__(node, cfg)
         self.kernel = as_tuple(node.kernel_size, 2)
         self.stride = as_tuple(node.stride, 2)
         self.padding = as_tuple(node.padding, 2)
+
+
+@register("SumPool2d", "AvgPool2d")
+class Pool(_Window):
+    def __init__(self, node, cfg):
+        super().__init__(node, cfg)
         self.norm = 1.0 / (self.kernel[0] * self.kernel[1]) if isinstance(node, nir.AvgPool2d) else None
 
     def step(self, x, state):
@@ -126,14 +133,11 @@ class Pool(Op):
 
 
 @register("MaxPool2d")
-class MaxPool(Op):
+class MaxPool(_Window):
     """sbc_onnx/nodes.py MaxPool2d: window maximum, padding -inf, floor mode (PyTorch nn.MaxPool2d)."""
 
     def __init__(self, node, cfg):
         super().__init__(node, cfg)
-        self.kernel = as_tuple(node.kernel_size, 2)
-        self.stride = as_tuple(node.stride, 2)
-        self.padding = as_tuple(node.padding, 2)
         if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"kernel {self.kernel} and stride {self.stride} must be >= 1, padding "
                              f"{self.padding} >= 0")
