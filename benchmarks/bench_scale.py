@@ -3,7 +3,7 @@ layer under a --max-memory budget, with the peak RSS of every run (writes benchm
 
     .venv/bin/python benchmarks/bench_scale.py [--model synthetic|spikingjelly] [--image 224] [--steps 4]
         [--samples 8] [--max-memory 8GiB] [--rows 4] [--layers a,b] [--kill-at 8]
-        [--jobs fast,quant,rows,fast-mem[,full-sbc]] [--work DIR] [--report-only] [--quick | --tiny]
+        [--jobs fast,quant,rows,fast-mem[,full-sbc][,full-obc]] [--work DIR] [--report-only] [--quick | --tiny]
 
 The model: `--model spikingjelly` builds SpikingJelly's own `sew_resnet18(cnf='ADD', spiking_neuron=IFNode)`
 (seeded random weights, batch norms with random running statistics, folded by the bridge; multi-step) and
@@ -23,6 +23,7 @@ Runs, each in its own process so that its peak RSS (getrusage) is its own:
             shares (timed on its own). obc's own Hessian (M = I) is not collected here: its cost does not
             depend on the Hessian's values, so its time is the same code on the SMP one (--row-methods).
   full-sbc  (--jobs ...,full-sbc) the real `sbc` 50 % run of the whole network: hours on a shared 2-core machine.
+  full-obc  (--jobs ...,full-obc) the same with `obc` (ExactOBS on the current Hessian, M = I).
 Per layer: d_out x d_in, its forward in the calibration walk (s), its Hessian accumulation (s, rows d_in^2
 flops), compression (s; flops by `sbc_onnx.compress.cost.layer_flops`), and the fraction of sgemm speed
 (float32 2048^3 matmul measured in the same run, best of 3).
@@ -136,7 +137,8 @@ def job(args) -> None:
         forward: dict[str, float] = {}
         _timed_forward(forward)
         opts = {"fast": dict(method="sbc-fast", sparsity=0.5), "fast-mem": dict(method="sbc-fast", sparsity=0.5),
-                "quant": dict(method="sbc", bits=4), "full-sbc": dict(method="sbc", sparsity=0.5)}[args.job]
+                "quant": dict(method="sbc", bits=4), "full-sbc": dict(method="sbc", sparsity=0.5),
+                "full-obc": dict(method="obc", sparsity=0.5)}[args.job]
         resume = None if args.job == "fast-mem" else str(Path(args.work) / args.job)
         from sbc_onnx.pipeline import Plan, memory_plan
         mp = memory_plan(graph, data, Plan.build(**opts), cfg=cfg, batch_size=args.samples, max_memory=args.max_memory)
@@ -276,7 +278,8 @@ def main() -> None:
     ap.add_argument("--layers", default="", help="comma-separated layers for the ExactOBS timing (default: all)")
     ap.add_argument("--kill-at", type=int, default=8, help="SIGKILL the first fast run after this layer (0-based)")
     ap.add_argument("--jobs", default="fast,quant,rows,fast-mem",
-                    help="runs, in order (full-sbc: the whole sbc 50 %% compression, hours)")
+                    help="runs, in order (full-sbc / full-obc: the whole sbc / obc 50 %% compression,
+                    hours)")
     ap.add_argument("--work", default=None, help="work folder (default: a new one under /tmp); results go there "
                     "as JSON, so --report-only can write the table from the runs that finished")
     ap.add_argument("--report-only", action="store_true")
@@ -334,7 +337,8 @@ def _load(work: Path, name: str) -> dict | None:
 
 def report(args, work: Path) -> list[str]:
     """scale.md from the runs found in the work folder."""
-    fast, mem, quant, rows, full = (_load(work, n) for n in ("fast", "fast-mem", "quant", "rows", "full-sbc"))
+    fast, mem, quant, rows, full, full_obc = (_load(work, n) for n in ("fast", "fast-mem", "quant", "rows", "full-sbc",
+                                                                       "full-obc"))
     sgemm = max(d["gflops"] for d in (_load(work, "sgemm"), _load(work, "sgemm2")) if d)
     base = mem or fast
     md = [f"# ImageNet-shape SEW-ResNet18 under --max-memory {args.max_memory} (`benchmarks/bench_scale.py`)", "",
@@ -371,6 +375,11 @@ def report(args, work: Path) -> list[str]:
                f"RSS {gib(rows['peak_rss'])}"]
     md += ["- the full sbc 50 % run: " + (f"{full['seconds']['wall']:.0f} s, peak RSS {gib(full['peak_rss'])}"
                                            if full else "not run (--jobs full-sbc; hours here)")]
+    md += ["- the full obc 50 % run: " + (f"{full_obc['seconds']['wall']:.0f} s (calibration "
+                                           f"{full_obc['seconds']['calibration']:.0f} s, compression "
+                                           f"{full_obc['seconds']['compression']:.0f} s), peak RSS "
+                                           f"{gib(full_obc['peak_rss'])}"
+                                           if full_obc else "not run (--jobs full-obc; hours here)")]
     if base:
         body, tot = table(base, quant, rows, sgemm, args.samples, args.steps)
         md += [f"- whole network compression time: sbc-fast {tot['fast']:.0f} s (measured), 4-bit sbc "
