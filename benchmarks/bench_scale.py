@@ -278,8 +278,8 @@ def main() -> None:
     ap.add_argument("--layers", default="", help="comma-separated layers for the ExactOBS timing (default: all)")
     ap.add_argument("--kill-at", type=int, default=8, help="SIGKILL the first fast run after this layer (0-based)")
     ap.add_argument("--jobs", default="fast,quant,rows,fast-mem",
-                    help="runs, in order (full-sbc / full-obc: the whole sbc / obc 50 %% compression,
-                    hours)")
+                    help="runs, in order (full-sbc / full-obc: the whole sbc / obc 50 %% compression, "
+                         "hours)")
     ap.add_argument("--work", default=None, help="work folder (default: a new one under /tmp); results go there "
                     "as JSON, so --report-only can write the table from the runs that finished")
     ap.add_argument("--report-only", action="store_true")
