@@ -8,7 +8,9 @@
    filtering, buffering, syrk blocks, the last block's fold) against the floor, the same filtered rows in
    one float32 syrk call (NumPy Z^T Z); one float64 call is shown too.
 2. GPTQ 4-bit (GPTQ order) on that layer's H against the floor: one float64 Cholesky of H (dpotrf,
-   measured) + the sweep's d_out d_in^2 flop at the measured sgemm speed.
+   measured) + the sweep's d_out d_in^2 flop at the measured sgemm speed.  The last column times the
+   factor stage as it was with the order's diag(H^-1) in float64 (potrf + trtri, then the potrf of the
+   permuted H); quantize_gptq now ranks a float32 diag(H^-1) (numerics.inverse_diagonal).
 3. ExactOBS rows at d_in = 4608 (a SEW-ResNet18 layer's width): trace and compensation per row (50 %)
    against d_in^3 flop at sgemm speed, one thread.
 4. ExactOBS on a 2048 -> 500 layer (50 %) at 1 and 2 threads (numba rows and BLAS), --layer-rows rows of
@@ -42,7 +44,7 @@ from sbc_onnx.calibrate import calibrate
 from sbc_onnx.compress import damped_inverse, make_grid, obs_trace, prune_exact_obs, quantize_gptq, upper_inverse_factor
 from sbc_onnx.compress import threads as th
 from sbc_onnx.compress.hessian import filter_time
-from sbc_onnx.compress.numerics import damped_hessian
+from sbc_onnx.compress.numerics import damped_cholesky, damped_hessian
 from sbc_onnx.data import Dataset
 
 OUT = Path(__file__).parent / "results" / "kernels.md"
@@ -106,7 +108,7 @@ def section_hessian_gptq(reps):
     say("## 1-2. Linear 2312 -> 256, T = 100, B = 16, Bernoulli(0.1), LIF tau = 2 dt (beta 0.5)\n")
     say("| threads | SMP Hessian (observer) s | floor: one float32 syrk s | ratio | one float64 syrk s | "
         "GPTQ 4-bit s (factor / sweep) | floor: dpotrf + sweep flop at sgemm s | ratio | "
-        "previous factor stage (2 x potrf + trtri) s |")
+        "factor stage with a float64 order (potrf + trtri + potrf) s |")
     say("|---|---|---|---|---|---|---|---|---|")
     W = rng.normal(0, 0.05, (d_out, d))
     grid = make_grid(W, 4)
@@ -129,7 +131,7 @@ def section_hessian_gptq(reps):
                 split.append((q.seconds["factor"], q.seconds["sweep"]))
                 Hd, _ = damped_hessian(H, 0.01)
                 chol.append(timed(lambda: lapack.dpotrf(Hd, lower=1, clean=0))[0])
-                old.append(timed(lambda: (upper_inverse_factor(H), upper_inverse_factor(H)))[0])
+                old.append(timed(lambda: (upper_inverse_factor(H), damped_cholesky(H, reverse=True)))[0])
                 sg.append(sgemm_speed(reps=1))
             rel = np.abs(2.0 / B * S.astype(np.float64) - H).max() / np.abs(H).max()
             sweep_floor = d_out * d * d / max(sg)

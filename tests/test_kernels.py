@@ -79,6 +79,33 @@ def forced_threads(monkeypatch):
     numba.set_num_threads(old)
 
 
+@pytest.mark.parametrize("err_from", [False, True])
+def test_compiled_grid_columns_equal_their_numpy_form(err_from):
+    """The compiled quantization sub-block (_grid_sub_block) against GridFix's NumPy form (the generic
+    per-column path), in float64 so that both give the same grid points: a grid that clamps many
+    compensated values at both ends, masked entries, errors against the original weights or the current."""
+    from sbc_onnx.compress._sweep import GridFix, obs_sweep
+
+    rng = np.random.default_rng(11)
+    d, n = 45, 9
+    H = spike_H(rng, d)
+    U, _, _ = damped_inverse(H, 0.01)
+    U = np.linalg.cholesky(U[::-1, ::-1])[::-1, ::-1].T  # upper, U^T U = H^-1
+    Wt = rng.standard_normal((d, n)) * 2.0
+    keep = rng.random((d, n)) > 0.2
+    scale = np.full(n, 0.5)
+    fix = GridFix(scale, np.full(n, -2.0), np.full(n, 1.0), keep * scale[None, :])
+    out = {}
+    for name, f in (("compiled", fix), ("numpy", lambda i, w, o: fix(i, w, o))):
+        A = Wt.copy()
+        obs_sweep(A, U, f, blocksize=16, sub=4, err_from=Wt.copy() if err_from else None)
+        out[name] = A
+    np.testing.assert_array_equal(out["compiled"], out["numpy"])
+    q = out["compiled"] / 0.5
+    assert (q == -2).mean() > 0.1 and (q == 1).mean() > 0.1  # both bounds were hit
+    assert np.all(out["compiled"][~keep] == 0)
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
 def test_exact_obs_same_bits_at_one_and_two_threads(forced_threads):
     rng = np.random.default_rng(2)
@@ -195,3 +222,20 @@ def test_hessian_and_masked_solve_same_bits_at_one_and_two_blas_threads():
             out[n] = acc.H, masked_solve(W, H, mask)
     np.testing.assert_array_equal(out[1][0], out[2][0])
     np.testing.assert_array_equal(out[1][1], out[2][1])
+
+
+def test_inverse_diagonal_float32_and_its_float64_fallback():
+    """GPTQ's order values: the float32 path against the float64 inverse, and a matrix float32 cannot
+    factor (no damping, a dead input) handled by the float64 path's escalation, as before."""
+    from sbc_onnx.compress.numerics import inverse_diagonal
+
+    rng = np.random.default_rng(12)
+    H = spike_H(rng, 60)
+    d, rd, esc = inverse_diagonal(H, 0.01)
+    ref = np.diag(damped_inverse(H, 0.01)[0])
+    np.testing.assert_allclose(d, ref, rtol=1e-4)
+    assert rd == 0.01 and esc == []
+    H[:, 7] = H[7, :] = 0  # dead input and no damping: singular
+    d, rd, esc = inverse_diagonal(H, 0.0)
+    assert rd == 0.01 and esc  # escalated once, by the float64 path
+    np.testing.assert_allclose(d, np.diag(damped_inverse(H, 0.01)[0]), rtol=1e-12)

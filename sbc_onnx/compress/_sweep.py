@@ -9,7 +9,9 @@ fixed), one in-place sgemm from the sub-block to the rest of its ``blocksize`` b
 sgemm from the block to all trailing columns.  We store W^T (d_in, d_out) so a column of W is a
 contiguous row (a C-contiguous slice of W^T is an F-contiguous (d_out, k) matrix: BLAS works on it
 in place, no temporaries); the sweep runs in float32.  Pruning mode runs each sub-block's column loop
-in one compiled call (_prune_sub_block); quantization and N:M take a few NumPy/BLAS calls per column.
+in one compiled call (_prune_sub_block), and so does quantization onto a grid (GridFix: _grid_sub_block;
+its NumPy form, GridFix.__call__, is the readable twin and serves N:M panels); a generic ``fix``
+callable and N:M take a few NumPy/BLAS calls per column.
 """
 
 from __future__ import annotations
@@ -69,6 +71,48 @@ def transpose(A, dtype=None):
     for i in range(0, r, b):
         out[:, i:i + b] = A[i:i + b].T
     return out
+
+
+class GridFix:
+    """Fix a column to its grid value: out = clip(rint(w / scale), lo, hi) * scale_keep[i], i.e. the
+    clamped grid point, 0 where the weight is masked (scale_keep = scale * keep; lo / hi the integer
+    bounds with the zero point folded in).  All arrays float32, one entry per row of W."""
+
+    def __init__(self, scale, lo, hi, scale_keep):
+        self.scale, self.lo, self.hi, self.scale_keep = scale, lo, hi, scale_keep
+
+    def __call__(self, i, w, out):
+        np.divide(w, self.scale, out=out)
+        np.rint(out, out=out)
+        np.maximum(out, self.lo, out=out)  # == np.clip, without the cost of its Python-level wrapper per call
+        np.minimum(out, self.hi, out=out)
+        np.multiply(out, self.scale_keep[i], out=out)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _grid_sub_block(Wt, Err, UsT, Q, diag, E0, scale, lo, hi, SK, j1, j2):
+    """Quantization-mode columns [j1, j2) in one compiled call (the same steps as _panel_columns with a
+    GridFix, which paid about ten Python-level calls per column): column i is brought up to date
+    left-looking, fixed to its grid value (Q), and its error taken against E0 (err_from) or itself."""
+    n = Wt.shape[1]
+    for i in range(j1, j2):
+        w = Wt[i]
+        for l in range(j1, i):
+            u = UsT[i - j1, l - j1]
+            if u != 0.0:
+                e = Err[l]
+                for q in range(n):
+                    w[q] -= u * e[q]
+        qi = Q[i - j1]
+        ei = Err[i]
+        src = E0[i]
+        sk = SK[i]
+        di = diag[i]
+        for q in range(n):
+            v = np.rint(w[q] / scale[q])
+            v = min(max(v, lo[q]), hi[q])
+            qi[q] = v * sk[q]
+            ei[q] = (src[q] - qi[q]) / di
 
 
 _gemm = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
@@ -181,6 +225,9 @@ def _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, 
                 C = np.divide(~keep[j1:j2], diag[j1:j2, None], dtype=dt)
             if fix is None and panel == 1:  # pruning: the whole sub-block in one compiled call
                 _prune_sub_block(Wt, Err, UsT, C, j1, j2)
+            elif isinstance(fix, GridFix) and panel == 1 and dt == fix.scale.dtype:
+                _grid_sub_block(Wt, Err, UsT, Q, diag, Wt if err_from is None else err_from, fix.scale, fix.lo,
+                                fix.hi, fix.scale_keep, j1, j2)
             else:
                 _panel_columns(Wt, U, Err, Q, UsT, C, diag, fix, j1, j2, panel, gemm, gemv, err_from)
             if fix is None:

@@ -1,6 +1,7 @@
 """GPTQ quantization with a static order (docs/sbc_method.md §2.3) and RTN.
 
-Order: pi = argsort(diag(H^-1)) ascending (stable), computed once; permuting the columns by pi and
+Order: pi = argsort(diag(H^-1)) ascending (stable), computed once (the diagonal in float32:
+numerics.inverse_diagonal; the eager twin ranks the same values); permuting the columns by pi and
 running the Cholesky (upper factor) sweep is identical to §2.3's per-column loop with rank-1
 downdates of H^-1 (the sweep is the same math, lazily blocked for GEMM speed: §A.1;
 ``quantize_gptq_eager`` is that loop, readable, in float64).
@@ -9,7 +10,7 @@ flipped H_pi) and U = V^-1 the usual factor, the errors E_i = (w_i - q_i) / U_ii
 so E = (W0 - Q) V and the current column is w_i = W0_i + sum_{k<i} (W0_k - q_k) V_ki / V_ii: the same
 blocked sweep with U replaced by -V D^-1 and the errors taken against the original weights.  This
 saves the triangular inverse of the second factorization (only the order needs diag(H^-1), hence one
-potrf + trtri, then one potrf).
+float32 potrf + trtri, then one float64 potrf).
 Grid: fixed from the ORIGINAL weights before compensation (passed in); each column is set to its
 clamped grid value when reached, so the result is on the grid (compensated values beyond the range
 are clamped: the paper's "out-of-range" limitation).
@@ -28,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._sweep import obs_sweep, transpose
+from ._sweep import GridFix, obs_sweep, transpose
 from .grids import Grid, from_int, quantize, to_int
-from .numerics import damped_cholesky, damped_inverse, upper_inverse_factor
+from .numerics import damped_cholesky, damped_inverse, inverse_diagonal
 
 __all__ = ["QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
 
@@ -60,9 +61,8 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     W0 = np.asarray(W, dtype=np.float64)
     d_out, d = W0.shape
     t0 = time.perf_counter()
-    U0, rd, esc = upper_inverse_factor(H, rel_damp, max_damp)
-    perm = np.argsort((U0 * U0).sum(axis=0), kind="stable")  # diag(H^-1) = column norms^2 of U
-    del U0
+    dinv, rd, esc = inverse_diagonal(H, rel_damp, max_damp)
+    perm = np.argsort(dinv, kind="stable")
     L, _, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)  # J H_pi J = L L^T
     esc = esc + esc2
     V = L[::-1, ::-1]  # upper, H_pi = V V^T
@@ -81,15 +81,7 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     # into the clip bounds (zero is integer-valued, so this is exact) and scale * keep precomputed
     lo = (grid.qmin - zero).astype(np.float32)
     hi = (grid.qmax - zero).astype(np.float32)
-    SK = keepT * scale[None, :]  # (d, d_out) float32
-
-    def fix(i, w, out):
-        np.divide(w, scale, out=out)
-        np.rint(out, out=out)
-        np.maximum(out, lo, out=out)  # == np.clip, without the cost of its Python-level wrapper per call
-        np.minimum(out, hi, out=out)
-        np.multiply(out, SK[i], out=out)
-
+    fix = GridFix(scale, lo, hi, keepT * scale[None, :])  # scale * keep: (d, d_out) float32
     obs_sweep(Wt, Uv, fix, blocksize=blocksize, sub=sub, err_from=W0t)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(d)
@@ -111,7 +103,7 @@ def quantize_gptq_eager(W, H, grid: Grid, *, mask=None, rel_damp=0.01) -> np.nda
     keep = np.ones_like(W, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     Hi = damped_inverse(H, rel_damp, rel_damp)[0]
     Wr = np.where(keep, W, 0.0)
-    for c in np.argsort(np.diag(Hi), kind="stable"):
+    for c in np.argsort(inverse_diagonal(H, rel_damp, rel_damp)[0], kind="stable"):  # diag(Hi), as ranked
         wq = np.where(keep[:, c], quantize(Wr[:, [c]], grid)[:, 0], 0.0)
         e = (Wr[:, c] - wq) / Hi[c, c]
         Wr -= np.outer(e, Hi[:, c])
