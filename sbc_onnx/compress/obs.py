@@ -31,7 +31,7 @@ from .threads import blas_threads
 
 
 __all__ = ["load_kernels", "PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
-           "masked_solve"]
+           "trace_operand", "masked_solve"]
 
 
 @dataclass
@@ -68,8 +68,7 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
     W = np.asarray(W, dtype=np.float64)
     d_out, d = W.shape
     b_in = _b_in(d) if b_in is None else int(b_in)
-    H0 = np.asarray(Hinv, dtype=np.float32)
-    H0 = np.ascontiguousarray((H0 + H0.T) * np.float32(0.5))  # exactly symmetric (rows are read as columns)
+    H0 = trace_operand(Hinv)
     pattern = nm_pattern(pattern)
     if pattern is not None:
         n, m = pattern
@@ -90,6 +89,14 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
         if on_rows is not None:
             on_rows(r1, d_out)
     return order, scores
+
+
+def trace_operand(Hinv) -> np.ndarray:
+    """The float32, exactly symmetric H^-1 the trace reads (rows are read as columns).  Given a result of its
+    own it returns the same bits ((a + a) / 2 == a), so row chunks traced on one operand (distributed/) equal
+    the rows of the whole layer's trace."""
+    H0 = np.asarray(Hinv, dtype=np.float32)
+    return np.ascontiguousarray((H0 + H0.T) * np.float32(0.5))
 
 
 def trace_layer(W, H, *, rel_damp=0.01, max_damp=1.0, pattern=None, on_rows=None) -> ObsTrace:

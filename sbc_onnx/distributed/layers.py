@@ -1,0 +1,144 @@
+"""Layers compressed across the cluster, results handed back in layer order.
+
+Per layer: its H and W go to the object store once.  Where the method prunes with ExactOBS, each group's
+trace (the long phase: ~2/3 d^3 per row) is split into row chunks: one task computes the group's damped
+H^-1 (the operand of the trace), one task per chunk traces its rows on it (rows are independent; a chunk
+runs the same compiled per-row code on one thread as the single-process path, so the same bits), and the
+layer task (masks, masked solves, quantization, report objectives: `compress_groups`, given the traces)
+starts when its chunks are done.  Layers without a trace are one task each.  Layers are independent under
+the default dense calibration, so several are in flight at once (`window`); `--sequential` gives a window of
+one layer: the workers then share that layer's row chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..compress import group_blocks
+from ..compress.layer import group_counts
+from .tasks import assemble_trace
+
+CHUNK_FLOP = 4e9  # the trace work of one row chunk: enough rows that a task's overhead is small against it
+
+
+@dataclass
+class LayerJob:
+    """One layer to compress: what `compress_groups` takes, and where it is in the model."""
+    index: int
+    W: np.ndarray          # the layer matrix (d_out, d_in / groups)
+    H: np.ndarray          # its Hessian (d_in, d_in)
+    groups: int
+    k: int                 # weights to prune
+    bits: int | None
+    sq_norms: np.ndarray | None = None
+    traces: list | None = None  # the "obs" allocation's traces (then none is run here)
+
+
+def chunk_rows(d_out: int, d_in: int) -> int:
+    """Rows per trace chunk: about CHUNK_FLOP of work (2/3 d^3 per row), at least one row."""
+    return max(1, min(d_out, math.ceil(CHUNK_FLOP / max(1.0, 2 / 3 * float(d_in) ** 3))))
+
+
+class _Submitted:
+    def __init__(self, job: LayerJob, ref, chunks: list):
+        self.job, self.ref, self.chunks = job, ref, chunks
+
+
+class LayerRunner:
+    """Submits LayerJobs to a Cluster and yields (job, results, trace seconds) in submission order."""
+
+    def __init__(self, cluster, options: dict, *, obs_trace: bool, rel_damp: float, max_damp: float = 1.0):
+        self.cluster, self.options = cluster, dict(options)
+        self.obs_trace, self.rel_damp, self.max_damp = obs_trace, rel_damp, max_damp
+        self.chunks_done = self.chunks_total = 0
+
+    def traces(self, layers: list[tuple[np.ndarray, np.ndarray, int]]) -> list[list]:
+        """Every group's ExactOBS trace (no pattern) of each (W, H, groups), computed in row chunks across the
+        cluster: what the "obs" allocation ranks by (LayerStats.traces)."""
+        c = self.cluster
+        refs = []
+        for W, H, groups in layers:
+            w_ref, h_ref = c.put(np.ascontiguousarray(W, np.float64)), c.put(H)
+            refs.append([self._trace(w_ref, h_ref, rows, cols, None) for _, rows, cols in
+                         group_blocks(W.shape, groups)])
+        out = []
+        for layer in refs:
+            traces = []
+            for inverse, chunks in layer:
+                inv, parts = c.get(inverse), c.get(chunks)
+                self.chunks_done += len(chunks)
+                traces.append(None if inv is None else assemble_trace(inv, parts, None))
+            out.append(traces)
+        return out
+
+    def _trace(self, w_ref, h_ref, rows: slice, cols: slice, pattern):
+        """(inverse ref, chunk refs) of one group's trace."""
+        c = self.cluster
+        inverse = c.trace_inverse.remote(h_ref, cols, self.rel_damp, self.max_damp, c.marker)
+        step = chunk_rows(rows.stop - rows.start, cols.stop - cols.start)
+        chunks = [c.trace_chunk.remote(inverse, w_ref, slice(r0, min(rows.stop, r0 + step)), pattern, c.marker)
+                  for r0 in range(rows.start, rows.stop, step)]
+        self.chunks_total += len(chunks)
+        return inverse, chunks
+
+    def submit(self, job: LayerJob) -> _Submitted:
+        c = self.cluster
+        W = np.ascontiguousarray(job.W, np.float64) if self.obs_trace else job.W
+        w_ref, h_ref = c.put(W), c.put(job.H)
+        pattern = self.options.get("pattern")
+        layout, parts, chunks = [], [], []
+        counts = group_counts(job.k, job.groups)
+        for g, rows, cols in group_blocks(np.shape(job.W), job.groups):
+            if job.traces is not None or not self.obs_trace or (pattern is None and counts[g] == 0):
+                layout.append(None)
+                continue
+            inverse, group_chunks = self._trace(w_ref, h_ref, rows, cols, pattern)
+            layout.append(len(group_chunks))
+            parts += [inverse] + group_chunks
+            chunks += group_chunks
+        ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
+                                      job.traces, layout, c.marker, *parts)
+        return _Submitted(job, ref, chunks)
+
+    def run(self, jobs: Iterator[LayerJob], window: int, on_wait: Callable[[], None] | None = None):
+        """Yield (job, results, trace seconds) for each job, in order, with at most `window` layers in flight
+        (the next job is drawn only when there is room: with a window of one, after the previous result was
+        taken, so a sequential calibration sees it applied).  on_wait() is called about once a second."""
+        pending: deque[_Submitted] = deque()
+        jobs = iter(jobs)
+        more = True
+        while True:
+            while more and len(pending) < window:
+                job = next(jobs, None)
+                if job is None:
+                    more = False
+                else:
+                    pending.append(self.submit(job))
+            if not pending:
+                return
+            head = pending.popleft()
+            self._wait(head, pending, on_wait)
+            results, spent = self.cluster.get(head.ref)
+            yield head.job, results, spent
+
+    def _wait(self, head: _Submitted, others, on_wait) -> None:
+        """Until the head layer is done, counting the row chunks done meanwhile (of every layer in flight)."""
+        layers = (head, *others)
+        while True:
+            ready = set(self.cluster.wait([head.ref] + [r for s in layers for r in s.chunks], timeout=1.0))
+            for s in layers:
+                left = [r for r in s.chunks if r not in ready]
+                self.chunks_done += len(s.chunks) - len(left)
+                s.chunks = left
+            if head.ref in ready:
+                self.chunks_done += len(head.chunks)  # done before their layer, whether seen or not
+                head.chunks = []
+            if on_wait is not None:
+                on_wait()
+            if head.ref in ready:
+                return

@@ -1,0 +1,112 @@
+"""What a Ray worker runs (plain functions; cluster.py wraps them with `ray.remote`).  No ray here.
+
+Every task computes on ONE thread (numba's and BLAS's): N workers then use N cores, and each row is
+computed by the very code, on one thread, that the single-process path runs, so the bits are the same
+(compress/threads.py: results never depend on the thread count, and BLAS always runs on one thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import numpy as np
+
+from ..calibrate import calibrate, shard_sums
+from ..compress import FactorizationError, ObsTrace, compress_groups, damped_inverse, nm_pattern, obs_trace
+from ..compress.obs import trace_operand
+from ..compress.threads import blas_threads
+from ..sim import Walker
+
+KILL_ONCE_ENV = "SBC_ONNX_TEST_KILL_WORKER"  # tests: a marker path; the first task to claim it kills its worker
+
+
+@contextlib.contextmanager
+def one_thread():
+    """numba and BLAS on one thread for the task (restored afterwards: a local worker may be reused)."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with blas_threads():
+            yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def die_once(marker: str | None) -> None:
+    """Tests of the retries: the first task (of any worker) to create `marker` kills its own worker process,
+    as a crash would; the retried task finds the marker and runs normally."""
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def calibrate_shard(fg, cfg, data, layers, objective: str, batch_size: int, input_norms: bool, marker=None) -> dict:
+    """One shard of whole batches through the walker: the raw per-layer sums (calibrate.shard_sums)."""
+    die_once(marker)
+    with one_thread():
+        cal = calibrate(Walker(fg, cfg), data, layers=layers, objective=objective, batch_size=batch_size,
+                        input_norms=input_norms)
+    return shard_sums(cal)
+
+
+def trace_inverse(H, cols: slice, rel_damp: float, max_damp: float, marker=None):
+    """(the trace's float32 H^-1 of one group's block, the damping used), or None if it cannot be factorised
+    (the layer task then falls back, as the single-process path does)."""
+    die_once(marker)
+    with one_thread():
+        try:
+            Hinv, rd, _ = damped_inverse(np.asarray(H[cols, cols], np.float64), rel_damp, max_damp)
+        except FactorizationError:
+            return None
+        return trace_operand(Hinv), rd
+
+
+def trace_chunk(inverse, W, rows: slice, pattern, marker=None):
+    """(order, scores, seconds) of the ExactOBS trace of rows `rows` of W (None if no inverse)."""
+    die_once(marker)
+    if inverse is None:
+        return None
+    t0 = time.perf_counter()
+    with one_thread():
+        order, scores = obs_trace(W[rows], inverse[0], pattern=pattern)
+    return order, scores, time.perf_counter() - t0
+
+
+def assemble_trace(inverse, chunks, pattern) -> ObsTrace:
+    """One group's ObsTrace from its inverse (`trace_inverse`) and its row chunks (`trace_chunk`), in order."""
+    return ObsTrace(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]), inverse[1],
+                    nm_pattern(pattern))
+
+
+def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict, given, layout, marker, *parts):
+    """compress_groups on one layer, with the traces given (the "obs" allocation's, `given`) or assembled from
+    their row chunks: `layout` holds, per group, None (no trace) or the number of chunks, and `parts` the
+    resolved results, per traced group its inverse then its chunks.  Returns (results, trace seconds)."""
+    die_once(marker)
+    traces, spent = given, 0.0
+    if given is None and any(n is not None for n in layout):
+        traces, pos = [], 0
+        for n in layout:
+            if n is None:
+                traces.append(None)
+                continue
+            inverse, chunks = parts[pos], parts[pos + 1:pos + 1 + n]
+            pos += 1 + n
+            if inverse is None:
+                traces.append(None)
+                continue
+            spent += sum(c[2] for c in chunks)
+            traces.append(assemble_trace(inverse, chunks, options.get("pattern")))
+    with one_thread():
+        results = compress_groups(W, H, groups, k, bits=bits, sq_norms=sq_norms, traces=traces, **options)
+    return results, spent
