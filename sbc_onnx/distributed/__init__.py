@@ -7,8 +7,8 @@ trace in row chunks (layers.py).  The results equal the single-process ones (mas
 float64 round-off of the shards' sums).
 """
 
-from .cluster import INSTALL_HINT, Cluster, connect
+from .cluster import INSTALL_HINT, Cluster, check_options, connect
 from .layers import LayerJob, LayerRunner
 from .tasks import KILL_ONCE_ENV
 
-__all__ = ["INSTALL_HINT", "KILL_ONCE_ENV", "Cluster", "LayerJob", "LayerRunner", "connect"]
+__all__ = ["INSTALL_HINT", "KILL_ONCE_ENV", "Cluster", "check_options", "LayerJob", "LayerRunner", "connect"]

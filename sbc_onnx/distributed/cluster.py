@@ -36,17 +36,24 @@ def import_ray():
     return ray
 
 
+def check_options(workers: int | None, ray_address: str | None):
+    """SbcError unless the options make sense and Ray is installed (before any work); the ray module."""
+    if workers is not None and ray_address is not None:
+        raise SbcError("give either --workers (a local Ray runtime) or --ray-address (a running cluster), not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SbcError(f"workers must be an integer >= 1, got {workers!r}")
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise SbcError(f"ray_address must be an address such as HOST:6379 or auto, got {ray_address!r}")
+    return import_ray()
+
+
 def connect(workers: int | None = None, ray_address: str | None = None) -> Cluster | None:
     """The cluster for `workers` local worker processes or the Ray cluster at `ray_address` ("auto": the
     one `ray start` runs on this machine); None when neither is given (then Ray is never imported).
     An already initialised Ray runtime (e.g. a caller's `ray.init`) is used as it is and left running."""
     if workers is None and ray_address is None:
         return None
-    if workers is not None and ray_address is not None:
-        raise SbcError("give either --workers (a local Ray runtime) or --ray-address (a running cluster), not both")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise SbcError(f"workers must be an integer >= 1, got {workers!r}")
-    ray = import_ray()
+    ray = check_options(workers, ray_address)
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
