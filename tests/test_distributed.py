@@ -108,10 +108,11 @@ def ray_runtime():
 
 @pytest.fixture(scope="module")
 def cnn(data_dir):
-    """cnn_sinabs, two N-MNIST recordings (batch size 1: two shards of one batch), and its single-process
-    calibration."""
+    """cnn_sinabs, the first 100 steps of two N-MNIST recordings (batch size 1: two shards of one batch), and
+    its single-process calibration."""
     g = sbc.load_model(data_dir / "nir_paper/02_cnn/cnn_sinabs.nir")
-    data = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(2)
+    rec = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(2)
+    data = Dataset(np.asarray(rec.x)[:, :100], rec.y)
     walker = Walker(g, sbc.SimConfig.from_graph(g))
     return g, data, walker, calibrate(walker, data, batch_size=1)
 

@@ -130,7 +130,9 @@ class LayerRunner:
         """Until the head layer is done, counting the row chunks done meanwhile (of every layer in flight)."""
         layers = (head, *others)
         while True:
-            ready = set(self.cluster.wait([head.ref] + [r for s in layers for r in s.chunks], timeout=1.0))
+            ready = set(self.cluster.wait([head.ref], timeout=1.0))  # returns as soon as the layer is done
+            chunks = [r for s in layers for r in s.chunks]
+            ready |= set(self.cluster.wait(chunks, timeout=0)) if chunks else set()
             for s in layers:
                 left = [r for r in s.chunks if r not in ready]
                 self.chunks_done += len(s.chunks) - len(left)
