@@ -46,6 +46,9 @@ stop)
         sleep 2
     done
     rm -rf "$STATE"
+    # the address `ray start` left for a bare ray.init(): stale now (only if it is this cluster's)
+    f=${TMPDIR:-/tmp}/ray/ray_current_cluster
+    if [ -f "$f" ] && grep -q ":$PORT\$" "$f"; then rm -f "$f"; fi
     ;;
 *)
     echo "usage: $0 start|stop [PORT]" >&2

@@ -101,7 +101,7 @@ def ray_runtime():
     ray = pytest.importorskip("ray")
     from sbc_onnx.distributed.cluster import ONE_THREAD_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ONE_THREAD_ENV})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ONE_THREAD_ENV})
     yield ray
     ray.shutdown()
 
@@ -140,8 +140,9 @@ def test_cnn_sinabs_two_workers_equal_single_process(ray_runtime, cnn):
     a, ra = compress(g, data, calibration=single, **kw)
     b, rb = compress(g, data, workers=2, **kw)
     assert_same_result(a, b)
+    # the report's objectives are float32 products with H, which differs in float64 round-off here
     assert [r.objective_after for r in ra.layers] == pytest.approx([r.objective_after for r in rb.layers],
-                                                                    rel=1e-6)
+                                                                    rel=1e-3, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +205,38 @@ def test_cli_two_workers_end_to_end(ray_runtime, tmp_path):
     assert_same_result(sbc.load_model(tmp_path / "one.nir"), sbc.load_model(tmp_path / "two.nir"))
     one, two = (json.loads((tmp_path / f"{o}.json").read_text()) for o in ("one.nir", "two.nir"))
     assert one["n_calibration"] == two["n_calibration"] == 6
+
+
+
+def test_small_row_chunks_reproduce_the_bits(ray_runtime, cnn, monkeypatch):
+    """Every ExactOBS trace in chunks of one row and every layer's masked solves in nested tasks of one 64-row
+    block each: a row's bits do not depend on where, or beside which rows, it is computed."""
+    from sbc_onnx.distributed import layers
+
+    monkeypatch.setattr(layers, "CHUNK_FLOP", 1.0)
+    monkeypatch.setattr(layers, "SOLVE_MIN_FLOP", 0.0)
+    monkeypatch.setattr(layers, "SOLVE_CHUNK_FLOP", 1.0)
+    g, data, _, single = cnn
+    kw = dict(sparsity=0.5, method="sbc", batch_size=1, measure_damage=False, calibration=single)
+    assert_same_result(compress(g, data, **kw)[0], compress(g, data, workers=2, **kw)[0])
+
+
+def test_masked_solve_blocks_as_tasks_equal_in_process(ray_runtime):
+    from sbc_onnx.compress.numerics import damped_hessian, damped_inverse
+    from sbc_onnx.compress.obs import SOLVE_BLOCK, masked_solve, solve_blocks
+    from sbc_onnx.compress.threads import run_blocks_with
+    from sbc_onnx.distributed.tasks import BlocksOnCluster
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 90))
+    Hinv, rd, _ = damped_inverse(X.T @ X, 0.01)
+    Hd, _ = damped_hessian(X.T @ X, rd)
+    W, mask = rng.standard_normal((3 * SOLVE_BLOCK + 5, 90)), rng.random((3 * SOLVE_BLOCK + 5, 90)) < 0.6
+    spans = [(r, min(W.shape[0], r + SOLVE_BLOCK)) for r in range(0, W.shape[0], SOLVE_BLOCK)]
+    runner = BlocksOnCluster(0.0, 1.0)
+    pids = runner(lambda r0, r1: [os.getpid()] * (r1 - r0), (), spans, 1e9)  # a lambda travels by value
+    assert len(pids) == len(spans) and os.getpid() not in set(np.concatenate(pids))  # they ran in workers
+    with run_blocks_with(runner):
+        got = masked_solve(W, Hd, mask, Hinv)
+    np.testing.assert_array_equal(got, masked_solve(W, Hd, mask, Hinv))
+    np.testing.assert_array_equal(got, solve_blocks(W, Hd, mask, Hinv, 0, W.shape[0]))

@@ -27,7 +27,7 @@ import numpy as np
 from ._obs_kernel import sub_solve_rows, trace_rows
 from .masks import nm_pattern, select_smallest
 from .numerics import damped_hessian, damped_inverse
-from .threads import blas_threads
+from .threads import blas_threads, block_runner
 
 
 __all__ = ["load_kernels", "PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
@@ -124,15 +124,37 @@ def masked_solve(W0, Hd, mask, Hinv=None):
     Hinv are one GEMM per form:  R = (W0 * pruned) @ Hd  and  delta = C @ Hinv."""
     W0 = np.asarray(W0, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    Wn = np.where(mask, W0, 0.0)
-    nP = (~mask).sum(1)
-    nK = mask.shape[1] - nP
-    active = (nP > 0) & (nK > 0)
-    useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
-    useK = active & ~useP
-    with blas_threads():  # the same bits at any thread count (threads.py)
-        _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK)
-    return Wn
+    n = W0.shape[0]
+    spans = [(r0, min(n, r0 + SOLVE_BLOCK)) for r0 in range(0, n, SOLVE_BLOCK)]
+    runner = block_runner()
+    m = min(mask.shape[1] // 2, int(max((~mask).sum(1).max(), 0))) if mask.size else 0
+    if runner is not None and len(spans) > 1:  # elsewhere (distributed/), the same calls: the same bits
+        parts = runner(solve_blocks, (W0, Hd, mask, Hinv), spans, n * m ** 3 / 3)
+    else:
+        parts = [solve_blocks(W0, Hd, mask, Hinv, r0, r1) for r0, r1 in spans]
+    return np.concatenate(parts, axis=0) if parts else np.where(mask, W0, 0.0)
+
+
+SOLVE_BLOCK = 64  # rows per block of masked solves; a row's bits depend on its block only, not on the layer's size
+
+
+def solve_blocks(W0, Hd, mask, Hinv, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 of `masked_solve`, block by block (SOLVE_BLOCK rows from a multiple of it: the GEMMs' rows
+    round alike only within the same call, so a block is always the same call wherever it runs)."""
+    out = []
+    for b0 in range(r0, r1, SOLVE_BLOCK):
+        b = slice(b0, min(r1, b0 + SOLVE_BLOCK))
+        W, M = W0[b], mask[b]
+        Wn = np.where(M, W, 0.0)
+        nP = (~M).sum(1)
+        nK = M.shape[1] - nP
+        active = (nP > 0) & (nK > 0)
+        useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
+        useK = active & ~useP
+        with blas_threads():  # the same bits at any thread count (threads.py)
+            _masked_solve_rows(W, Hd, M, Hinv, Wn, useP, useK)
+        out.append(Wn)
+    return np.concatenate(out, axis=0)
 
 
 def _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK):

@@ -62,7 +62,7 @@ def connect(workers: int | None = None, ray_address: str | None = None) -> Clust
             if ray_address is not None:
                 ray.init(address=ray_address, **kwargs)
             else:
-                ray.init(num_cpus=workers, **kwargs)
+                ray.init(address="local", num_cpus=workers, **kwargs)  # a new runtime, not a `ray start` one
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray runtime"
             raise SbcError(f"cannot start or join {where}: {_first_line(e)}") from None

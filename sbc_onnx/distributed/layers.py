@@ -21,9 +21,12 @@ import numpy as np
 
 from ..compress import group_blocks
 from ..compress.layer import group_counts
-from .tasks import assemble_trace
+from .tasks import BlocksOnCluster, assemble_trace
 
 CHUNK_FLOP = 4e9  # the trace work of one row chunk: enough rows that a task's overhead is small against it
+# the masked solves of a layer task: chunks of about SOLVE_CHUNK_FLOP as nested tasks above SOLVE_MIN_FLOP
+SOLVE_CHUNK_FLOP = 4e9
+SOLVE_MIN_FLOP = 2e10
 
 
 @dataclass
@@ -102,7 +105,8 @@ class LayerRunner:
             parts += [inverse] + group_chunks
             chunks += group_chunks
         ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
-                                      job.traces, layout, c.marker, *parts)
+                                      job.traces, layout, BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker,
+                                      *parts)
         return _Submitted(job, ref, chunks)
 
     def run(self, jobs: Iterator[LayerJob], window: int, on_wait: Callable[[], None] | None = None):

@@ -11,13 +11,14 @@ import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..calibrate import calibrate, shard_sums
 from ..compress import FactorizationError, ObsTrace, compress_groups, damped_inverse, nm_pattern, obs_trace
 from ..compress.obs import trace_operand
-from ..compress.threads import blas_threads
+from ..compress.threads import blas_threads, run_blocks_with
 from ..sim import Walker
 
 KILL_ONCE_ENV = "SBC_ONNX_TEST_KILL_WORKER"  # tests: a marker path; the first task to claim it kills its worker
@@ -88,10 +89,12 @@ def assemble_trace(inverse, chunks, pattern) -> ObsTrace:
                     nm_pattern(pattern))
 
 
-def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict, given, layout, marker, *parts):
+def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict, given, layout, solve: BlocksOnCluster,
+                        marker, *parts):
     """compress_groups on one layer, with the traces given (the "obs" allocation's, `given`) or assembled from
     their row chunks: `layout` holds, per group, None (no trace) or the number of chunks, and `parts` the
-    resolved results, per traced group its inverse then its chunks.  Returns (results, trace seconds)."""
+    resolved results, per traced group its inverse then its chunks; `solve` runs the masked solves' row chunks.
+    Returns (results, trace seconds)."""
     die_once(marker)
     traces, spent = given, 0.0
     if given is None and any(n is not None for n in layout):
@@ -107,6 +110,37 @@ def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict
                 continue
             spent += sum(c[2] for c in chunks)
             traces.append(assemble_trace(inverse, chunks, options.get("pattern")))
-    with one_thread():
+    with one_thread(), run_blocks_with(solve):
         results = compress_groups(W, H, groups, k, bits=bits, sq_norms=sq_norms, traces=traces, **options)
     return results, spent
+
+
+# ---- a layer task's masked solves (compress/obs.py), in row chunks: nested tasks (a task blocked on its
+# children gives its CPU back to them)
+_remote: dict = {}
+
+
+@dataclass(frozen=True)
+class BlocksOnCluster:
+    """compress.threads block runner: `kernel(*shared, r0, r1)` over `spans` (aligned row blocks), grouped into
+    chunks of about `chunk_flop`, as tasks of the cluster this task runs on (the shared arrays put in the
+    object store once); below `min_flop` in this task."""
+    min_flop: float
+    chunk_flop: float
+
+    def __call__(self, kernel, shared: tuple, spans: list, flop: float) -> list:
+        if flop < self.min_flop or len(spans) < 2:
+            return [kernel(*shared, r0, r1) for r0, r1 in spans]
+        import ray
+
+        if "blocks" not in _remote:
+            _remote["blocks"] = ray.remote(num_cpus=1, max_retries=3)(run_blocks)
+        step = max(1, int(self.chunk_flop // max(flop / len(spans), 1.0)))
+        refs = [ray.put(a) for a in shared]
+        chunks = [(spans[i][0], spans[min(len(spans), i + step) - 1][1]) for i in range(0, len(spans), step)]
+        return ray.get([_remote["blocks"].remote(kernel, r0, r1, *refs) for r0, r1 in chunks])
+
+
+def run_blocks(kernel, r0: int, r1: int, *shared):
+    with one_thread():
+        return kernel(*shared, r0, r1)
