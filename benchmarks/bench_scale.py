@@ -26,7 +26,8 @@ Runs, each in its own process so that its peak RSS (getrusage) is its own:
   scale-out (--jobs scale-out) issue #15: one single-process calibration, then the compression phase of `sbc`
             50 % given it, on a local Ray runtime of 1 worker and on --workers N (or the cluster at
             --ray-address, e.g. benchmarks/ray_cluster.sh's) in the same run: parallel efficiency
-            t_1 / (N t_N), and whether masks are bitwise equal and weights within 1e-6 relative.
+            t_1 / (N t_N), and whether masks are bitwise equal and weights within 1e-6 relative
+            (--layers a,b: those layers only, e.g. for a short check).
 --workers N / --ray-address ADDR also run the other compress jobs over Ray (distributed/).
 Per layer: d_out x d_in, its forward in the calibration walk (s), its Hessian accumulation (s, rows d_in^2
 flops), compression (s; flops by `sbc_onnx.compress.cost.layer_flops`), and the fraction of sgemm speed
@@ -172,13 +173,15 @@ def scale_out_job(graph, cfg, data, args) -> dict:
     import sbc_onnx as sbc
     from sbc_onnx.calibrate import calibrate
 
-    cal = calibrate(sbc.Walker(graph, cfg), data, batch_size=args.samples, progress=True)
+    cal = calibrate(sbc.Walker(graph, cfg), data, layers=args.layers.split(",") if args.layers else None,
+                    batch_size=args.samples, progress=True)
     runs, weights = {}, {}
     where = ({"ray_address": args.ray_address} if args.ray_address else {"workers": args.workers or 2})
     for label, kw in (("1", {"workers": 1}), ("N", where)):
         t0 = time.perf_counter()
         new, rep = sbc.compress(graph, data, cfg=cfg, calibration=cal, batch_size=args.samples, progress=True,
-                                measure_damage=False, method="sbc", sparsity=0.5, **kw)
+                                measure_damage=False, method="sbc", sparsity=0.5,
+                                layers=args.layers.split(",") if args.layers else None, **kw)
         runs[label] = {"compression": rep.seconds["compression"], "wall": time.perf_counter() - t0}
         fg = sbc.graph.flatten(new)
         weights[label] = [np.asarray(fg.nodes[r.name].weight) for r in rep.layers]

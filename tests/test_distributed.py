@@ -43,7 +43,7 @@ def assert_same_result(a, b) -> None:
 # ---- no Ray unless asked for (subprocesses: this module's runtime must not count)
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 
@@ -120,7 +120,7 @@ def cnn(data_dir):
 def test_sharded_hessians_equal_single_process(ray_runtime, cnn):
     from sbc_onnx.distributed import connect
 
-    g, data, walker, single = cnn
+    _, data, walker, single = cnn
     names = list(single.layers)
     sharded = connect(workers=2).calibrate(walker, data, layers=names, objective="smp", batch_size=1,
                                            input_norms=True)
@@ -240,3 +240,24 @@ def test_masked_solve_blocks_as_tasks_equal_in_process(ray_runtime):
         got = masked_solve(W, Hd, mask, Hinv)
     np.testing.assert_array_equal(got, masked_solve(W, Hd, mask, Hinv))
     np.testing.assert_array_equal(got, solve_blocks(W, Hd, mask, Hinv, 0, W.shape[0]))
+
+
+def test_cluster_errors_become_one_sbc_error_and_task_errors_stay(ray_runtime):
+    """A lost node, object or worker (retries used up) is one SbcError line naming the resume folder; an error
+    of the task's own code (e.g. an SbcError about the data) reaches the caller as it is."""
+    from sbc_onnx.distributed import connect
+    from sbc_onnx.errors import SbcError
+
+    cluster = connect(workers=2)
+    exc = ray_runtime.exceptions
+    for lost in (exc.WorkerCrashedError(), exc.RaySystemError("connection lost"), exc.NodeDiedError("node gone")):
+        with pytest.raises(SbcError, match="Ray cluster was lost") as e, cluster.lost():
+            raise lost
+        assert "\n" not in str(e.value) and "--resume" in str(e.value)
+
+    def bad():
+        raise SbcError("layer x: its input never spiked")
+
+    with pytest.raises(SbcError, match="never spiked") as e:
+        cluster.get(ray_runtime.remote(bad).remote())
+    assert type(e.value) is SbcError

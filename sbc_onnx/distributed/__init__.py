@@ -11,4 +11,4 @@ from .cluster import INSTALL_HINT, Cluster, check_options, connect
 from .layers import LayerJob, LayerRunner
 from .tasks import KILL_ONCE_ENV
 
-__all__ = ["INSTALL_HINT", "KILL_ONCE_ENV", "Cluster", "check_options", "LayerJob", "LayerRunner", "connect"]
+__all__ = ["INSTALL_HINT", "KILL_ONCE_ENV", "Cluster", "LayerJob", "LayerRunner", "check_options", "connect"]

@@ -8,6 +8,7 @@ Large arrays (the calibration set's shards, Hessians, H^-1, weights) go to the o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -140,7 +141,7 @@ class Cluster:
         refs = [self.calibrate_shard.remote(
                     fg, cfg, self.put(data.take((b1 - b0) * batch_size, b0 * batch_size)), layers, objective,
                     batch_size, input_norms, self.marker)
-                for b0, b1 in zip(bounds, bounds[1:])]
+                for b0, b1 in itertools.pairwise(bounds)]
         bar = progress_bar(n, f"calibrating on {n} shard(s)", progress)
         shards = self._gather(refs, bar)
         return merge_shards(walker.fg, walker.cfg, shards, layers=layers, objective=objective,
