@@ -261,3 +261,22 @@ def test_cluster_errors_become_one_sbc_error_and_task_errors_stay(ray_runtime):
     with pytest.raises(SbcError, match="never spiked") as e:
         cluster.get(ray_runtime.remote(bad).remote())
     assert type(e.value) is SbcError
+
+
+def test_sequential_and_resume_on_two_workers(ray_runtime, sew, tmp_path, monkeypatch):
+    """--sequential (layers one after another, each calibrated in shards behind the compressed ones) gives the
+    single-process result; a run interrupted after layer 2 and resumed on the workers skips what is done."""
+    from sbc_onnx.pipeline import STOP_AFTER_ENV
+
+    g, data, kw, single = sew
+    seq = {**kw, "sequential": True}
+    assert_same_result(compress(g, data, **seq)[0], compress(g, data, workers=2, **seq)[0])
+    monkeypatch.setenv(STOP_AFTER_ENV, "2")
+    with pytest.raises(KeyboardInterrupt):
+        compress(g, data, workers=2, resume=tmp_path / "work", **kw)
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    done = []
+    out, rep = compress(g, data, workers=2, resume=tmp_path / "work", on_layer=lambda i, n, name: done.append(i),
+                        **kw)
+    assert done == list(range(3, len(rep.layers)))  # layers 0-2 restored, not computed again
+    assert_same_result(single, out)
