@@ -107,12 +107,15 @@ def ray_runtime():
 
 
 @pytest.fixture(scope="module")
-def cnn(data_dir):
-    """cnn_sinabs, the first 100 steps of two N-MNIST recordings (batch size 1: two shards of one batch), and
+def cnn(data_dir, tmp_path_factory):
+    """cnn_sinabs, the first 70 steps of two N-MNIST recordings (batch size 1: two shards of one batch), and
     its single-process calibration."""
     g = sbc.load_model(data_dir / "nir_paper/02_cnn/cnn_sinabs.nir")
-    rec = load_nmnist(data_dir / "nmnist_small/train", data_dir / "nmnist_small/train500.txt").take(2)
-    data = Dataset(np.asarray(rec.x)[:, :100], rec.y)
+    listing = tmp_path_factory.mktemp("nmnist") / "two.txt"  # the list's first two recordings: read only those
+    listing.write_text("\n".join((data_dir / "nmnist_small/train500.txt").read_text().splitlines()[:3]) + "\n")
+    rec = load_nmnist(data_dir / "nmnist_small/train", listing)
+    assert rec.n == 2
+    data = Dataset(np.asarray(rec.x)[:, :70], rec.y)
     walker = Walker(g, sbc.SimConfig.from_graph(g))
     return g, data, walker, calibrate(walker, data, batch_size=1)
 
