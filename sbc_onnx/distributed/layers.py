@@ -5,7 +5,9 @@ trace (the long phase: ~2/3 d^3 per row) is split into row chunks: one task comp
 H^-1 (the operand of the trace), one task per chunk traces its rows on it (rows are independent; a chunk
 runs the same compiled per-row code on one thread as the single-process path, so the same bits), and the
 layer task (masks, masked solves, quantization, report objectives: `compress_groups`, given the traces)
-starts when its chunks are done.  Layers without a trace are one task each.  Layers are independent under
+starts when its chunks are done; its masked solves, in aligned 64-row blocks (compress/obs.py), run as nested
+tasks of several blocks each when they are long (tasks.BlocksOnCluster).  Layers without a trace are one task
+each.  Layers are independent under
 the default dense calibration, so several are in flight at once (`window`); `--sequential` gives a window of
 one layer: the workers then share that layer's row chunks.
 """
@@ -66,7 +68,7 @@ class LayerRunner:
         c = self.cluster
         refs = []
         for W, H, groups in layers:
-            w_ref, h_ref = c.put(np.ascontiguousarray(W, np.float64)), c.put(H)
+            w_ref, h_ref = c.put(W), c.put(H)
             refs.append([self._trace(w_ref, h_ref, rows, cols, None) for _, rows, cols in
                          group_blocks(W.shape, groups)])
         out = []
@@ -91,8 +93,7 @@ class LayerRunner:
 
     def submit(self, job: LayerJob) -> _Submitted:
         c = self.cluster
-        W = np.ascontiguousarray(job.W, np.float64) if self.obs_trace else job.W
-        w_ref, h_ref = c.put(W), c.put(job.H)
+        w_ref, h_ref = c.put(job.W), c.put(job.H)
         pattern = self.options.get("pattern")
         layout, parts, chunks = [], [], []
         counts = group_counts(job.k, job.groups)
