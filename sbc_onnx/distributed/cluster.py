@@ -140,7 +140,7 @@ class Cluster:
         fg, cfg = self.put(walker.fg), self.put(walker.cfg)
         refs = [self.calibrate_shard.remote(
                     fg, cfg, self.put(data.take((b1 - b0) * batch_size, b0 * batch_size)), layers, objective,
-                    batch_size, input_norms, self.marker)
+                    batch_size, input_norms)
                 for b0, b1 in itertools.pairwise(bounds)]
         bar = progress_bar(n, f"calibrating on {n} shard(s)", progress)
         shards = self._gather(refs, bar)

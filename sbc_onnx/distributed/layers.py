@@ -84,7 +84,7 @@ class LayerRunner:
     def _trace(self, w_ref, h_ref, rows: slice, cols: slice, pattern):
         """(inverse ref, chunk refs) of one group's trace."""
         c = self.cluster
-        inverse = c.trace_inverse.remote(h_ref, cols, self.rel_damp, self.max_damp, c.marker)
+        inverse = c.trace_inverse.remote(h_ref, cols, self.rel_damp, self.max_damp)
         step = chunk_rows(rows.stop - rows.start, cols.stop - cols.start)
         chunks = [c.trace_chunk.remote(inverse, w_ref, slice(r0, min(rows.stop, r0 + step)), pattern, c.marker)
                   for r0 in range(rows.start, rows.stop, step)]

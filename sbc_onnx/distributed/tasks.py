@@ -21,7 +21,8 @@ from ..compress.obs import trace_operand
 from ..compress.threads import blas_threads, run_blocks_with
 from ..sim import Walker
 
-KILL_ONCE_ENV = "SBC_ONNX_TEST_KILL_WORKER"  # tests: a marker path; the first task to claim it kills its worker
+# tests: a marker path; the first compression task (trace chunk or layer) to claim it kills its own worker
+KILL_ONCE_ENV = "SBC_ONNX_TEST_KILL_WORKER"
 
 
 @contextlib.contextmanager
@@ -51,19 +52,17 @@ def die_once(marker: str | None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def calibrate_shard(fg, cfg, data, layers, objective: str, batch_size: int, input_norms: bool, marker=None) -> dict:
+def calibrate_shard(fg, cfg, data, layers, objective: str, batch_size: int, input_norms: bool) -> dict:
     """One shard of whole batches through the walker: the raw per-layer sums (calibrate.shard_sums)."""
-    die_once(marker)
     with one_thread():
         cal = calibrate(Walker(fg, cfg), data, layers=layers, objective=objective, batch_size=batch_size,
                         input_norms=input_norms)
     return shard_sums(cal)
 
 
-def trace_inverse(H, cols: slice, rel_damp: float, max_damp: float, marker=None):
+def trace_inverse(H, cols: slice, rel_damp: float, max_damp: float):
     """(the trace's float32 H^-1 of one group's block, the damping used), or None if it cannot be factorised
     (the layer task then falls back, as the single-process path does)."""
-    die_once(marker)
     with one_thread():
         try:
             Hinv, rd, _ = damped_inverse(np.asarray(H[cols, cols], np.float64), rel_damp, max_damp)
