@@ -60,15 +60,16 @@ def _b_in(d_in: int) -> int:
     return math.ceil(d_in / min(d_in, 256))
 
 
-def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
+def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None, prepared=False):
     """Step 1 of ExactOBS.  Returns (order, scores) of shape (d_out, n_elim); n_elim = d_in, or the
     per-row pattern count for N:M.  Runs in float32, one row at a time (compiled: _obs_kernel).
     on_rows(done, total): progress callback, called after every chunk of rows (a 2048 x 2048 layer
-    takes minutes)."""
+    takes minutes).  prepared: Hinv is `trace_operand`'s result already (a writable copy of it), used as it is
+    (a row chunk of a big layer would otherwise spend a good part of its time symmetrising it again)."""
     W = np.asarray(W, dtype=np.float64)
     d_out, d = W.shape
     b_in = _b_in(d) if b_in is None else int(b_in)
-    H0 = trace_operand(Hinv)
+    H0 = Hinv if prepared else trace_operand(Hinv)
     pattern = nm_pattern(pattern)
     if pattern is not None:
         n, m = pattern

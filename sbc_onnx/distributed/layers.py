@@ -73,42 +73,37 @@ class LayerRunner:
                          group_blocks(W.shape, groups)])
         out = []
         for layer in refs:
-            traces = []
-            for inverse, chunks in layer:
-                inv, parts = c.get(inverse), c.get(chunks)
-                self.chunks_done += len(chunks)
-                traces.append(None if inv is None else assemble_trace(inv, parts, None))
-            out.append(traces)
+            out.append([assemble_trace(c.get(chunks), None) for chunks in layer])
+            self.chunks_done += sum(len(chunks) for chunks in layer)
         return out
 
-    def _trace(self, w_ref, h_ref, rows: slice, cols: slice, pattern):
-        """(inverse ref, chunk refs) of one group's trace."""
+    def _trace(self, w_ref, h_ref, rows: slice, cols: slice, pattern) -> list:
+        """The chunk refs of one group's trace (its inverse goes from task to task in the store)."""
         c = self.cluster
         inverse = c.trace_inverse.remote(h_ref, cols, self.rel_damp, self.max_damp)
         step = chunk_rows(rows.stop - rows.start, cols.stop - cols.start)
         chunks = [c.trace_chunk.remote(inverse, w_ref, slice(r0, min(rows.stop, r0 + step)), pattern, c.marker)
                   for r0 in range(rows.start, rows.stop, step)]
         self.chunks_total += len(chunks)
-        return inverse, chunks
+        return chunks
 
     def submit(self, job: LayerJob) -> _Submitted:
         c = self.cluster
         w_ref, h_ref = c.put(job.W), c.put(job.H)
         pattern = self.options.get("pattern")
-        layout, parts, chunks = [], [], []
+        layout, chunks = [], []
         counts = group_counts(job.k, job.groups)
         for g, rows, cols in group_blocks(np.shape(job.W), job.groups):
             if job.traces is not None or not self.obs_trace or (pattern is None and counts[g] == 0):
                 layout.append(None)
                 continue
-            inverse, group_chunks = self._trace(w_ref, h_ref, rows, cols, pattern)
+            group_chunks = self._trace(w_ref, h_ref, rows, cols, pattern)
             layout.append(len(group_chunks))
-            parts += [inverse] + group_chunks
             chunks += group_chunks
         ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
                                       job.traces, layout, BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker,
-                                      *parts)
-        return _Submitted(job, ref, chunks)
+                                      *chunks)
+        return _Submitted(job, ref, list(chunks))
 
     def run(self, jobs: Iterator[LayerJob], window: int, on_wait: Callable[[], None] | None = None):
         """Yield (job, results, trace seconds) for each job, in order, with at most `window` layers in flight

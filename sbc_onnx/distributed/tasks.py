@@ -72,27 +72,32 @@ def trace_inverse(H, cols: slice, rel_damp: float, max_damp: float):
 
 
 def trace_chunk(inverse, W, rows: slice, pattern, marker=None):
-    """(order, scores, seconds) of the ExactOBS trace of rows `rows` of W (None if no inverse)."""
+    """(order, scores, seconds, damping) of the ExactOBS trace of rows `rows` of W (None if no inverse)."""
     die_once(marker)
     if inverse is None:
         return None
     t0 = time.perf_counter()
+    # a writable copy (the store's arrays are read-only, which numba compiles as another, slower-to-load type)
+    H0 = np.array(inverse[0], order="C", copy=True)
     with one_thread():
-        order, scores = obs_trace(W[rows], inverse[0], pattern=pattern)
-    return order, scores, time.perf_counter() - t0
+        order, scores = obs_trace(W[rows], H0, pattern=pattern, prepared=True)
+    return order, scores, time.perf_counter() - t0, inverse[1]
 
 
-def assemble_trace(inverse, chunks, pattern) -> ObsTrace:
-    """One group's ObsTrace from its inverse (`trace_inverse`) and its row chunks (`trace_chunk`), in order."""
-    return ObsTrace(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]), inverse[1],
+def assemble_trace(chunks, pattern) -> ObsTrace | None:
+    """One group's ObsTrace from its row chunks (`trace_chunk`), in order; None if its Hessian could not be
+    factorised."""
+    if chunks[0] is None:
+        return None
+    return ObsTrace(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]), chunks[0][3],
                     nm_pattern(pattern))
 
 
 def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict, given, layout, solve: BlocksOnCluster,
                         marker, *parts):
     """compress_groups on one layer, with the traces given (the "obs" allocation's, `given`) or assembled from
-    their row chunks: `layout` holds, per group, None (no trace) or the number of chunks, and `parts` the
-    resolved results, per traced group its inverse then its chunks; `solve` runs the masked solves' row chunks.
+    their row chunks: `layout` holds, per group, None (no trace) or the number of its chunks, and `parts` the
+    resolved chunks of the traced groups in order; `solve` runs the masked solves' row chunks.
     Returns (results, trace seconds)."""
     die_once(marker)
     traces, spent = given, 0.0
@@ -102,13 +107,10 @@ def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict
             if n is None:
                 traces.append(None)
                 continue
-            inverse, chunks = parts[pos], parts[pos + 1:pos + 1 + n]
-            pos += 1 + n
-            if inverse is None:
-                traces.append(None)
-                continue
-            spent += sum(c[2] for c in chunks)
-            traces.append(assemble_trace(inverse, chunks, options.get("pattern")))
+            chunks = parts[pos:pos + n]
+            pos += n
+            spent += sum(c[2] for c in chunks if c is not None)
+            traces.append(assemble_trace(chunks, options.get("pattern")))
     with one_thread(), run_blocks_with(solve):
         results = compress_groups(W, H, groups, k, bits=bits, sq_norms=sq_norms, traces=traces, **options)
     return results, spent
