@@ -672,9 +672,9 @@ class _Compression:
             if lp.bar is not None:
                 lp.bar.set_postfix_str(chunks_text().lstrip("; "), refresh=True)
 
-        window = 1 if plan.sequential else 2 * self.cluster.workers + 2
+        window = 1 if plan.sequential else 2 * self.cluster.workers  # layers computing at once
         t_last = time.perf_counter()
-        for job, parts, trace_seconds in runner.run(jobs(), window, on_wait):
+        for job, parts, trace_seconds in runner.run(jobs(), window, on_wait, in_order=plan.sequential):
             name = self.names[job.index]
             if parts:
                 parts[0].seconds += trace_seconds  # the layer's time includes its trace's row chunks

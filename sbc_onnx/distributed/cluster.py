@@ -120,10 +120,12 @@ class Cluster:
         with self.lost():
             return self.ray.get(refs)
 
-    def wait(self, refs, timeout: float):
-        """The refs among `refs` that are done (results stay where they are)."""
+    def wait(self, refs, timeout: float, num_returns: int | None = None):
+        """The refs among `refs` that are done, waiting up to `timeout` s for all of them (or `num_returns`);
+        results stay where they are."""
         with self.lost():
-            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+            ready, _ = self.ray.wait(refs, num_returns=min(len(refs), num_returns or len(refs)), timeout=timeout,
+                                     fetch_local=False)
         return ready
 
     # ---- calibration

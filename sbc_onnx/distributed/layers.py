@@ -51,7 +51,8 @@ def chunk_rows(d_out: int, d_in: int) -> int:
 
 class _Submitted:
     def __init__(self, job: LayerJob, ref, chunks: list):
-        self.job, self.ref, self.chunks = job, ref, chunks
+        self.job, self.ref, self.chunks = job, ref, chunks  # chunks: those not seen done yet
+        self.done = False
 
 
 class LayerRunner:
@@ -103,17 +104,20 @@ class LayerRunner:
         ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
                                       job.traces, layout, BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker,
                                       *chunks)
+        job.H = job.sq_norms = None  # in the store now; a layer waiting to be taken holds no copy here
         return _Submitted(job, ref, list(chunks))
 
-    def run(self, jobs: Iterator[LayerJob], window: int, on_wait: Callable[[], None] | None = None):
-        """Yield (job, results, trace seconds) for each job, in order, with at most `window` layers in flight
-        (the next job is drawn only when there is room: with a window of one, after the previous result was
-        taken, so a sequential calibration sees it applied).  on_wait() is called about once a second."""
+    def run(self, jobs: Iterator[LayerJob], window: int, on_wait: Callable[[], None] | None = None, *,
+            in_order: bool = False):
+        """Yield (job, results, trace seconds) for each job, in order, with at most `window` layers computing at
+        once (a layer done but not yet yielded does not count, so the workers stay busy behind a long layer).
+        in_order: the next job is drawn only once the one before it was taken (a sequential calibration then
+        sees it applied).  on_wait() is called about once a second while waiting."""
         pending: deque[_Submitted] = deque()
         jobs = iter(jobs)
         more = True
         while True:
-            while more and len(pending) < window:
+            while more and (len(pending) if in_order else sum(not s.done for s in pending)) < window:
                 job = next(jobs, None)
                 if job is None:
                     more = False
@@ -121,26 +125,25 @@ class LayerRunner:
                     pending.append(self.submit(job))
             if not pending:
                 return
+            if not pending[0].done:
+                self._wait(pending, on_wait)
+                continue
             head = pending.popleft()
-            self._wait(head, pending, on_wait)
             results, spent = self.cluster.get(head.ref)
             yield head.job, results, spent
 
-    def _wait(self, head: _Submitted, others, on_wait) -> None:
-        """Until the head layer is done, counting the row chunks done meanwhile (of every layer in flight)."""
-        layers = (head, *others)
-        while True:
-            ready = set(self.cluster.wait([head.ref], timeout=1.0))  # returns as soon as the layer is done
-            chunks = [r for s in layers for r in s.chunks]
-            ready |= set(self.cluster.wait(chunks, timeout=0)) if chunks else set()
-            for s in layers:
-                left = [r for r in s.chunks if r not in ready]
-                self.chunks_done += len(s.chunks) - len(left)
-                s.chunks = left
-            if head.ref in ready:
-                self.chunks_done += len(head.chunks)  # done before their layer, whether seen or not
-                head.chunks = []
-            if on_wait is not None:
-                on_wait()
-            if head.ref in ready:
-                return
+    def _wait(self, pending, on_wait) -> None:
+        """Until a layer is done or a second has passed, counting the row chunks done meanwhile."""
+        refs = [s.ref for s in pending if not s.done]
+        ready = set(self.cluster.wait(refs, timeout=1.0, num_returns=1))  # returns when one layer is done
+        ready |= set(self.cluster.wait(refs, timeout=0))
+        chunks = [r for s in pending for r in s.chunks]
+        ready |= set(self.cluster.wait(chunks, timeout=0)) if chunks else set()
+        for s in pending:
+            left = [r for r in s.chunks if r not in ready]
+            if s.ref in ready:
+                s.done, left = True, []  # its chunks were done before it, whether seen or not
+            self.chunks_done += len(s.chunks) - len(left)
+            s.chunks = left
+        if on_wait is not None:
+            on_wait()
