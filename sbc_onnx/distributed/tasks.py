@@ -1,4 +1,5 @@
-"""What a Ray worker runs (plain functions; cluster.py wraps them with `ray.remote`).  No ray here.
+"""What a Ray worker runs (plain functions; cluster.py wraps them with `ray.remote`); ray itself only where a
+layer task hands its masked solves on as nested tasks (`BlocksOnCluster`).
 
 Every task computes on ONE thread (numba's and BLAS's): N workers then use N cores, and each row is
 computed by the very code, on one thread, that the single-process path runs, so the bits are the same
