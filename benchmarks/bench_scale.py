@@ -24,6 +24,12 @@ Runs, each in its own process so that its peak RSS (getrusage) is its own:
             depend on the Hessian's values, so its time is the same code on the SMP one (--row-methods).
   full-sbc  (--jobs ...,full-sbc) the real `sbc` 50 % run of the whole network: hours on a shared 2-core machine.
   full-obc  (--jobs ...,full-obc) the same with `obc` (ExactOBS on the current Hessian, M = I).
+  scale-out (--jobs scale-out) issue #15: one single-process calibration, then the compression phase of `sbc`
+            50 % given it, on a local Ray runtime of 1 worker and on --workers N (or the cluster at
+            --ray-address, e.g. benchmarks/ray_cluster.sh's) in the same run: parallel efficiency
+            t_1 / (N t_N), and whether masks are bitwise equal and weights within 1e-6 relative
+            (--layers a,b: those layers only, e.g. for a short check).
+--workers N / --ray-address ADDR also run the other compress jobs over Ray (distributed/).
 Per layer: d_out x d_in, its forward in the calibration walk (s), its Hessian accumulation (s, rows d_in^2
 flops), compression (s; flops by `sbc_onnx.compress.cost.layer_flops`), and the fraction of sgemm speed
 (float32 2048^3 matmul measured in the same run, best of 3).
@@ -133,6 +139,8 @@ def job(args) -> None:
     out: dict = {"job": args.job}
     if args.job == "rows":
         out["layers"] = rows_job(graph, cfg, args)
+    elif args.job == "scale-out":
+        out.update(scale_out_job(graph, cfg, data, args))
     else:
         forward: dict[str, float] = {}
         _timed_forward(forward)
@@ -146,7 +154,8 @@ def job(args) -> None:
         out["passes"] = [list(p) for p in mp.passes]
         t0 = time.perf_counter()
         new, rep = sbc.compress(graph, data, cfg=cfg, batch_size=args.samples, progress=True, measure_damage=False,
-                                max_memory=args.max_memory, resume=resume, **opts)
+                                max_memory=args.max_memory, resume=resume, workers=args.workers,
+                                ray_address=args.ray_address, **opts)
         out["seconds"] = {**rep.seconds, "wall": time.perf_counter() - t0}
         out["layers"] = [{"name": r.name, "shape": r.shape, "hessian_s": r.hessian_seconds, "comp_s": r.seconds,
                           "sparsity": r.sparsity, "objective": r.objective_after} for r in rep.layers]
@@ -159,6 +168,40 @@ def job(args) -> None:
                                                                   for i, r in enumerate(rep.layers)})
     out["peak_rss"] = peak_rss()
     print(json.dumps(out))
+
+
+def scale_out_job(graph, cfg, data, args) -> dict:
+    """The compression phase of sbc 50 % on 1 worker and on N (same calibration, same run)."""
+    import sbc_onnx as sbc
+    from sbc_onnx.calibrate import calibrate
+
+    cal = calibrate(sbc.Walker(graph, cfg), data, layers=args.layers.split(",") if args.layers else None,
+                    batch_size=args.samples, progress=True)
+    runs, weights = {}, {}
+    where = ({"ray_address": args.ray_address} if args.ray_address else {"workers": args.workers or 2})
+    for label, kw in (("1", {"workers": 1}), ("N", where)):
+        t0 = time.perf_counter()
+        new, rep = sbc.compress(graph, data, cfg=cfg, calibration=cal, batch_size=args.samples, progress=True,
+                                measure_damage=False, method="sbc", sparsity=0.5,
+                                layers=args.layers.split(",") if args.layers else None, **kw)
+        runs[label] = {"compression": rep.seconds["compression"], "wall": time.perf_counter() - t0}
+        fg = sbc.graph.flatten(new)
+        weights[label] = [np.asarray(fg.nodes[r.name].weight) for r in rep.layers]
+    n = args.workers or _cluster_cpus(args.ray_address)
+    same_masks = all(np.array_equal(a != 0, b != 0) for a, b in zip(weights["1"], weights["N"]))
+    rel = max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30)) for a, b in zip(weights["1"], weights["N"]))
+    return {"runs": runs, "n": n, "where": where, "same_masks": same_masks, "max_rel_diff": rel,
+            "efficiency": runs["1"]["compression"] / (n * runs["N"]["compression"])}
+
+
+def _cluster_cpus(address: str) -> int:
+    import ray
+
+    ray.init(address=address, include_dashboard=False)
+    try:
+        return int(ray.cluster_resources().get("CPU", 1))
+    finally:
+        ray.shutdown()
 
 
 def rows_job(graph, cfg, args) -> list[dict]:
@@ -288,6 +331,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "scale.md"))
     ap.add_argument("--quick", action="store_true", help="64 x 64 images, 2 samples")
     ap.add_argument("--tiny", action="store_true", help="a smoke run of the script: small widths, 32 x 32")
+    ap.add_argument("--workers", type=int, default=None, help="compress over a local Ray runtime of N workers")
+    ap.add_argument("--ray-address", default=None, help="compress over the Ray cluster at this address")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -305,7 +350,9 @@ def main() -> None:
     args.passthrough = ["--model", args.model, "--image", str(args.image), "--steps", str(args.steps),
                         "--samples", str(args.samples), "--max-memory", args.max_memory, "--rows", str(args.rows),
                         "--row-methods", args.row_methods, "--layers", args.layers, "--work", args.work,
-                        *(["--tiny"] if args.tiny else [])]
+                        *(["--tiny"] if args.tiny else []),
+                        *(["--workers", str(args.workers)] if args.workers else []),
+                        *(["--ray-address", args.ray_address] if args.ray_address else [])]
     if not args.report_only:
         _save(work, "sgemm", {"gflops": sgemm_gflops()})
         print(f"work folder {args.work}", file=sys.stderr)
@@ -339,6 +386,7 @@ def report(args, work: Path) -> list[str]:
     """scale.md from the runs found in the work folder."""
     fast, mem, quant, rows, full, full_obc = (_load(work, n) for n in ("fast", "fast-mem", "quant", "rows", "full-sbc",
                                                                        "full-obc"))
+    scale = _load(work, "scale-out")
     sgemm = max(d["gflops"] for d in (_load(work, "sgemm"), _load(work, "sgemm2")) if d)
     base = mem or fast
     md = [f"# ImageNet-shape SEW-ResNet18 under --max-memory {args.max_memory} (`benchmarks/bench_scale.py`)", "",
@@ -373,6 +421,12 @@ def report(args, work: Path) -> list[str]:
     if rows:
         md += [f"- ExactOBS row timing ({args.rows} rows per layer, Hessians from the sbc-fast work folder): peak "
                f"RSS {gib(rows['peak_rss'])}"]
+    if scale:
+        r = scale["runs"]
+        md += [f"- scale-out (Ray, {scale['where']}): sbc 50 % compression phase {r['1']['compression']:.0f} s on 1 "
+               f"worker, {r['N']['compression']:.0f} s on {scale['n']}: parallel efficiency "
+               f"{100 * scale['efficiency']:.0f} %; masks bitwise equal: {scale['same_masks']}, largest relative "
+               f"weight difference {scale['max_rel_diff']:.1e}"]
     md += ["- the full sbc 50 % run: " + (f"{full['seconds']['wall']:.0f} s, peak RSS {gib(full['peak_rss'])}"
                                            if full else "not run (--jobs full-sbc; hours here)")]
     md += ["- the full obc 50 % run: " + (f"{full_obc['seconds']['wall']:.0f} s (calibration "

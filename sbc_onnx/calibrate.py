@@ -222,6 +222,12 @@ def calibrate(
         x_tb, y, lengths = batch
         state["valid"] = np.asarray(lengths) if lengths is not None else None
         walker.run(x_tb, on_input=hooks, record_outputs=False, on_step=step_progress(bar, len(y), x_tb.shape[0]))
+        for cal in cals.values():
+            # a batch's rows end its last block: the float32 blocks are then the same whichever whole batches
+            # a pass covers, so shards of the set (distributed/) fold the bits of one pass
+            t1 = time.perf_counter()
+            cal.acc.flush()
+            cal.seconds += time.perf_counter() - t1
         n_samples += len(y)
         steps = max(steps, x_tb.shape[0])
         del batch, x_tb  # freed before the next batch is built (Dataset.batches)
@@ -231,12 +237,15 @@ def calibrate(
         raise SbcError("the calibration dataset is empty")
     calib = Calibration(layers=cals, n_samples=n_samples, steps=steps, seconds=time.perf_counter() - t0,
                         objective=objective, input_norms=input_norms)
-    if objective == "smp":
-        calib.notes += [n for n in (nonlinear_note(fg, c.name, c.neuron) for c in cals.values()) if n]
-    for cal in cals.values():
-        t1 = time.perf_counter()
-        cal.acc.flush()  # the last, partly filled block of rows is part of the layer's Hessian time
-        cal.seconds += time.perf_counter() - t1
+    _add_notes(calib, fg)
+    return calib
+
+
+def _add_notes(calib: Calibration, fg: FlatGraph) -> None:
+    """The notes of a finished pass: layers meeting a nonlinear node, rank-deficient Hessians."""
+    if calib.objective == "smp":
+        calib.notes += [n for n in (nonlinear_note(fg, c.name, c.neuron) for c in calib.layers.values()) if n]
+    for cal in calib.layers.values():
         live = int(np.count_nonzero(cal.acc.diag > 0))
         units = cal.acc.n_units
         # Static (rate-coded) inputs: filtered spikes barely change within a sample, so the rank of H is
@@ -246,5 +255,39 @@ def calibrate(
                    f"live inputs; the Hessian is rank-deficient and compensation may overfit "
                    f"(use more calibration samples)")
             calib.notes.append(msg)  # printed once, with the report's notes (not logged as well)
-    return calib
 
+
+# ---- a calibration pass split into shards (distributed/): raw sums out, one Calibration back
+
+def shard_sums(calib: Calibration) -> dict[str, Any]:
+    """The raw sums of a pass over a shard of whole batches, to be added to the other shards' (`merge_shards`):
+    per layer the float64 upper triangle of sum z z^T, units, input square norms, input statistics, seconds."""
+    layers = {}
+    for name, c in calib.layers.items():
+        S, n_units, sq = c.acc.sums()
+        layers[name] = {"S": S, "n_units": n_units, "sq": sq, "seconds": c.seconds,
+                        "inputs": (c.inputs.total, c.inputs.count, c.inputs.low, c.inputs.high)}
+    return {"layers": layers, "n_samples": calib.n_samples, "steps": calib.steps}
+
+
+def merge_shards(fg: FlatGraph, cfg: SimConfig, shards: list[dict[str, Any]], *, layers: list[str],
+                 objective: str = "smp", input_norms: bool = True, seconds: float = 0.0) -> Calibration:
+    """One Calibration from the `shard_sums` of consecutive shards, added in shard order: the same float32
+    blocks as one pass (each batch ends its blocks), only the float64 order of the additions differs."""
+    if not shards or sum(s["n_samples"] for s in shards) == 0:
+        raise SbcError("the calibration dataset is empty")
+    cals = {n: _layer_setup(fg, n, cfg, objective) for n in layers}
+    for shard in shards:
+        for name, c in cals.items():
+            part = shard["layers"][name]
+            c.acc.add_sums(part["S"], part["n_units"], part["sq"])
+            c.seconds += part["seconds"]
+            total, count, low, high = part["inputs"]
+            c.inputs.total += total
+            c.inputs.count += count
+            c.inputs.low, c.inputs.high = min(c.inputs.low, low), max(c.inputs.high, high)
+    calib = Calibration(layers=cals, n_samples=sum(s["n_samples"] for s in shards),
+                        steps=max(s["steps"] for s in shards), seconds=seconds, objective=objective,
+                        input_norms=input_norms)
+    _add_notes(calib, fg)
+    return calib

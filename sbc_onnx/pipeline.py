@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import nir
@@ -285,7 +285,8 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
              calibration: Calibration | None = None, batch_size: int = 32, measure_damage: bool = True,
              progress: bool = False, storage: StorageBits | None = None, synops: SynOpsOf | None = None,
              max_memory: int | str | None = None, resume: str | os.PathLike | None = None,
-             on_layer=None, **options) -> tuple[nir.NIRGraph, CompressionReport]:
+             on_layer=None, workers: int | None = None, ray_address: str | None = None,
+             **options) -> tuple[nir.NIRGraph, CompressionReport]:
     """Compress `graph` one-shot; returns (new graph, report). `calib` is a Dataset (.batches()), or a torch
     Dataset / DataLoader / iterable of (x, y) (converted by `data.as_dataset`).
 
@@ -307,6 +308,10 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
                 run given the same folder, model, options and calibration data continues where the last
                 one stopped (no finished layer is computed again; the result is identical).
     on_layer    on_layer(k, n, name) after layer k of n is compressed (and saved to `resume`).
+    workers     run the calibration and the layers on a local Ray runtime of this many worker processes
+                (one thread each); ray_address: on the Ray cluster there instead ("auto": the local one
+                `ray start` runs). The result is the single-process one (distributed/; needs the
+                `distributed` extra). Neither given: Ray is not imported.
     A layer whose calibration input is dead or saturated, or whose Hessian is not finite, stops the
     compression with an SbcError naming it (`Calibration.check`), before any weight changes.
     """
@@ -319,12 +324,14 @@ def compress(graph: nir.NIRGraph, calib, plan: Plan | None = None, *, cfg: SimCo
     run.storage, run.synops, run.damage = storage, synops, measure_damage
     check_budget_floor(graph, plan, storage, layers=run.names)
     try:
+        run.connect(workers, ray_address)
         run.setup_memory(max_memory, resume, calibration)
         run.calibrate(calibration)
         budget = run.allocate()
         run.compress_layers(budget, on_layer)
     finally:
         run.drop_spill()
+        run.disconnect()
     if plan.repair:
         run.repair(graph)
     report = run.report()
@@ -432,6 +439,37 @@ class _Compression:
         self.work: WorkDir | None = None   # spilled Hessians (and, when resumable, finished layers)
         self.resumable = False
         self._spill_dir: str | None = None  # a temporary work folder, removed at the end
+        self.cluster = None  # a distributed.Cluster when the run is spread over Ray workers
+
+    # ---- cluster
+    def connect(self, workers: int | None, ray_address: str | None) -> None:
+        if workers is None and ray_address is None:
+            return  # Ray is not imported
+        from .distributed import connect
+
+        self.cluster = connect(workers, ray_address)
+        log.info("distributed over %s", self.cluster.describe())
+        if self.plan.sequential:
+            log.info("--sequential: each layer is calibrated behind the compressed ones, so the layers run one "
+                     "after another; the workers share each layer's calibration shards and trace row chunks")
+
+    def disconnect(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+    def _runner(self):
+        from .distributed import LayerRunner
+
+        plan = self.plan
+        return LayerRunner(self.cluster, self._layer_options(), obs_trace=plan.method.obs_trace and plan.prunes,
+                           rel_damp=plan.rel_damp)
+
+    def _layer_options(self) -> dict:
+        """The options of compress_groups every layer shares."""
+        plan = self.plan
+        return dict(method=plan.method, pattern=plan.pattern, grid_scheme=plan.grid, granularity=plan.granularity,
+                    rel_damp=plan.rel_damp, exact_resolve=plan.exact_resolve)
 
     # ---- memory
     def setup_memory(self, max_memory, resume, given: Calibration | None) -> None:
@@ -494,8 +532,9 @@ class _Compression:
 
     def _calibrate(self, walker: Walker, layers: list[str], progress: bool) -> Calibration:
         t0 = time.perf_counter()
-        cal = calibrate(walker, self.data, layers=layers, objective=self.plan.method.objective,
-                        batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
+        run = calibrate if self.cluster is None else self.cluster.calibrate  # the latter: in shards of batches
+        cal = run(walker, self.data, layers=layers, objective=self.plan.method.objective,
+                  batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
         self.seconds["calibration"] += time.perf_counter() - t0
         cal.check(layers)  # before any layer is compressed
         return cal
@@ -546,7 +585,11 @@ class _Compression:
         if not plan.sparsity:
             return Budget([0] * len(self.names))
         t0 = time.perf_counter()
-        budget = plan.allocation.allocate([self._stats(n) for n in self.names], plan.sparsity)
+        stats = [self._stats(n) for n in self.names]
+        if self.cluster is not None and plan.allocation.needs_hessian and plan.allocation.obs_trace:
+            traces = self._runner().traces([(s.W, s.H, s.groups) for s in stats])  # in row chunks
+            stats = [replace(s, traces=tuple(t)) for s, t in zip(stats, traces)]
+        budget = plan.allocation.allocate(stats, plan.sparsity)
         self.seconds["compression"] += time.perf_counter() - t0
         if not plan.method.obs_trace:
             budget.traces = []  # only ExactOBS pruning reuses the allocation's traces
@@ -579,22 +622,70 @@ class _Compression:
         lp = LayerProgress(self.names, [self._cost(s, budget.bits_of(i, self.plan.bits)) for i, s in enumerate(shapes)],
                            "compressing", self.progress)
         stop = os.environ.get(STOP_AFTER_ENV)
+        computed = self._computed_layers(budget, lp)  # (seconds, report) of each layer not restored, in order
         for i, (name, k) in enumerate(zip(self.names, budget.counts)):
             shape = f"{shapes[i][0]} x {shapes[i][1]}"
             if self.resumable and self.work.has_layer(name):
                 self.layers.append(self._restore_layer(name))
                 lp.done(i, None, shape)
                 continue
-            report = self._compress_layer(name, k, budget.traces_of(i), lp.bar, budget.bits_of(i, self.plan.bits))
+            if computed is None:
+                report = self._compress_layer(name, k, budget.traces_of(i), lp.bar, budget.bits_of(i, self.plan.bits))
+                seconds = report.seconds
+            else:
+                seconds, report, what = next(computed)
+                shape += what
             self.layers.append(report)
             if self.resumable:
                 self.work.save_layer(name, self.fg.nodes[name].weight, self.quant.get(name), report)
-            lp.done(i, report.seconds, shape)
+            lp.done(i, seconds, shape)
             if on_layer is not None:
                 on_layer(i, n, name)
             if stop is not None and int(stop) == i:
                 raise KeyboardInterrupt(f"{STOP_AFTER_ENV}={stop}")
         lp.close()
+
+    def _computed_layers(self, budget: Budget, lp: LayerProgress):
+        """With a cluster: an iterator of (wall seconds since the last one, report, progress text) of the layers
+        not restored, in layer order, computed across the cluster (distributed/layers.py); else None."""
+        return None if self.cluster is None else self._distributed_layers(budget, lp)
+
+    def _distributed_layers(self, budget: Budget, lp: LayerProgress):
+        from .distributed import LayerJob
+
+        plan, runner = self.plan, self._runner()
+        todo = [i for i, n in enumerate(self.names) if not (self.resumable and self.work.has_layer(n))]
+
+        lcs = {}
+
+        def jobs():  # drawn lazily: a sequential layer is calibrated once the one before it is applied
+            for i in todo:
+                lc = lcs[i] = self.layer_calibration(self.names[i])
+                yield LayerJob(i, _layer_matrix(self.fg.nodes[self.names[i]]), lc.H, lc.groups, budget.counts[i],
+                               budget.bits_of(i, plan.bits), lc.acc.sq_norms if plan.method.input_norms else None,
+                               budget.traces_of(i))
+
+        def chunks_text() -> str:
+            return f"; row chunks {runner.chunks_done}/{runner.chunks_total} done across the cluster"
+
+        def on_wait() -> None:
+            if lp.bar is not None:
+                lp.bar.set_postfix_str(chunks_text().lstrip("; "), refresh=True)
+
+        window = 1 if plan.sequential else 2 * self.cluster.workers  # layers computing at once
+        t_last = time.perf_counter()
+        for job, parts, trace_seconds in runner.run(jobs(), window, on_wait, in_order=plan.sequential):
+            name = self.names[job.index]
+            if parts:
+                parts[0].seconds += trace_seconds  # the layer's time includes its trace's row chunks
+            report = self._layer_report(name, lcs.pop(job.index), np.asarray(self.fg.nodes[name].weight), parts,
+                                        job.bits)
+            if lp.bar is not None:
+                lp.bar.update(1)
+            now = time.perf_counter()
+            self.seconds["compression"] += now - t_last  # wall time: the layers overlap
+            yield now - t_last, report, chunks_text()
+            t_last = time.perf_counter()
 
     def _cost(self, shape, bits) -> float:
         """The layer's weight in the ETA: its algorithm's flops plus the report's two objectives
@@ -622,15 +713,20 @@ class _Compression:
         W = np.asarray(node.weight)
         shown = [0.0]  # share of this layer already added to the bar (the ExactOBS trace moves it)
         parts = compress_groups(
-            _layer_matrix(node), lc.H, lc.groups, k, method=plan.method, pattern=plan.pattern, bits=bits,
-            grid_scheme=plan.grid, granularity=plan.granularity, rel_damp=plan.rel_damp,
-            sq_norms=lc.acc.sq_norms if plan.method.input_norms else None, exact_resolve=plan.exact_resolve,
-            traces=traces, on_rows=_layer_progress(bar, shown, lc.groups))
-        node.weight = self._new_weight(name, W, parts, bits)
-        esc, layer_notes, fallback = self._log_layer(name, parts)
+            _layer_matrix(node), lc.H, lc.groups, k, bits=bits,
+            sq_norms=lc.acc.sq_norms if plan.method.input_norms else None,
+            traces=traces, on_rows=_layer_progress(bar, shown, lc.groups), **self._layer_options())
+        report = self._layer_report(name, lc, W, parts, bits)
         self.seconds["compression"] += time.perf_counter() - t0
         if bar is not None:
             bar.update(1 - shown[0])
+        return report
+
+    def _layer_report(self, name: str, lc: LayerCalibration, W: np.ndarray, parts, bits: int | None) -> LayerReport:
+        """The layer's new weight (set on the node) from its groups' results, and its report."""
+        node = self.fg.nodes[name]
+        node.weight = self._new_weight(name, W, parts, bits)
+        esc, layer_notes, fallback = self._log_layer(name, parts)
         W_new = node.weight
         return LayerReport(
             name=name, kind=self.fg.kind(name), shape=tuple(W.shape), neuron=lc.neuron,

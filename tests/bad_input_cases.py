@@ -305,6 +305,12 @@ CASES += [  # --max-memory and --resume (issue #13): refused before any calibrat
     Case("compress: --resume is a file", "paths", (*_compress(), "--sparsity", "0.5", "--resume", "{f}"),
          ("--resume",), {"f": text("x")}),
 ]
+CASES += [  # --workers / --ray-address (issue #15): refused before any work, no Ray runtime started
+    Case("compress: --workers 0", "options", (*_compress(), "--sparsity", "0.5", "--workers", "0"), ("--workers",)),
+    Case("compress: --workers and --ray-address", "options",
+         (*_compress(), "--sparsity", "0.5", "--workers", "2", "--ray-address", "auto"),
+         ("--workers", "--ray-address", "not both")),
+]
 CASES += _opt("eval", ("eval", "{m}", "--data", "{c}"), [
     ("--limit 0", "--limit"), ("--limit -1", "--limit"), ("--start -1", "--start"),
     ("--batch-size 0", "--batch-size"), ("--dt inf", "--dt"), ("--engine tvm", "--engine"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..compress import ALLOCATIONS, METHODS, SCHEMES
+from ..distributed import check_options
 from ..evaluate import evaluate
 from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
 from ..hardware.energy import synops_model
@@ -86,13 +87,19 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               help="Work folder for a long run: spilled Hessians and every finished layer are kept there; run the "
                    "same command again with it to continue after an interruption (refused for another model, "
                    "options or calibration data).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Spread the calibration and the layers over a local Ray runtime of N worker processes (one "
+                   "thread each); the result is the single-process one. Needs: pip install 'sbc-onnx[distributed]'.")
+@click.option("--ray-address", default=None,
+              help="Run on the Ray cluster at this address instead (e.g. HEAD:6379, or auto for the one `ray start` "
+                   "runs here); every node needs sbc-onnx and the input files at the same paths.")
 @click.option("--target", default=None, help="Hardware profile (see `sbc-onnx profiles`): bits, grid and scale "
               "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
 def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid,
                  granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path,
-                 eval_limit, readout, force, max_memory, resume, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
+                 eval_limit, readout, force, max_memory, resume, workers, ray_address, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
@@ -100,6 +107,8 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
                    exact_resolve=exact_resolve, budget=budget, repair=repair)
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
+    if workers is not None or ray_address is not None:
+        check_options(workers, ray_address)  # Ray installed, one of the two: before any work
     outputs = _output_paths(model, output, force, profile is not None)
     memory_budget = plan.budget is not None and plan.budget.kind == "memory"
     storage = storage_model(output) if memory_budget else None  # a format with a storage model, before any work
@@ -123,11 +132,12 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, meth
     if profile:
         int_g, float_g, deploy = compress_for_target(graph, calib, profile, plan, cfg=cfg, batch_size=batch_size,
                                                      progress=True, max_memory=memory.budget, resume=resume,
+                                                     workers=workers, ray_address=ray_address,
                                                      **_budget_inputs(plan, graph, calib, cfg, storage, batch_size))
         report, models = deploy.compression, {"integer": int_g, "twin": float_g}
     else:
         new, report = compress(graph, calib, plan, cfg=cfg, batch_size=batch_size, progress=True,
-                               max_memory=memory.budget, resume=resume,
+                               max_memory=memory.budget, resume=resume, workers=workers, ray_address=ray_address,
                                **_budget_inputs(plan, graph, calib, cfg, storage, batch_size))
         deploy, models = None, {"compressed": new}
     _show(report, deploy)

@@ -38,6 +38,9 @@ class LayerStats:
     W: np.ndarray                  # the layer's weights; as the (d_out, d_in / groups) matrix for "obs"
     H: np.ndarray | None = None    # its dense calibration Hessian (d_in, d_in), if the allocation needs it
     groups: int = 1                # grouped convolution: group g owns rows g*d_out/groups.. and block g of H
+    # "obs": each group's ExactOBS trace already run elsewhere (distributed/), None where its damped Hessian
+    # could not be factorised; None: the allocation runs them
+    traces: tuple | None = None
 
 
 @dataclass
@@ -175,15 +178,16 @@ class ObsScores:
             raise ValueError("allocation obs needs the layer Hessians")
         H = np.asarray(s.H, np.float64)
         scores, traces, energy = [], [], 0.0
-        for _, rows, cols in group_blocks(s.W.shape, s.groups):
+        for g, rows, cols in group_blocks(s.W.shape, s.groups):
             Wg, Hg = np.asarray(s.W[rows], np.float64), H[cols, cols]
             energy += float(np.einsum("ij,jk,ik->", Wg, Hg, Wg))
             try:
-                t = trace_layer(Wg, Hg, rel_damp=self.rel_damp, max_damp=self.max_damp)
-                scores.append(t.scores)
-            except FactorizationError:  # the layer will fall back to magnitude: rank it by magnitude
+                t = (trace_layer(Wg, Hg, rel_damp=self.rel_damp, max_damp=self.max_damp) if s.traces is None
+                     else s.traces[g])
+            except FactorizationError:
                 t = None
-                scores.append(np.sort(Wg**2, axis=1))
+            # no trace: the layer will fall back to magnitude, so it is ranked by magnitude
+            scores.append(np.sort(Wg**2, axis=1) if t is None else t.scores)
             traces.append(t)
         return np.concatenate(scores, axis=0) / (energy if energy > 0 else 1.0), traces
 

@@ -157,6 +157,19 @@ class HessianAccumulator:
             e = min(self.d, j + cols)
             self._S[:e, j:e] += pt[:e, j:e]
 
+    def sums(self) -> tuple[np.ndarray, int, np.ndarray]:
+        """(upper triangle of sum z z^T in float64, units, input square norms): the raw state that
+        `add_sums` adds to another accumulator's (a calibration split into shards)."""
+        self.flush()
+        return self._S, self._n_units, self._sq
+
+    def add_sums(self, S: np.ndarray, n_units: int, sq: np.ndarray) -> None:
+        """Add another accumulator's `sums` (over other rows of the same stream) to this one."""
+        self.flush()
+        self._S += S
+        self._n_units += int(n_units)
+        self._sq += sq
+
     def add_raw_sq(self, vec: np.ndarray) -> None:
         """Add per-input sums of squares of the UNFILTERED input (Wanda's ||x_j||^2)."""
         self._sq += np.asarray(vec, dtype=np.float64)

@@ -26,7 +26,7 @@ from .methods import METHODS, Method, PruneJob, get_method
 from .numerics import FactorizationError
 from .obs import PruneResult, exact_resolve
 
-__all__ = ["LayerResult", "compress_groups", "compress_layer", "relative_objective"]
+__all__ = ["LayerResult", "compress_groups", "compress_layer", "group_counts", "relative_objective"]
 
 MAGNITUDE, RTN = METHODS["magnitude"], METHODS["rtn"]  # the fallbacks and the report's baseline
 
@@ -179,13 +179,18 @@ def compress_groups(W, H, groups: int, n_prune: int, *, sq_norms=None, traces=No
     its own diagonal block of H; the n_prune prunings split over the groups by cumulative rounding.
     traces: one ExactOBS trace per group (or None); on_rows(g, done, total): progress."""
     out = []
+    counts = group_counts(n_prune, groups)
     for g, rows, cols in group_blocks(np.shape(W), groups):
-        k_g = int(round(n_prune * (g + 1) / groups)) - int(round(n_prune * g / groups))
         out.append(compress_layer(
-            W[rows], H[cols, cols], n_prune=k_g, sq_norms=None if sq_norms is None else sq_norms[cols],
+            W[rows], H[cols, cols], n_prune=counts[g], sq_norms=None if sq_norms is None else sq_norms[cols],
             trace=None if traces is None else traces[g],
             on_rows=None if on_rows is None else _group_rows(on_rows, g), **kw))
     return out
+
+
+def group_counts(n_prune: int, groups: int) -> list[int]:
+    """How many of a layer's n_prune prunings each of its groups makes (cumulative rounding)."""
+    return [int(round(n_prune * (g + 1) / groups)) - int(round(n_prune * g / groups)) for g in range(groups)]
 
 
 def _group_rows(on_rows, g):

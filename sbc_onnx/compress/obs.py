@@ -27,11 +27,11 @@ import numpy as np
 from ._obs_kernel import sub_solve_rows, trace_rows
 from .masks import nm_pattern, select_smallest
 from .numerics import damped_hessian, damped_inverse
-from .threads import blas_threads
+from .threads import blas_threads, block_runner
 
 
 __all__ = ["load_kernels", "PruneResult", "ObsTrace", "prune_exact_obs", "exact_resolve", "obs_trace", "trace_layer",
-           "masked_solve"]
+           "trace_operand", "masked_solve"]
 
 
 @dataclass
@@ -60,16 +60,16 @@ def _b_in(d_in: int) -> int:
     return math.ceil(d_in / min(d_in, 256))
 
 
-def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
+def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None, prepared=False):
     """Step 1 of ExactOBS.  Returns (order, scores) of shape (d_out, n_elim); n_elim = d_in, or the
     per-row pattern count for N:M.  Runs in float32, one row at a time (compiled: _obs_kernel).
     on_rows(done, total): progress callback, called after every chunk of rows (a 2048 x 2048 layer
-    takes minutes)."""
+    takes minutes).  prepared: Hinv is `trace_operand`'s result already (a writable copy of it), used as it is
+    (a row chunk of a big layer would otherwise spend a good part of its time symmetrising it again)."""
     W = np.asarray(W, dtype=np.float64)
     d_out, d = W.shape
     b_in = _b_in(d) if b_in is None else int(b_in)
-    H0 = np.asarray(Hinv, dtype=np.float32)
-    H0 = np.ascontiguousarray((H0 + H0.T) * np.float32(0.5))  # exactly symmetric (rows are read as columns)
+    H0 = Hinv if prepared else trace_operand(Hinv)
     pattern = nm_pattern(pattern)
     if pattern is not None:
         n, m = pattern
@@ -90,6 +90,14 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None):
         if on_rows is not None:
             on_rows(r1, d_out)
     return order, scores
+
+
+def trace_operand(Hinv) -> np.ndarray:
+    """The float32, exactly symmetric H^-1 the trace reads (rows are read as columns).  Given a result of its
+    own it returns the same bits ((a + a) / 2 == a), so row chunks traced on one operand (distributed/) equal
+    the rows of the whole layer's trace."""
+    H0 = np.asarray(Hinv, dtype=np.float32)
+    return np.ascontiguousarray((H0 + H0.T) * np.float32(0.5))
 
 
 def trace_layer(W, H, *, rel_damp=0.01, max_damp=1.0, pattern=None, on_rows=None) -> ObsTrace:
@@ -117,15 +125,37 @@ def masked_solve(W0, Hd, mask, Hinv=None):
     Hinv are one GEMM per form:  R = (W0 * pruned) @ Hd  and  delta = C @ Hinv."""
     W0 = np.asarray(W0, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    Wn = np.where(mask, W0, 0.0)
-    nP = (~mask).sum(1)
-    nK = mask.shape[1] - nP
-    active = (nP > 0) & (nK > 0)
-    useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
-    useK = active & ~useP
-    with blas_threads():  # the same bits at any thread count (threads.py)
-        _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK)
-    return Wn
+    n = W0.shape[0]
+    spans = [(r0, min(n, r0 + SOLVE_BLOCK)) for r0 in range(0, n, SOLVE_BLOCK)]
+    runner = block_runner()
+    m = min(mask.shape[1] // 2, int(max((~mask).sum(1).max(), 0))) if mask.size else 0
+    if runner is not None and len(spans) > 1:  # elsewhere (distributed/), the same calls: the same bits
+        parts = runner(solve_blocks, (W0, Hd, mask, Hinv), spans, n * m ** 3 / 3)
+    else:
+        parts = [solve_blocks(W0, Hd, mask, Hinv, r0, r1) for r0, r1 in spans]
+    return np.concatenate(parts, axis=0) if parts else np.where(mask, W0, 0.0)
+
+
+SOLVE_BLOCK = 64  # rows per block of masked solves; a row's bits depend on its block only, not on the layer's size
+
+
+def solve_blocks(W0, Hd, mask, Hinv, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 of `masked_solve`, block by block (SOLVE_BLOCK rows from a multiple of it: the GEMMs' rows
+    round alike only within the same call, so a block is always the same call wherever it runs)."""
+    out = []
+    for b0 in range(r0, r1, SOLVE_BLOCK):
+        b = slice(b0, min(r1, b0 + SOLVE_BLOCK))
+        W, M = W0[b], mask[b]
+        Wn = np.where(M, W, 0.0)
+        nP = (~M).sum(1)
+        nK = M.shape[1] - nP
+        active = (nP > 0) & (nK > 0)
+        useP = active & (nP < nK) if Hinv is not None else np.zeros_like(active)
+        useK = active & ~useP
+        with blas_threads():  # the same bits at any thread count (threads.py)
+            _masked_solve_rows(W, Hd, M, Hinv, Wn, useP, useK)
+        out.append(Wn)
+    return np.concatenate(out, axis=0)
 
 
 def _masked_solve_rows(W0, Hd, mask, Hinv, Wn, useP, useK):

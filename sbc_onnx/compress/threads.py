@@ -18,10 +18,11 @@ are used by the row-parallel kernels, whose partition does not depend on the thr
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numba
 
-__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "numba_threads", "row_threads"]
+__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "row_threads", "run_blocks_with"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
 
@@ -63,3 +64,23 @@ def blas_threads():
     if _controller[0] is None:  # pragma: no cover
         return contextlib.nullcontext()
     return _controller[0].limit(limits=1, user_api="blas")
+
+
+# ---- row blocks run elsewhere (distributed/): a kernel over independent blocks of rows may hand them to a
+# runner, runner(kernel, shared, spans, flop) -> [kernel(*shared, r0, r1) for (r0, r1) in spans], e.g. as tasks
+# of a cluster.  The runner computes the very calls the kernel would, so the bits are the same.
+_block_runner: contextvars.ContextVar = contextvars.ContextVar("sbc_block_runner", default=None)
+
+
+def block_runner():
+    """The runner set by `run_blocks_with` (None: the kernel runs its blocks itself)."""
+    return _block_runner.get()
+
+
+@contextlib.contextmanager
+def run_blocks_with(runner):
+    token = _block_runner.set(runner)
+    try:
+        yield
+    finally:
+        _block_runner.reset(token)

@@ -524,10 +524,12 @@ def check_plan_fits(plan: Plan, profile: Profile) -> None:
 def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan: Plan | None = None, *,
                         cfg: SimConfig | None = None, calibration: Calibration | None = None, batch_size: int = 32,
                         measure_damage: bool = True, progress: bool = False, synops=None, max_memory=None,
-                        resume=None, **options) -> tuple[nir.NIRGraph, nir.NIRGraph, DeployReport]:
+                        resume=None, workers=None, ray_address=None,
+                        **options) -> tuple[nir.NIRGraph, nir.NIRGraph, DeployReport]:
     """`compress` under a plan the chip can store (`plan`, or `target_plan(profile, **options)`), then the
     weight scales folded into the neurons. Returns (integer graph, dequantized float twin, report incl.
-    the profile check of the integer graph). synops, max_memory, resume: as for `compress`."""
+    the profile check of the integer graph). synops, max_memory, resume, workers, ray_address: as for
+    `compress`."""
     profile = load_profile(profile)
     cfg = cfg or config_for(graph)
     if plan is None:
@@ -538,7 +540,7 @@ def compress_for_target(graph: nir.NIRGraph, calib, profile: Profile | str, plan
         check_plan_fits(plan, profile)
     new, rep = compress(graph, calib, plan, cfg=cfg, calibration=calibration, batch_size=batch_size,
                         measure_damage=measure_damage, progress=progress, synops=synops, max_memory=max_memory,
-                        resume=resume)
+                        resume=resume, workers=workers, ray_address=ray_address)
     missing = [n for n in flatten(new).weight_nodes() if n not in rep.quant]
     if missing:
         raise SbcError(f"layers {missing} carry no integer codes after compression")

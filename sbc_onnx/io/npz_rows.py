@@ -60,6 +60,13 @@ class _Member:
         self.shape, self.dtype, self.fortran = tuple(int(s) for s in shape), dtype, bool(fortran)
         self.header_bytes = f.tell()
 
+    def __getstate__(self) -> dict:
+        """Pickled (a shard of a dataset sent to another process) without its open stream: the copy reopens
+        the file on its first read."""
+        state = dict(self.__dict__)
+        state.update(_zip=None, _f=None, _pos=0)
+        return state
+
     def _open(self) -> IO[bytes]:
         self.close()
         self._zip = zipfile.ZipFile(self.path)
