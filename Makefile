@@ -20,7 +20,7 @@ install: $(BIN)/python
 # spikingjelly likewise (its activation_based neuron/layer/functional modules do not import torchvision).
 install-test: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,torch,distributed]'
+	$(BIN)/pip install -q -e '.[dev,torch]'
 	$(BIN)/pip install -q --no-deps norse==1.1.0 spikingjelly==0.0.0.0.14
 
 demo: install
