@@ -46,12 +46,23 @@ class BudgetPlan:
     sizes: list[list[int]]           # per layer, per option (bits, or SynOps per sample)
     used: int
     names: list[str] = field(default_factory=list)
+    kept: list[list[int]] = field(default_factory=list)  # per layer, per option: non-zero weights (memory)
 
     def chosen(self, layer: int) -> Option:
         return self.options[self.picks[layer]]
 
-    def to_budget(self, layers: Sequence[BudgetLayer]) -> Budget:
+    def to_budget(self, layers: Sequence[BudgetLayer], *, resolve: bool = False) -> Budget:
+        """The per-layer prune counts and bit widths of the plan.  resolve: the layers will be compressed
+        against other Hessians than the plan's (sequential calibration), which may round a different number
+        of weights to zero on the grid; each layer then prunes down to the non-zeros its planned option kept,
+        so its storage (monotone in the non-zeros) stays within the plan and the budget holds."""
         counts = [self.chosen(i).prune_count(int(np.size(l.W))) for i, l in enumerate(layers)]
+        if resolve:
+            if self.spec.kind != "memory" or not self.kept:
+                raise SbcError("only a memory budget can be re-solved layer by layer (its storage depends on "
+                               "the non-zero count alone)")
+            counts = [max(k, int(np.size(l.W)) - self.kept[i][self.picks[i]]) for i, (k, l) in
+                      enumerate(zip(counts, layers))]
         return Budget(counts, bits=[self.chosen(i).bits for i in range(len(layers))])
 
     def limit(self) -> int:
@@ -61,7 +72,8 @@ class BudgetPlan:
     def to_dict(self) -> dict:
         return {"budget": self.spec.text(), "kind": self.spec.kind, "limit": self.limit(), "used": self.used,
                 "layers": {n: {"sparsity": self.chosen(i).sparsity, "bits": self.chosen(i).bits,
-                               "cost": self.costs[i][self.picks[i]], "size": self.sizes[i][self.picks[i]]}
+                               "cost": self.costs[i][self.picks[i]], "size": self.sizes[i][self.picks[i]],
+                               **({"kept": self.kept[i][self.picks[i]]} if self.kept else {})}
                            for i, n in enumerate(self.names)}}
 
 
@@ -77,14 +89,17 @@ def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Meth
     if spec.kind == "synops" and synops is None:
         raise SbcError("a SynOps budget needs the calibration SynOps model (hardware.energy.synops_model)")
     options = spec.options()
-    costs, sizes = [], []
+    costs, sizes, kept = [], [], []
     for layer in layers:
+        nonzeros: list[int] = []
         c, s = option_costs(layer.W, layer.H, layer.groups, options, method=method, rel_damp=rel_damp,
                             grid_scheme=grid_scheme, granularity=granularity,
-                            size_of=_sizer(layer, spec, storage, synops))
+                            size_of=_sizer(layer, spec, storage, synops, nonzeros))
         costs.append(list(c))
         sizes.append([int(x) for x in s])
-    plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers])
+        kept.append(nonzeros)
+    plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers],
+                      kept if spec.kind == "memory" else [])
     try:
         choice = choose_options(costs, sizes, plan.limit())
     except ValueError:
@@ -105,10 +120,14 @@ def check_memory_floor(shapes: Sequence[tuple], dtypes: Sequence[str], spec: Bud
                        f"weight pruned the layers' masks and scales need {_amount(spec, floor)}")
 
 
-def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops):
-    """size_of(option, compressed layer matrix) for this layer and budget kind."""
+def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops, nonzeros: list[int]):
+    """size_of(option, compressed layer matrix) for this layer and budget kind; a memory sizer appends
+    each option's non-zero count to `nonzeros`."""
     if spec.kind == "memory":
-        return lambda o, Wc: storage(tuple(layer.shape), int(np.count_nonzero(Wc)), o.bits, layer.dtype)
+        def size_of(o, Wc):
+            nonzeros.append(int(np.count_nonzero(Wc)))
+            return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype)
+        return size_of
     return lambda o, Wc: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
 
 

@@ -220,3 +220,41 @@ def test_cli_synops_budget_on_a_chip(mlp_files, tmp_path, capsys):
                          "loihi2") == 2
     assert "--target takes a synops budget" in capsys.readouterr().err
     assert not (tmp_path / "m.nir").exists()
+
+
+@pytest.mark.parametrize("budget", [3000, 2000])
+def test_sequential_budget_keeps_the_plan_and_holds_in_the_written_file(mlp_files, tmp_path, budget):
+    """--sequential with a memory budget: the dense plan is kept (same per-layer options), each layer is
+    re-solved against the compressed upstream (other weights than the dense-calibrated run), keeps at most
+    the non-zeros its planned option kept, and the written file stays within the budget."""
+    import sbc_onnx as sbc
+    from sbc_onnx.data import load_dataset
+    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+
+    graph = sbc.load_model(mlp_files / "m.nir")
+    cfg = sbc.SimConfig.from_graph(graph)
+    data = load_dataset(mlp_files / "c.npz")
+    runs = {seq: sbc.compress(graph, data, budget=f"memory={budget}B", sequential=seq, storage=onnx_weight_bits,
+                              cfg=cfg, measure_damage=False) for seq in (False, True)}
+    (g0, r0), (g1, r1) = runs[False], runs[True]
+    plan = r1.budget["layers"]
+    assert {n: (l["sparsity"], l["bits"]) for n, l in plan.items()} == \
+        {n: (l["sparsity"], l["bits"]) for n, l in r0.budget["layers"].items()}
+    assert any(not np.array_equal(g0.nodes[n].weight, g1.nodes[n].weight) for n in plan)
+    for n, layer in plan.items():
+        assert np.count_nonzero(g1.nodes[n].weight) <= layer["kept"]
+        assert r1.layers[[l.name for l in r1.layers].index(n)].bits == layer["bits"]
+    path = tmp_path / "s.onnx"
+    sbc.save_model(g1, path, cfg=cfg, quant=r1.quant)
+    stored = {w.name: w.stored_bytes for w in weight_storage(path)}
+    assert all(8 * stored[n] <= layer["size"] for n, layer in plan.items())
+    assert sum(stored.values()) <= budget
+
+
+def test_sequential_synops_budget_is_refused():
+    from sbc_onnx.errors import SbcError
+    from sbc_onnx.pipeline import Plan
+
+    with pytest.raises(SbcError, match="not --sequential"):
+        Plan.build(budget="synops=1000", sequential=True)
+    assert Plan.build(budget="memory=1KiB", sequential=True).sequential
