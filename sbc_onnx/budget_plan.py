@@ -51,19 +51,38 @@ class BudgetPlan:
     def chosen(self, layer: int) -> Option:
         return self.options[self.picks[layer]]
 
-    def to_budget(self, layers: Sequence[BudgetLayer], *, resolve: bool = False) -> Budget:
-        """The per-layer prune counts and bit widths of the plan.  resolve: the layers will be compressed
-        against other Hessians than the plan's (sequential calibration), which may round a different number
-        of weights to zero on the grid; each layer then prunes down to the non-zeros its planned option kept,
-        so its storage (monotone in the non-zeros) stays within the plan and the budget holds."""
+    def to_budget(self, layers: Sequence[BudgetLayer], *, resolve: StorageBits | None = None) -> Budget:
+        """The per-layer prune counts and bit widths of the plan.  resolve (the memory budget's storage
+        model): the layers will be compressed against other Hessians than the plan's (sequential
+        calibration), which may round a different number of weights to zero on the grid; a layer then
+        prunes, beyond its option's count, down to the most non-zeros whose storage (monotone in them)
+        stays within its planned size, so the budget holds whatever the re-solve rounds to zero."""
         counts = [self.chosen(i).prune_count(int(np.size(l.W))) for i, l in enumerate(layers)]
-        if resolve:
+        if resolve is not None:
             if self.spec.kind != "memory" or not self.kept:
                 raise SbcError("only a memory budget can be re-solved layer by layer (its storage depends on "
                                "the non-zero count alone)")
-            counts = [max(k, int(np.size(l.W)) - self.kept[i][self.picks[i]]) for i, (k, l) in
+            counts = [int(np.size(l.W)) - self._most_kept(i, l, k, resolve) for i, (k, l) in
                       enumerate(zip(counts, layers))]
         return Budget(counts, bits=[self.chosen(i).bits for i in range(len(layers))])
+
+    def _most_kept(self, i: int, layer: BudgetLayer, pruned: int, storage: StorageBits) -> int:
+        """The most non-zeros (at most the option's own) layer i may keep within its planned size."""
+        lo, hi = self.kept[i][self.picks[i]], int(np.size(layer.W)) - pruned  # storage(lo) is the plan's size
+        fits = lambda kept: storage(tuple(layer.shape), kept, self.chosen(i).bits, layer.dtype) <= \
+            self.sizes[i][self.picks[i]]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
+
+    def refit(self, spec: BudgetSpec) -> BudgetPlan:
+        """The plan for another amount of the same kind and options: the measured costs and sizes do not
+        depend on the amount, only the choice does (SbcError if nothing fits)."""
+        if (spec.kind, spec.sparsities, spec.bits) != (self.spec.kind, self.spec.sparsities, self.spec.bits):
+            raise ValueError("refit needs a budget of the same kind and options")
+        plan = BudgetPlan(spec, self.options, [], self.costs, self.sizes, 0, self.names, self.kept)
+        return _choose(plan)
 
     def limit(self) -> int:
         """The budget in the units of `sizes` (bits for memory)."""
@@ -100,12 +119,17 @@ def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Meth
         kept.append(nonzeros)
     plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers],
                       kept if spec.kind == "memory" else [])
+    return _choose(plan)
+
+
+def _choose(plan: BudgetPlan) -> BudgetPlan:
+    """`plan` with the picks of least summed cost within its limit."""
     try:
-        choice = choose_options(costs, sizes, plan.limit())
+        choice = choose_options(plan.costs, plan.sizes, plan.limit())
     except ValueError:
-        smallest = sum(min(s) for s in sizes)
-        raise SbcError(f"no choice of the allowed sparsities and bit widths fits {spec.text()}: the smallest "
-                       f"model needs {_amount(spec, smallest)}") from None
+        smallest = sum(min(s) for s in plan.sizes)
+        raise SbcError(f"no choice of the allowed sparsities and bit widths fits {plan.spec.text()}: the "
+                       f"smallest model needs {_amount(plan.spec, smallest)}") from None
     plan.picks, plan.used = list(choice.picks), choice.size
     return plan
 

@@ -572,7 +572,7 @@ class _Compression:
                                        synops=self.synops, rel_damp=plan.rel_damp, grid_scheme=plan.grid,
                                        granularity=plan.granularity)
         self.seconds["budget"] = time.perf_counter() - t0
-        return self.budget_plan.to_budget(layers, resolve=plan.sequential)
+        return self.budget_plan.to_budget(layers, resolve=self.storage if plan.sequential else None)
 
     def _stats(self, name: str) -> LayerStats:
         W2 = _layer_matrix(self.fg.nodes[name])
