@@ -55,11 +55,12 @@ GRID_METHODS = {"sbc": ("sparsity", "bits"), "obc": ("sparsity", "bits"), "magni
                 "rtn": ("bits",)}
 UNIFORM = {"allocation": "uniform"}
 # memory budgets per network, spanning the sizes of the grid's points (size_curves.md lists both)
-BUDGETS = {"nmnist": ["memory=6KiB", "memory=10KiB", "memory=16KiB", "memory=28KiB"],
-           "cubalif": [],
-           "ifcnn": [],
-           A.SEW: []}
-SYNOPS_BUDGETS: dict[str, list[str]] = {}
+BUDGETS = {"nmnist": ["memory=8KiB", "memory=10KiB", "memory=14KiB", "memory=20KiB"],
+           "cubalif": ["memory=24KiB", "memory=32KiB", "memory=48KiB", "memory=64KiB"],
+           "ifcnn": ["memory=24KiB", "memory=40KiB"],
+           A.SEW: ["memory=16KiB", "memory=24KiB", "memory=40KiB"]}
+SYNOPS_BUDGETS = {"nmnist": ["synops=300k", "synops=600k", "synops=1M"],
+                  "cubalif": ["synops=30k", "synops=60k", "synops=120k"]}
 
 
 def load(path: Path) -> dict:
@@ -170,7 +171,11 @@ def run_budgets(net: A.Net, specs: list[str], draws: list[int], cache: Path, mea
                 continue
             use_disk_calibrations(net, j)
             synops = (synops_model(net.graph, net.calib_set(d), net.cfg) if spec.startswith("synops") else None)
-            g, rep, comp_s, _ = A.compress_job(net, j, storage=onnx_weight_bits, synops=synops)
+            try:
+                g, rep, comp_s, _ = A.compress_job(net, j, storage=onnx_weight_bits, synops=synops)
+            except sbc.SbcError as e:  # too small a budget: say so, go on with the others
+                print(f"{A.describe(j)} {spec}: {e}", flush=True)
+                break
             t0 = time.perf_counter()
             accuracy = sbc.evaluate(g, net.eval, net.cfg, readout=net.readout, batch_size=250).accuracy
             r = measure(g, rep.quant)
@@ -195,7 +200,8 @@ def curves(cache: dict, net: str) -> dict:
             dense = v
             continue
         if j["kind"] == "budget":
-            label, setting = "sbc, budget", j["opts"]["budget"]
+            spec = j["opts"]["budget"]
+            label, setting = f"sbc, {'memory' if spec.startswith('memory') else 'SynOps'} budget", spec
         elif j["kind"] == "option":
             label, setting = f"{j['method']}, uniform", f"{j['sparsity']:.0%}"
         elif j["kind"] == "sparsity":
@@ -212,7 +218,7 @@ def curves(cache: dict, net: str) -> dict:
     return {"dense": dense, "curves": {k: sorted(v) for k, v in sorted(out.items())}}
 
 
-STYLE = {"sbc, budget": ("k", "*"), "sbc, LAMP sparsity": ("C0", "o"), "sbc, bits": ("C0", "s"),
+STYLE = {"sbc, memory budget": ("k", "*"), "sbc, SynOps budget": ("C1", "P"), "sbc, LAMP sparsity": ("C0", "o"), "sbc, bits": ("C0", "s"),
          "sbc, uniform": ("C0", "^"), "obc, LAMP sparsity": ("C2", "o"), "obc, bits": ("C2", "s"),
          "obc, uniform": ("C2", "^"), "magnitude, LAMP sparsity": ("C3", "o"), "rtn, bits": ("C3", "s")}
 
@@ -230,7 +236,7 @@ def plot(net: str, data: dict, path: Path) -> None:
         for ax, col in ((axes[0], 0), (axes[1], 1)):
             x = [p[col] for p in pts]
             ax.errorbar(x, [p[2] for p in pts], yerr=[p[3] for p in pts], color=color, marker=marker, ls=ls,
-                        capsize=3, label=label, ms=8 if marker == "*" else 5)
+                        capsize=3, label=label, ms=9 if marker in "*P" else 5)
     d = data["dense"]
     for ax, key, xl in ((axes[0], "weight_bytes", "KiB of weights stored (compact ONNX)"),
                         (axes[1], "synops", "SynOps per sample (dense calibration activity)")):

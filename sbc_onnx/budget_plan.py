@@ -21,8 +21,9 @@ from .errors import SbcError
 
 __all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "SynOpsOf", "check_memory_floor", "plan_budget"]
 
-# bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name)
-StorageBits = Callable[[tuple, int, "int | None", str], int]
+# bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name,
+# the layer's flat node name)
+StorageBits = Callable[[tuple, int, "int | None", str, str], int]
 # SynOps per sample of a layer with these weights (layer name, weight array), on the calibration activity
 SynOpsOf = Callable[[str, np.ndarray], float]
 
@@ -69,7 +70,7 @@ class BudgetPlan:
     def _most_kept(self, i: int, layer: BudgetLayer, pruned: int, storage: StorageBits) -> int:
         """The most non-zeros (at most the option's own) layer i may keep within its planned size."""
         lo, hi = self.kept[i][self.picks[i]], int(np.size(layer.W)) - pruned  # storage(lo) is the plan's size
-        fits = lambda kept: storage(tuple(layer.shape), kept, self.chosen(i).bits, layer.dtype) <= \
+        fits = lambda kept: storage(tuple(layer.shape), kept, self.chosen(i).bits, layer.dtype, layer.name) <= \
             self.sizes[i][self.picks[i]]
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -150,7 +151,7 @@ def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops, nonzeros: list
     if spec.kind == "memory":
         def size_of(o, Wc):
             nonzeros.append(int(np.count_nonzero(Wc)))
-            return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype)
+            return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype, layer.name)
         return size_of
     return lambda o, Wc: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
 
