@@ -228,6 +228,7 @@ def plot(net: str, data: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for label, pts in data["curves"].items():
@@ -243,6 +244,11 @@ def plot(net: str, data: dict, path: Path) -> None:
         if d is not None:
             ax.axhline(100 * d["acc"], color="k", ls=":", lw=1, label="dense")
         ax.set_xscale("log")
+        if key == "weight_bytes":  # plain KiB numbers on the log axis
+            fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_formatter(fmt)
+            ax.xaxis.set_minor_formatter(fmt)
+            ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xl)
         ax.set_ylabel("accuracy %")
         ax.grid(alpha=0.3, which="both")
