@@ -297,6 +297,7 @@ def main():
     ap.add_argument("--grid", action="store_true", help="measure bytes and SynOps of the cached grid jobs")
     ap.add_argument("--budgets", action="store_true", help="run the budget points (evaluated)")
     ap.add_argument("--draws", default="0,1,2")
+    ap.add_argument("--kinds", default="memory,synops", help="the budget kinds to run (--budgets)")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     nets = a.nets.split(",")
@@ -311,7 +312,8 @@ def main():
             if a.grid:
                 measure_grid(net, acc, a.cache, measure)
             if a.budgets:
-                run_budgets(net, BUDGETS.get(n, []) + SYNOPS_BUDGETS.get(n, []),
+                specs = BUDGETS.get(n, []) + SYNOPS_BUDGETS.get(n, [])
+                run_budgets(net, [x for x in specs if x.split("=")[0] in a.kinds.split(",")],
                             [int(d) for d in a.draws.split(",")], a.cache, measure)
     cache = load(a.cache)
     shown = [n for n in A.NETS if n in nets]
