@@ -696,6 +696,8 @@ def describe(j) -> str:
     kind = j["kind"]
     if kind == "dense":
         what = "dense"
+    elif kind == "budget":  # benchmarks/size_curves.py
+        what = f"budget {j['opts']['budget']}"
     elif kind == "option":
         what = f"option {j.get('label') or j['opts']} at {setting()}"
     elif kind == "ablation":
