@@ -235,6 +235,7 @@ def plot(net: str, data: dict, path: Path) -> None:
         color, marker = STYLE.get(label, ("C7", "x"))
         ls = "-" if "sparsity" in label or "budget" in label else "--"
         for ax, col in ((axes[0], 0), (axes[1], 1)):
+            pts = sorted(pts, key=lambda p: p[col])  # each panel in its own x order
             x = [p[col] for p in pts]
             ax.errorbar(x, [p[2] for p in pts], yerr=[p[3] for p in pts], color=color, marker=marker, ls=ls,
                         capsize=3, label=label, ms=9 if marker in "*P" else 5)
@@ -249,6 +250,8 @@ def plot(net: str, data: dict, path: Path) -> None:
             ax.xaxis.set_major_formatter(fmt)
             ax.xaxis.set_minor_formatter(fmt)
             ax.tick_params(axis="x", which="minor", labelsize=7)
+        else:
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xl)
         ax.set_ylabel("accuracy %")
         ax.grid(alpha=0.3, which="both")
