@@ -304,6 +304,11 @@ def report(cache: dict, nets: list[str]) -> str:
         d = data["dense"]
         if d is not None:
             L += [f"Dense: {100 * d['acc']:.1f} %, {d['weight_bytes'] / 1024:.1f} KiB, {d['synops']:.4g} SynOps.", ""]
+        diffs = [v["sparsity_diff"] for k, v in cache.items() if json.loads(k)["net"] == net and "sparsity_diff" in v]
+        if diffs:
+            L += [(f"Grid models compressed again for their bytes and SynOps: {sum(d == 0 for d in diffs)} of "
+                   f"{len(diffs)} with the per-layer sparsity of the evaluated run exactly; largest difference "
+                   f"{max(diffs):.4f} (zeros of the quantization grid)."), ""]
         L += best_grid_rows(data) + ["| curve | setting | KiB stored | SynOps / sample | accuracy % | n |",
                                      "|---|---|---|---|---|---|"]
         for label, pts in data["curves"].items():
