@@ -327,25 +327,33 @@ def run_job(net: Net, j) -> dict:
         t0 = time.perf_counter()
         r = sbc.evaluate(net.graph, net.eval, net.cfg, readout=net.readout, batch_size=250)
         return {"acc": r.accuracy, "eval_s": time.perf_counter() - t0}
-    m = j["method"]
-    objective = "current" if m == "obc" else "smp"
-    draw = j["draw"] if isinstance(j["draw"], int) else tuple(j["draw"])
-    calib = net.calib_set(draw)
-    opts = dict(j["opts"])
-    cal_s = None
-    if not opts.get("sequential"):
-        cal, cal_s = net.calibration(draw, objective)
-        opts["calibration"] = cal
-    t0 = time.perf_counter()
-    g, rep = sbc.compress(net.graph, calib, sparsity=j["sparsity"], bits=j["bits"], pattern=j["pattern"],
-                          method=m, cfg=net.cfg, measure_damage=False, batch_size=50, **opts)
-    comp_s = time.perf_counter() - t0
+    g, rep, comp_s, cal_s = compress_job(net, j)
     t0 = time.perf_counter()
     r = sbc.evaluate(g, net.eval, net.cfg, readout=net.readout, batch_size=250)
     return {"acc": r.accuracy, "eval_s": time.perf_counter() - t0, "compress_s": comp_s, "calib_s": cal_s,
             "overall_sparsity": rep.overall_sparsity, "n_calibration": rep.n_calibration,
             "layer_sparsity": {lr.name: round(lr.sparsity, 4) for lr in rep.layers},
             "notes": [n for n in rep.notes if "independent samples" in n or "fell back" in n]}
+
+
+def compress_job(net: Net, j, *, storage=None, synops=None):
+    """(compressed graph, report, compress seconds, calibration seconds or None) of job j: its method and
+    setting on its calibration draw (the draw's dense calibration pass, unless sequential). A budget job
+    (opts {"budget": "memory=..." or "synops=..."}) needs the storage or SynOps model it counts with."""
+    m = j["method"]
+    objective = "current" if m == "obc" else "smp"
+    draw = j["draw"] if isinstance(j["draw"], int) else tuple(j["draw"])
+    calib = net.calib_set(draw)
+    opts = dict(j["opts"])
+    cal_s = None
+    if not opts.get("sequential") or "budget" in opts:  # a budget is planned on the dense calibration
+        cal, cal_s = net.calibration(draw, objective)
+        opts["calibration"] = cal
+    t0 = time.perf_counter()
+    g, rep = sbc.compress(net.graph, calib, sparsity=j["sparsity"], bits=j["bits"], pattern=j["pattern"],
+                          method=m, cfg=net.cfg, measure_damage=False, batch_size=50, storage=storage,
+                          synops=synops, **opts)
+    return g, rep, time.perf_counter() - t0, cal_s
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -688,6 +696,8 @@ def describe(j) -> str:
     kind = j["kind"]
     if kind == "dense":
         what = "dense"
+    elif kind == "budget":  # benchmarks/size_curves.py
+        what = f"budget {j['opts']['budget']}"
     elif kind == "option":
         what = f"option {j.get('label') or j['opts']} at {setting()}"
     elif kind == "ablation":

@@ -27,10 +27,11 @@ import accuracy as A
 import numpy as np
 
 import sbc_onnx as sbc
+from sbc_onnx.compress.budget import parse_budget
 from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
 
 CACHE = Path.home() / ".cache" / "sbc-onnx" / "budget"
-CALIBRATION_FORMAT = "v2"  # LayerCalibration.inputs (the calibration checks of #12)
+CALIBRATION_FORMAT = "v3"  # v2: LayerCalibration.inputs (the calibration checks of #12); v3: HessianAccumulator._fill
 LOG = ROOT / "benchmarks" / "results" / "budget_runs.jsonl"
 
 # name -> compress() options (a budget, or a fixed rate as the baseline at a similar size) and whether to repair
@@ -43,7 +44,13 @@ SETTINGS = {
     "sbc-90%-8bit+repair": {"method": "sbc", "sparsity": 0.9, "bits": 8, "repair": True},
     "sbc-dense-2bit": {"method": "sbc", "bits": 2},
     "sbc-dense-2bit+repair": {"method": "sbc", "bits": 2, "repair": True},
+    # the dense plan, each layer re-solved against the compressed upstream's Hessian (pruned to its planned non-zeros)
+    "sbc-budget+sequential": {"method": "sbc", "budget": True, "sequential": True},
+    # a finer option set: bits 2, 3, 4, 5, 6, 8 (and float), sparsity in steps of 2.5 %
+    "sbc-budget-fine": {"method": "sbc", "budget": "fine"},
+    "sbc-budget-fine+sequential": {"method": "sbc", "budget": "fine", "sequential": True},
 }
+FINE = {"sparsities": [i / 40 for i in range(40)], "bits": [None, 8, 6, 5, 4, 3, 2]}
 
 
 def calibration(net, draw, objective):
@@ -59,8 +66,9 @@ def calibration(net, draw, objective):
 
 def run(net, name, draw, budget):
     opts = dict(SETTINGS[name])
-    if opts.pop("budget", False):
-        opts["budget"] = budget
+    kind = opts.pop("budget", False)
+    if kind:
+        opts["budget"] = parse_budget(budget, **FINE) if kind == "fine" else budget
     objective = "current" if opts["method"] == "obc" else "smp"
     calib = net.calib_set(draw)
     t0 = time.perf_counter()

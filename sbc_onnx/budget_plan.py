@@ -21,8 +21,9 @@ from .errors import SbcError
 
 __all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "SynOpsOf", "check_memory_floor", "plan_budget"]
 
-# bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name)
-StorageBits = Callable[[tuple, int, "int | None", str], int]
+# bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name,
+# the layer's flat node name)
+StorageBits = Callable[[tuple, int, "int | None", str, str], int]
 # SynOps per sample of a layer with these weights (layer name, weight array), on the calibration activity
 SynOpsOf = Callable[[str, np.ndarray], float]
 
@@ -46,13 +47,43 @@ class BudgetPlan:
     sizes: list[list[int]]           # per layer, per option (bits, or SynOps per sample)
     used: int
     names: list[str] = field(default_factory=list)
+    kept: list[list[int]] = field(default_factory=list)  # per layer, per option: non-zero weights (memory)
 
     def chosen(self, layer: int) -> Option:
         return self.options[self.picks[layer]]
 
-    def to_budget(self, layers: Sequence[BudgetLayer]) -> Budget:
+    def to_budget(self, layers: Sequence[BudgetLayer], *, resolve: StorageBits | None = None) -> Budget:
+        """The per-layer prune counts and bit widths of the plan.  resolve (the memory budget's storage
+        model): the layers will be compressed against other Hessians than the plan's (sequential
+        calibration), which may round a different number of weights to zero on the grid; a layer then
+        prunes, beyond its option's count, down to the most non-zeros whose storage (monotone in them)
+        stays within its planned size, so the budget holds whatever the re-solve rounds to zero."""
         counts = [self.chosen(i).prune_count(int(np.size(l.W))) for i, l in enumerate(layers)]
+        if resolve is not None:
+            if self.spec.kind != "memory" or not self.kept:
+                raise SbcError("only a memory budget can be re-solved layer by layer (its storage depends on "
+                               "the non-zero count alone)")
+            counts = [int(np.size(l.W)) - self._most_kept(i, l, k, resolve) for i, (k, l) in
+                      enumerate(zip(counts, layers))]
         return Budget(counts, bits=[self.chosen(i).bits for i in range(len(layers))])
+
+    def _most_kept(self, i: int, layer: BudgetLayer, pruned: int, storage: StorageBits) -> int:
+        """The most non-zeros (at most the option's own) layer i may keep within its planned size."""
+        lo, hi = self.kept[i][self.picks[i]], int(np.size(layer.W)) - pruned  # storage(lo) is the plan's size
+        fits = lambda kept: storage(tuple(layer.shape), kept, self.chosen(i).bits, layer.dtype, layer.name) <= \
+            self.sizes[i][self.picks[i]]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
+
+    def refit(self, spec: BudgetSpec) -> BudgetPlan:
+        """The plan for another amount of the same kind and options: the measured costs and sizes do not
+        depend on the amount, only the choice does (SbcError if nothing fits)."""
+        if (spec.kind, spec.sparsities, spec.bits) != (self.spec.kind, self.spec.sparsities, self.spec.bits):
+            raise ValueError("refit needs a budget of the same kind and options")
+        plan = BudgetPlan(spec, self.options, [], self.costs, self.sizes, 0, self.names, self.kept)
+        return _choose(plan)
 
     def limit(self) -> int:
         """The budget in the units of `sizes` (bits for memory)."""
@@ -61,7 +92,8 @@ class BudgetPlan:
     def to_dict(self) -> dict:
         return {"budget": self.spec.text(), "kind": self.spec.kind, "limit": self.limit(), "used": self.used,
                 "layers": {n: {"sparsity": self.chosen(i).sparsity, "bits": self.chosen(i).bits,
-                               "cost": self.costs[i][self.picks[i]], "size": self.sizes[i][self.picks[i]]}
+                               "cost": self.costs[i][self.picks[i]], "size": self.sizes[i][self.picks[i]],
+                               **({"kept": self.kept[i][self.picks[i]]} if self.kept else {})}
                            for i, n in enumerate(self.names)}}
 
 
@@ -77,20 +109,28 @@ def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Meth
     if spec.kind == "synops" and synops is None:
         raise SbcError("a SynOps budget needs the calibration SynOps model (hardware.energy.synops_model)")
     options = spec.options()
-    costs, sizes = [], []
+    costs, sizes, kept = [], [], []
     for layer in layers:
+        nonzeros: list[int] = []
         c, s = option_costs(layer.W, layer.H, layer.groups, options, method=method, rel_damp=rel_damp,
                             grid_scheme=grid_scheme, granularity=granularity,
-                            size_of=_sizer(layer, spec, storage, synops))
+                            size_of=_sizer(layer, spec, storage, synops, nonzeros))
         costs.append(list(c))
         sizes.append([int(x) for x in s])
-    plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers])
+        kept.append(nonzeros)
+    plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers],
+                      kept if spec.kind == "memory" else [])
+    return _choose(plan)
+
+
+def _choose(plan: BudgetPlan) -> BudgetPlan:
+    """`plan` with the picks of least summed cost within its limit."""
     try:
-        choice = choose_options(costs, sizes, plan.limit())
+        choice = choose_options(plan.costs, plan.sizes, plan.limit())
     except ValueError:
-        smallest = sum(min(s) for s in sizes)
-        raise SbcError(f"no choice of the allowed sparsities and bit widths fits {spec.text()}: the smallest "
-                       f"model needs {_amount(spec, smallest)}") from None
+        smallest = sum(min(s) for s in plan.sizes)
+        raise SbcError(f"no choice of the allowed sparsities and bit widths fits {plan.spec.text()}: the "
+                       f"smallest model needs {_amount(plan.spec, smallest)}") from None
     plan.picks, plan.used = list(choice.picks), choice.size
     return plan
 
@@ -105,10 +145,14 @@ def check_memory_floor(shapes: Sequence[tuple], dtypes: Sequence[str], spec: Bud
                        f"weight pruned the layers' masks and scales need {_amount(spec, floor)}")
 
 
-def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops):
-    """size_of(option, compressed layer matrix) for this layer and budget kind."""
+def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops, nonzeros: list[int]):
+    """size_of(option, compressed layer matrix) for this layer and budget kind; a memory sizer appends
+    each option's non-zero count to `nonzeros`."""
     if spec.kind == "memory":
-        return lambda o, Wc: storage(tuple(layer.shape), int(np.count_nonzero(Wc)), o.bits, layer.dtype)
+        def size_of(o, Wc):
+            nonzeros.append(int(np.count_nonzero(Wc)))
+            return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype, layer.name)
+        return size_of
     return lambda o, Wc: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
 
 

@@ -56,7 +56,9 @@ class Plan:
                 all layers see the dense model, the authors' choice)
     layers      the weight layers to compress (default: all)
     budget      a whole-model budget (memory or SynOps) instead of sparsity and bits: each layer's
-                sparsity and bit width are chosen to fit it (budget_plan.py; dense calibration)
+                sparsity and bit width are chosen to fit it (budget_plan.py; planned on the dense
+                calibration). With sequential (memory budgets only) the plan stays the dense one and each
+                layer is then re-solved against the Hessian of the already-compressed upstream
     repair      after compression, rescale the spiking neurons' thresholds per channel so that their
                 calibration firing rates match the dense model's (repair.py); weights are unchanged
     """
@@ -155,14 +157,17 @@ def _budget_spec(budget, sparsity, bits, pattern, sequential) -> BudgetSpec | No
     if sparsity is not None or bits is not None or pattern is not None:
         raise SbcError("a budget chooses every layer's sparsity and bit width: give it without "
                        "--sparsity, --bits or --pattern")
-    if sequential:
-        raise SbcError("a budget is planned on the dense calibration of every layer (not --sequential)")
     if isinstance(budget, BudgetSpec):
-        return budget
-    try:
-        return parse_budget(budget)
-    except ValueError as e:
-        raise SbcError(str(e)) from None
+        spec = budget
+    else:
+        try:
+            spec = parse_budget(budget)
+        except ValueError as e:
+            raise SbcError(str(e)) from None
+    if sequential and spec.kind != "memory":
+        raise SbcError("a SynOps budget holds only for the weights planned on the dense calibration "
+                       "(not --sequential): which weights are kept, not how many, sets their SynOps")
+    return spec
 
 
 def _method(method) -> Method:
@@ -511,14 +516,18 @@ class _Compression:
         if given is not None:
             self._check_given(given)
             self.calibs = dict.fromkeys(self.names, given)
-        elif not self.plan.sequential and self.work is not None:
+        elif self._dense_calibration() and self.work is not None:
             self.calibs = dict.fromkeys(self.names, self._calibrate_spilled())
-        elif not self.plan.sequential:
+        elif self._dense_calibration():
             self.calibs = dict.fromkeys(self.names, self._calibrate(self.dense, self.names, self.progress))
+
+    def _dense_calibration(self) -> bool:
+        """Whether every layer's dense Hessian is needed up front: not sequential, or a budget's plan."""
+        return not self.plan.sequential or self.plan.budget is not None
 
     def _check_given(self, cal: Calibration) -> None:
         method = self.plan.method
-        if self.plan.sequential:
+        if not self._dense_calibration():
             raise SbcError("a precomputed calibration cannot be used with sequential calibration")
         if cal.objective != method.objective:
             raise SbcError(f"the calibration was collected for the {cal.objective!r} objective; "
@@ -606,7 +615,7 @@ class _Compression:
                                        synops=self.synops, rel_damp=plan.rel_damp, grid_scheme=plan.grid,
                                        granularity=plan.granularity)
         self.seconds["budget"] = time.perf_counter() - t0
-        return self.budget_plan.to_budget(layers)
+        return self.budget_plan.to_budget(layers, resolve=self.storage if plan.sequential else None)
 
     def _stats(self, name: str) -> LayerStats:
         W2 = _layer_matrix(self.fg.nodes[name])

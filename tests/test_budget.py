@@ -76,9 +76,11 @@ def test_parse_budget_units_and_errors():
 
 
 @pytest.mark.parametrize("shape,kept,bits", [((16, 2, 5, 5), 800, None), ((16, 2, 5, 5), 80, 4),
-                                             ((30, 20), 61, 8), ((30, 20), 600, 3), ((10, 7), 0, None)])
+                                             ((30, 20), 61, 8), ((30, 20), 600, 3), ((10, 7), 0, None),
+                                             ((48, 32), 461, 8), ((10, 128), 224, 4)])
 def test_onnx_storage_model_is_what_the_writer_stores(shape, kept, bits, tmp_path):
-    """The predicted bits equal the bytes a written file holds for a real weight of that structure."""
+    """The predicted bits equal the bytes a written file holds for a real weight of that structure, also for
+    small tensors where the node names decide between a sparse and a dense encoding."""
     import nir
 
     import sbc_onnx as sbc
@@ -111,7 +113,7 @@ def test_onnx_storage_model_is_what_the_writer_stores(shape, kept, bits, tmp_pat
     path = tmp_path / "m.onnx"
     sbc.save_model(g, path, quant=quant)
     stored = {s.name: s.stored_bytes for s in weight_storage(path)}["layer"]
-    assert onnx_weight_bits(shape, kept, bits) == 8 * stored
+    assert onnx_weight_bits(shape, kept, bits, "float32", "layer") == 8 * stored
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +222,58 @@ def test_cli_synops_budget_on_a_chip(mlp_files, tmp_path, capsys):
                          "loihi2") == 2
     assert "--target takes a synops budget" in capsys.readouterr().err
     assert not (tmp_path / "m.nir").exists()
+
+
+@pytest.mark.parametrize("budget", [3000, 2000])
+def test_sequential_budget_keeps_the_plan_and_holds_in_the_written_file(mlp_files, tmp_path, budget):
+    """--sequential with a memory budget: the dense plan is kept (same per-layer options), each layer is
+    re-solved against the compressed upstream (other weights than the dense-calibrated run), and every
+    layer, hence the written file, stays within its planned storage."""
+    import sbc_onnx as sbc
+    from sbc_onnx.data import load_dataset
+    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+
+    graph = sbc.load_model(mlp_files / "m.nir")
+    cfg = sbc.SimConfig.from_graph(graph)
+    data = load_dataset(mlp_files / "c.npz")
+    runs = {seq: sbc.compress(graph, data, budget=f"memory={budget}B", sequential=seq, storage=onnx_weight_bits,
+                              cfg=cfg, measure_damage=False) for seq in (False, True)}
+    (g0, r0), (g1, r1) = runs[False], runs[True]
+    plan = r1.budget["layers"]
+    assert {n: (l["sparsity"], l["bits"]) for n, l in plan.items()} == \
+        {n: (l["sparsity"], l["bits"]) for n, l in r0.budget["layers"].items()}
+    assert any(not np.array_equal(g0.nodes[n].weight, g1.nodes[n].weight) for n in plan)
+    for n, layer in plan.items():
+        assert r1.layers[[l.name for l in r1.layers].index(n)].bits == layer["bits"]
+    path = tmp_path / "s.onnx"
+    sbc.save_model(g1, path, cfg=cfg, quant=r1.quant)
+    stored = {w.name: w.stored_bytes for w in weight_storage(path)}
+    assert all(8 * stored[n] <= layer["size"] for n, layer in plan.items())
+    assert sum(stored.values()) <= budget
+
+
+def test_sequential_synops_budget_is_refused():
+    from sbc_onnx.errors import SbcError
+    from sbc_onnx.pipeline import Plan
+
+    with pytest.raises(SbcError, match="not --sequential"):
+        Plan.build(budget="synops=1000", sequential=True)
+    assert Plan.build(budget="memory=1KiB", sequential=True).sequential
+
+
+@pytest.mark.parametrize("per_kept, planned_kept, want_kept", [(10, 40, 40), (0, 40, 50), (10, 50, 50)])
+def test_resolved_layers_keep_the_most_non_zeros_within_their_planned_size(per_kept, planned_kept, want_kept):
+    """A re-solved layer prunes beyond its option's count only as far as its storage needs: down to the most
+    non-zeros whose storage is within the planned size (a storage that ignores the non-zeros: no more)."""
+    from sbc_onnx.budget_plan import BudgetLayer, BudgetPlan
+    from sbc_onnx.compress.budget import BudgetSpec, Option
+
+    def storage(shape, kept, bits, dtype, node):
+        return 100 + per_kept * kept
+
+    layer = BudgetLayer("l", np.ones((10, 10)), np.eye(10), 1, (10, 10))
+    spec = BudgetSpec("memory", 10_000)
+    plan = BudgetPlan(spec, [Option(0.5, 4)], [0], [[0.1]], [[storage(None, planned_kept, 4, None, "l")]], 0, ["l"],
+                      [[planned_kept]])
+    assert plan.to_budget([layer]).counts == [50]
+    assert plan.to_budget([layer], resolve=storage).counts == [100 - want_kept]

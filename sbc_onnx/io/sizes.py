@@ -115,22 +115,26 @@ def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfi
 
 
 @functools.lru_cache(maxsize=4096)
-def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "float32") -> int:
+def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "float32",
+                     node: str | None = None) -> int:
     """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores for a `dtype`
     weight of `shape` with `kept` nonzero entries on a symmetric per-channel `bits`-bit grid (None: float
-    values off any grid).  Found by encoding a stand-in tensor of that structure whose codes span the whole
-    grid, so it is exact for the encodings the writer has, and an upper bound for a weight with fewer
-    nonzeros or a narrower code range (the writer keeps the smallest encoding)."""
+    values off any grid), as the weight of flat node `node`.  Found by encoding a stand-in tensor of that
+    structure whose codes span the whole grid, so it is exact for the encodings the writer has, and an upper
+    bound for a weight with fewer nonzeros or a narrower code range.  The writer keeps the encoding of
+    fewest serialized bytes, nodes included, whose names carry the tensor's: for a small tensor the choice
+    between a sparse and a dense encoding depends on the name, so give `node`."""
     from .onnx_weights import encode_weight  # on first use, as the other ONNX helpers
 
     n = int(np.prod(shape))
+    tensor = "w" if node is None else f"{node}.weight"  # the writer's name (onnx_export _Builder.param)
     if not 0 <= kept <= n:
         raise ValueError(f"kept must be in [0, {n}], got {kept}")
     rows = int(shape[0]) if len(shape) else 1
     if bits is None:
         flat = np.zeros(n, dtype)
         flat[:kept] = np.pi * (1 + np.arange(kept) / max(n, 1))
-        enc = encode_weight("w", flat.reshape(shape))
+        enc = encode_weight(tensor, flat.reshape(shape))
     else:
         top = 2 ** (bits - 1)
         codes = np.zeros(n, np.int64)
@@ -139,7 +143,7 @@ def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "fl
         scale = np.full(rows, 2.0**-bits, np.float32)
         q = codes.reshape(shape)
         w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(dtype)
-        enc = encode_weight("w", w, grid=(q, scale, None))
+        enc = encode_weight(tensor, w, grid=(q, scale, None))
     return 8 * sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in enc.inits)
 
 
