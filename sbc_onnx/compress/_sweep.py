@@ -90,6 +90,18 @@ class GridFix:
 
 
 @njit(cache=True, fastmath={"contract"})
+def _update_left(w, Err, UsT, i, j1):
+    """Column i brought up to date over the errors of its sub-block's earlier columns j1..i-1 (in place)."""
+    n = w.shape[0]
+    for l in range(j1, i):
+        u = UsT[i - j1, l - j1]
+        if u != 0.0:
+            e = Err[l]
+            for q in range(n):
+                w[q] -= u * e[q]
+
+
+@njit(cache=True, fastmath={"contract"})
 def _grid_sub_block(Wt, Err, UsT, Q, diag, E0, scale, lo, hi, SK, j1, j2):
     """Quantization-mode columns [j1, j2) in one compiled call (the same steps as _panel_columns with a
     GridFix, which paid about ten Python-level calls per column): column i is brought up to date
@@ -97,12 +109,7 @@ def _grid_sub_block(Wt, Err, UsT, Q, diag, E0, scale, lo, hi, SK, j1, j2):
     n = Wt.shape[1]
     for i in range(j1, j2):
         w = Wt[i]
-        for l in range(j1, i):
-            u = UsT[i - j1, l - j1]
-            if u != 0.0:
-                e = Err[l]
-                for q in range(n):
-                    w[q] -= u * e[q]
+        _update_left(w, Err, UsT, i, j1)
         qi = Q[i - j1]
         ei = Err[i]
         src = E0[i]
@@ -177,12 +184,7 @@ def _prune_sub_block(Wt, Err, UsT, C, j1, j2):
     n = Wt.shape[1]
     for i in range(j1, j2):
         w = Wt[i]
-        for l in range(j1, i):
-            u = UsT[i - j1, l - j1]
-            if u != 0.0:
-                e = Err[l]
-                for q in range(n):
-                    w[q] -= u * e[q]
+        _update_left(w, Err, UsT, i, j1)
         ci = C[i - j1]
         ei = Err[i]
         for q in range(n):
