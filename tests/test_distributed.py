@@ -94,6 +94,27 @@ except SbcError as e:
     assert line.startswith("SbcError:") and "pip install 'sbc-onnx[distributed]'" in line
 
 
+def test_unreachable_cluster_is_one_line_error():
+    """A HOST:PORT nobody listens on is refused in one line before ray.init, which would retry for minutes."""
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a free port, bound but not listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        code = SMALL.format(tests=str(ROOT / "tests")) + f"""
+from sbc_onnx.errors import SbcError
+try:
+    sbc.compress(g, data, sparsity=0.5, measure_damage=False, ray_address="127.0.0.1:{port}")
+except SbcError as e:
+    print("SbcError:", e)
+"""
+        r = _run(code)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"SbcError: cannot reach the Ray cluster at 127.0.0.1:{port}"), line
+
+
 # ---- on a two-worker local runtime
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import socket
 import time
 
 from ..calibrate import Calibration, merge_shards
@@ -61,6 +62,7 @@ def connect(workers: int | None = None, ray_address: str | None = None) -> Clust
                       runtime_env={"env_vars": ONE_THREAD_ENV})
         try:
             if ray_address is not None:
+                check_reachable(ray_address)
                 ray.init(address=ray_address, **kwargs)
             else:
                 ray.init(address="local", num_cpus=workers, **kwargs)  # a new runtime, not a `ray start` one
@@ -70,6 +72,19 @@ def connect(workers: int | None = None, ray_address: str | None = None) -> Clust
         started = True
     n = int(ray.cluster_resources().get("CPU", 0)) if workers is None else workers
     return Cluster(ray, max(1, n), started)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """SbcError when a HOST:PORT address takes no TCP connection: ray.init would retry for minutes before
+    failing.  Other forms ("auto", "local", "ray://...") are left to Ray, which fails fast on them."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or "://" in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise SbcError(f"cannot reach the Ray cluster at {address}: {e.strerror or type(e).__name__} (is `ray start "
+                       f"--head --port {port}` running there?)") from None
 
 
 def _first_line(e: BaseException) -> str:
