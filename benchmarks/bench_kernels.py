@@ -33,7 +33,6 @@ import os
 import time
 from pathlib import Path
 
-import nir
 import numba
 import numpy as np
 from scipy.linalg import lapack
@@ -45,6 +44,7 @@ from sbc_onnx.compress import damped_inverse, make_grid, obs_trace, prune_exact_
 from sbc_onnx.compress import threads as th
 from sbc_onnx.compress.hessian import filter_time
 from sbc_onnx.compress.numerics import damped_cholesky, damped_hessian
+from sbc_onnx.synthetic import linear_lif_graph
 from sbc_onnx.data import Dataset
 
 OUT = Path(__file__).parent / "results" / "kernels.md"
@@ -90,13 +90,7 @@ def load() -> str:
 
 
 def hessian_layer(rng, d=2312, d_out=256, T=100, B=16):
-    g = nir.NIRGraph(
-        nodes={"input": nir.Input(input_type={"input": np.array([d])}),
-               "fc": nir.Affine(weight=rng.normal(0, 0.05, (d_out, d)), bias=np.zeros(d_out)),
-               "lif": nir.LIF(tau=np.full(d_out, 2.0), r=np.full(d_out, 2.0), v_leak=np.zeros(d_out),
-                              v_threshold=np.ones(d_out), v_reset=np.zeros(d_out)),
-               "output": nir.Output(output_type={"output": np.array([d_out])})},
-        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    g = linear_lif_graph(rng, d, d_out)
     ds = Dataset((rng.random((B, T, d)) < 0.1).astype(np.uint8), np.zeros(B, int))
     return sbc.Walker(g, sbc.SimConfig(dt=1.0, dtype="float32")), ds
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import nir
 import numpy as np
 
-__all__ = ["sew_resnet_graph"]
+__all__ = ["linear_lif_graph", "sew_resnet_graph"]
 
 
 def _conv(rng, c_in, c_out, k, stride, size, gain):
@@ -75,3 +75,15 @@ def _ds(rng, c_in, c_out, gain) -> dict:
     w = rng.normal(0.0, gain / np.sqrt(c_in), size=(c_out, c_in, 1, 1)).astype(np.float32)
     return dict(weight=w, stride=2, padding=0, dilation=1, groups=1,
                 bias=rng.normal(0.0, 0.1, size=c_out).astype(np.float32))
+
+
+def linear_lif_graph(rng, d_in: int, d_out: int, *, weight_std: float = 0.05, tau: float = 2.0) -> nir.NIRGraph:
+    """input -> Affine (normal weights, zero bias) -> LIF (tau = r = `tau`, threshold 1) -> output: one layer
+    feeding leaky neurons, the shape of the kernel benchmarks' and tests' Hessian layers."""
+    return nir.NIRGraph(
+        nodes={"input": nir.Input(input_type={"input": np.array([d_in])}),
+               "fc": nir.Affine(weight=rng.normal(0, weight_std, (d_out, d_in)), bias=np.zeros(d_out)),
+               "lif": nir.LIF(tau=np.full(d_out, tau), r=np.full(d_out, tau), v_leak=np.zeros(d_out),
+                              v_threshold=np.ones(d_out), v_reset=np.zeros(d_out)),
+               "output": nir.Output(output_type={"output": np.array([d_out])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])

@@ -1,6 +1,5 @@
 """Fast kernels against their readable twins, and the same result whatever the thread count (#13, #15)."""
 
-import nir
 import numba
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from sbc_onnx.compress import (
 from sbc_onnx.compress import threads as th
 from sbc_onnx.compress._obs_kernel import sub_solve_rows
 from sbc_onnx.data import Dataset
+from sbc_onnx.synthetic import linear_lif_graph
 
 
 def spike_H(rng, d, rows=600, beta=0.6):
@@ -54,13 +54,7 @@ def test_calibration_observer_equals_eager_hessian_of_the_filtered_rows():
     """The observer (one small piece of rows per step, buffered) against 2/B sum (M X)^T (M X)."""
     rng = np.random.default_rng(1)
     d, do, T, B = 23, 5, 30, 6
-    g = nir.NIRGraph(
-        nodes={"input": nir.Input(input_type={"input": np.array([d])}),
-               "fc": nir.Affine(weight=rng.normal(0, 0.3, (do, d)), bias=np.zeros(do)),
-               "lif": nir.LIF(tau=np.full(do, 2.0), r=np.full(do, 2.0), v_leak=np.zeros(do),
-                              v_threshold=np.ones(do), v_reset=np.zeros(do)),
-               "output": nir.Output(output_type={"output": np.array([do])})},
-        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")])
+    g = linear_lif_graph(rng, d, do, weight_std=0.3)
     X = (rng.random((B, T, d)) < 0.2).astype(np.uint8)
     cal = calibrate(sbc.Walker(g, sbc.SimConfig(dt=1.0, dtype="float64")), Dataset(X, np.zeros(B, int)), batch_size=4)
     lc = cal.layers["fc"]
