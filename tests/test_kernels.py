@@ -233,3 +233,39 @@ def test_inverse_diagonal_float32_and_its_float64_fallback():
     d, rd, esc = inverse_diagonal(H, 0.0)
     assert rd == 0.01 and esc  # escalated once, by the float64 path
     np.testing.assert_allclose(d, np.diag(damped_inverse(H, 0.01)[0]), rtol=1e-12)
+
+
+def test_float32_factor_is_checked_and_falls_back_to_float64():
+    """GPTQ's main factor in float32: the permuted, flipped damped H's factor against float64's; None
+    (so quantize_gptq takes the float64 path) when its backward error is not small against the damping:
+    a Hessian with a huge common component next to a tiny damping, and a singular one without damping."""
+    from sbc_onnx.compress.numerics import damped_cholesky, damped_cholesky32, damped_hessian
+
+    rng = np.random.default_rng(13)
+    H = spike_H(rng, 80)
+    perm = rng.permutation(80)
+    L32 = damped_cholesky32(H, 0.01, perm=perm, reverse=True)
+    L64 = damped_cholesky(H, 0.01, reverse=True, perm=perm)[0]
+    assert L32.dtype == np.float32
+    np.testing.assert_allclose(L32, L64, rtol=0, atol=1e-5 * np.abs(L64).max())
+    np.testing.assert_allclose(damped_cholesky32(H, 0.01), damped_cholesky(H, 0.01)[0], rtol=0,
+                               atol=1e-5 * np.abs(L64).max())  # no permutation, no flip
+    v = rng.random(80) + 1.0
+    Hbad = H + 1e7 * np.outer(v, v)  # float32 rounding of this norm is large next to a small damping
+    refused = 0
+    for rd in np.logspace(-8, -2, 13):
+        L = damped_cholesky32(Hbad, rd)
+        Hd, lam = damped_hessian(Hbad, rd)
+        if L is not None:  # accepted: the whole backward error is small against lambda
+            assert np.linalg.norm(L.astype(np.float64) @ L.T.astype(np.float64) - Hd, 2) <= 0.1 * lam
+        elif damped_cholesky32(Hbad, rd, tol=np.inf) is not None:
+            refused += 1  # float32 factors it, only the check refuses
+    assert refused >= 1 and damped_cholesky32(Hbad, 1e-2) is not None
+    Hs = H.copy()
+    Hs[:, 3] = Hs[3, :] = 0
+    assert damped_cholesky32(Hs, 0.0) is None  # singular: not positive definite
+    W = rng.standard_normal((6, 80))
+    g = make_grid(W, 4)
+    q = quantize_gptq(W, Hbad, g, rel_damp=1e-8, max_damp=1e-8)
+    ref = quantize_gptq_eager(W, Hbad, g, rel_damp=1e-8)
+    assert np.mean(q.W == quantize(ref, g)) > 0.97  # the float64 path: the eager loop's grid points

@@ -31,7 +31,7 @@ import numpy as np
 
 from ._sweep import GridFix, obs_sweep, transpose
 from .grids import Grid, from_int, quantize, to_int
-from .numerics import damped_cholesky, damped_inverse, inverse_diagonal
+from .numerics import damped_cholesky, damped_cholesky32, damped_inverse, inverse_diagonal
 
 __all__ = ["QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
 
@@ -63,8 +63,10 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     t0 = time.perf_counter()
     dinv, rd, esc = inverse_diagonal(H, rel_damp, max_damp)
     perm = np.argsort(dinv, kind="stable")
-    L, _, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)  # J H_pi J = L L^T
-    esc = esc + esc2
+    L = damped_cholesky32(H, rd, perm=perm, reverse=True)  # J H_pi J = L L^T (float32, checked)
+    if L is None:  # float32 not accurate enough, or not positive definite at rd: float64 with escalation
+        L, rd, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)
+        esc = esc + esc2
     V = L[::-1, ::-1]  # upper, H_pi = V V^T
     Uv = np.divide(V, -np.diag(V)[None, :], dtype=np.float32)  # -V D^-1 (V-form, module docstring)
     np.fill_diagonal(Uv, 1.0)

@@ -20,14 +20,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 from scipy.linalg import lapack
 
 from .threads import blas_threads
 
-__all__ = ["MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky", "damped_hessian",
-           "damped_inverse", "inverse_diagonal", "upper_inverse_factor"]
+__all__ = ["F32_BACKWARD_TOL", "MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky",
+           "damped_cholesky32", "damped_hessian", "damped_inverse", "inverse_diagonal", "upper_inverse_factor"]
 
 MAX_ATTEMPTS = 8  # factorizations per damped_cholesky call: rel_damp, then up to 7 escalations
+# a float32 factor is used only if it is the exact factor of H + lambda I + E with |E r| <= tol lambda |r| on
+# random probes r: the same as a damping a few percent off lambda, which is itself a choice (docs/kernels.md)
+F32_BACKWARD_TOL = 0.05
 
 
 class FactorizationError(RuntimeError):
@@ -75,6 +79,61 @@ def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndar
         G = np.take(H[idx], idx, axis=1)
     G[np.diag_indices_from(G)] += lam
     return G, lam
+
+
+@njit(cache=True)
+def _gather32(H, idx, lam, out):
+    """out[i, j] = H[idx[i], idx[j]] in float32 for j >= i, + lam on the diagonal: `_damped_copy`'s
+    gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
+    array's upper triangle is the lower triangle of the Fortran array it is passed as)."""
+    n = idx.shape[0]
+    row = np.empty(H.shape[1], np.float32)
+    for i in range(n):
+        src = H[idx[i]]
+        for k in range(row.shape[0]):  # a streamed read first: random reads of a row not yet in cache stall
+            row[k] = src[k]
+        o = out[i]
+        for j in range(i, n):
+            o[j] = row[idx[j]]
+        o[i] += lam
+
+
+def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: bool = False,
+                      tol: float = F32_BACKWARD_TOL):
+    """float32 lower Cholesky factor of the damped (J) H[perm][:, perm] (J) (as `damped_cholesky`, one
+    attempt, no escalation), or None when float32 cannot give a factor that good: spotrf fails, the factor
+    is not finite, or its backward error on two seeded random probes R, |L L^T R - (H_d) R| (H_d R in
+    float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable; what float32 can lose is
+    only that this error becomes comparable to the damping (a Hessian with a large norm next to lambda)."""
+    rd = check_damping(rel_damp)
+    H = np.asarray(H, dtype=np.float64)
+    d = H.shape[0]
+    idx = np.arange(d) if perm is None else np.asarray(perm, dtype=np.int64)
+    if reverse:
+        idx = idx[::-1]
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    diag = np.diag(H)[idx]
+    live = diag > 0
+    lam = rd * (float(diag[live].mean()) if live.any() else 1.0)
+    if not (math.isfinite(lam) and (lam > 0 or live.all()) and np.all(np.isfinite(diag))):
+        return None
+    G = np.empty((d, d), np.float32)
+    _gather32(np.ascontiguousarray(H), idx, np.float32(lam), G)
+    with blas_threads():
+        L, info = lapack.spotrf(G.T, lower=1, clean=1, overwrite_a=1)  # C array = its Fortran transpose
+    if info != 0:
+        return None
+    R = np.random.default_rng(0).standard_normal((d, 2))
+    Ri = np.empty_like(R)
+    Ri[idx] = R  # (H_d R)[i] = (H Ri)[idx[i]] + lam R[i]
+    with blas_threads():
+        HR = (H @ Ri)[idx] + lam * R
+        R32 = R.astype(np.float32)
+        LLR = L @ (L.T @ R32)
+    res = float(np.linalg.norm(LLR - HR))
+    if not (math.isfinite(res) and res <= tol * lam * float(np.linalg.norm(R))):
+        return None
+    return L
 
 
 def damped_cholesky(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0, *, reverse: bool = False,
