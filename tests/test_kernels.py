@@ -269,3 +269,37 @@ def test_float32_factor_is_checked_and_falls_back_to_float64():
     q = quantize_gptq(W, Hbad, g, rel_damp=1e-8, max_damp=1e-8)
     ref = quantize_gptq_eager(W, Hbad, g, rel_damp=1e-8)
     assert np.mean(q.W == quantize(ref, g)) > 0.97  # the float64 path: the eager loop's grid points
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
+def test_split_pieces_on_threads_give_the_same_bits_and_the_eager_results():
+    """Wide layers: the Hessian block product in two pieces and diag(H^-1)'s column-block solves, run
+    on one or on two threads (threads.parallel_map): identical bits, and the readable results."""
+    from sbc_onnx.compress.hessian import HessianAccumulator as HA
+    from sbc_onnx.compress.numerics import column_blocks, inverse_column_norms
+    from scipy.linalg import lapack
+
+    rng = np.random.default_rng(14)
+    d = 1100
+    assert HA.split_at(d) is not None and HA.split_at(HA.SPLIT_MIN_D - 1) is None
+    Z = ((rng.random((1500, d)) < 0.1) * rng.random((1500, d))).astype(np.float32)
+    spans = column_blocks(d, 4)
+    assert spans[0][0] == 0 and spans[-1][1] == d and len(spans) == 4
+    assert all(a < b for a, b in spans) and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+    old, out = numba.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            acc = HA(d, block_rows=700)
+            acc.add(Z, 30)
+            H = acc.H
+            L = lapack.spotrf((H + 0.01 * np.eye(d)).astype(np.float32), lower=1, clean=1)[0]
+            out[n] = H, inverse_column_norms(L)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(out[1][0], out[2][0])
+    np.testing.assert_array_equal(out[1][1], out[2][1])
+    ref = eager_hessian(Z, 30)
+    np.testing.assert_allclose(out[1][0], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    Linv = lapack.dtrtri(L.astype(np.float64), lower=1)[0]
+    np.testing.assert_allclose(out[1][1], (Linv**2).sum(axis=0), rtol=1e-4)

@@ -20,36 +20,11 @@ import numpy as np
 from numba import njit
 from scipy.linalg import blas
 
+from ._openblas import somatcopy
 from .threads import blas_threads
 
 
-def _load_omatcopy():
-    """cblas_somatcopy of the OpenBLAS bundled with SciPy's wheels (several times faster than a NumPy
-    transpose of a large float32 matrix); None when it is not there (then NumPy tiles are used)."""
-    try:
-        import ctypes
-        import glob
-        import os
-
-        import scipy
-
-        libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
-                                      "libscipy_openblas-*.so"))
-        if len(libs) != 1:
-            return None
-        f = ctypes.CDLL(libs[0]).scipy_cblas_somatcopy
-        f.restype = None
-        f.argtypes = [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                            ctypes.c_int]
-        a = np.arange(6, dtype=np.float32).reshape(2, 3)
-        b = np.empty((3, 2), np.float32)
-        f(101, 112, 2, 3, 1.0, a.ctypes.data, 3, b.ctypes.data, 2)  # row-major, transposed
-        return f if np.array_equal(b, a.T) else None
-    except Exception:  # pragma: no cover - depends on the installed wheels
-        return None
-
-
-_omatcopy = _load_omatcopy()
+_omatcopy = somatcopy()
 
 
 def transpose(A, dtype=None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .threads import blas_threads
+from .threads import blas_threads, parallel_map
 
 __all__ = ["HessianAccumulator", "TimeFilter", "eager_hessian", "filter_time", "kernel_matrix"]
 
@@ -142,20 +142,59 @@ class HessianAccumulator:
             self._fold(self._buf[:self._fill])
             self._fill = 0
 
+    SPLIT_MIN_D = 1024  # from this width each block's product is computed in two independent pieces
+
+    @staticmethod
+    def split_at(d: int) -> int | None:
+        """Where a block's Z^T Z is cut in two pieces of about equal work, or None (one syrk).  Piece A is
+        the leading d1 x d1 syrk, piece B the trailing syrk plus the d1 x d2 cross product (d1 = d / sqrt 2
+        balances d1^2 against d2^2 + 2 d1 d2).  A function of d only: the bits never depend on threads."""
+        if d < HessianAccumulator.SPLIT_MIN_D:
+            return None
+        return 64 * int(round(d / np.sqrt(2) / 64))
+
     def _fold(self, Zb, cols: int = 256) -> None:
         """Zb^T Zb into the reused buffer, folded into the float64 total over the upper triangle only,
         column block by column block (half the traffic of a full add).  NumPy dispatches Z^T Z (C or
-        Fortran Z) to its BLAS's syrk and mirrors the triangle; its bundled OpenBLAS was faster here
-        than SciPy's ssyrk on the same data.  The result is symmetric, so its transpose is the
-        Fortran-ordered view that matches the total's layout (every piece a run of contiguous columns)."""
+        Fortran Z, or a column slice of it) to its BLAS's syrk and mirrors the triangle; its bundled
+        OpenBLAS was faster here than SciPy's ssyrk on the same data.  The result is symmetric, so its
+        transpose is the Fortran-ordered view that matches the total's layout (every piece a run of
+        contiguous columns).  Wide layers compute it as two independent pieces (`split_at`), run on two
+        threads when that pays (NumPy releases the GIL in BLAS calls and in the adds)."""
+        d = self.d
         if self._part is None or self._part.dtype != Zb.dtype:
-            self._part = np.empty((self.d, self.d), dtype=Zb.dtype)
+            self._part = np.empty(d * d, dtype=Zb.dtype)  # one buffer: the whole product or its pieces
+        d1 = self.split_at(d)
         with blas_threads():  # OpenBLAS's threaded syrk rounds differently with the thread count
-            np.matmul(Zb.T, Zb, out=self._part)
-        pt = self._part.T
-        for j in range(0, self.d, cols):
-            e = min(self.d, j + cols)
-            self._S[:e, j:e] += pt[:e, j:e]
+            if d1 is None:
+                part = self._part.reshape(d, d)
+                np.matmul(Zb.T, Zb, out=part)
+                self._fold_upper(part.T, 0, cols)
+                return
+            d2 = d - d1
+            P11 = self._part[:d1 * d1].reshape(d1, d1)
+            P22 = self._part[d1 * d1:d1 * d1 + d2 * d2].reshape(d2, d2)
+            P21 = self._part[d1 * d1 + d2 * d2:d1 * d1 + d2 * d2 + d2 * d1].reshape(d2, d1)
+
+            def piece_a():
+                np.matmul(Zb[:, :d1].T, Zb[:, :d1], out=P11)
+                self._fold_upper(P11.T, 0, cols)
+
+            def piece_b():
+                np.matmul(Zb[:, d1:].T, Zb[:, d1:], out=P22)
+                self._fold_upper(P22.T, d1, cols)
+                np.matmul(Zb[:, d1:].T, Zb[:, :d1], out=P21)  # its transpose: Z1^T Z2, Fortran-ordered
+                for j in range(0, d2, cols):
+                    self._S[:d1, d1 + j:d1 + min(d2, j + cols)] += P21.T[:, j:j + cols]
+
+            parallel_map(lambda f: f(), [piece_a, piece_b], Zb.shape[0] * d * d)
+
+    def _fold_upper(self, pt, o: int, cols: int) -> None:
+        """The upper triangle of the symmetric block pt (Fortran view) into S[o:o+n, o:o+n]."""
+        n = pt.shape[0]
+        for j in range(0, n, cols):
+            e = min(n, j + cols)
+            self._S[o:o + e, o + j:o + e] += pt[:e, j:e]
 
     def sums(self) -> tuple[np.ndarray, int, np.ndarray]:
         """(upper triangle of sum z z^T in float64, units, input square norms): the raw state that

@@ -202,10 +202,45 @@ def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float 
     return U, rd, esc
 
 
+def column_blocks(d: int, pieces: int) -> list[tuple[int, int]]:
+    """Column spans [j0, j1) of L^-1 (d x d, lower) of about equal solve work ((d - j)^2 per column j),
+    multiples of 16 wide: a function of d and `pieces` only, so the bits do not depend on threads."""
+    w = (d - np.arange(d, dtype=np.float64)) ** 2
+    c = np.cumsum(w) / w.sum()
+    cuts = {0, d}
+    for k in range(1, pieces):
+        cuts.add(min(d, 16 * int(round(np.searchsorted(c, k / pieces) / 16))))
+    cuts = sorted(cuts)
+    return list(zip(cuts, cuts[1:]))
+
+
+def inverse_column_norms(L: np.ndarray) -> np.ndarray:
+    """sum_i (L^-1)_ij^2 for each column j (float64 sums) of a float32 lower-triangular Fortran L: the
+    diagonal of (L L^T)^-1.  Column block [j0, j1) of L^-1 is zero above row j0 and solves
+    L[j0:, j0:] Y = I[j0:, j0:j1]: independent triangular solves (d^3 / 3 flop in all, like trtri, which
+    was slower here), run on several threads when that pays (threads.parallel_map)."""
+    from ._openblas import strsm_lower
+    from .threads import parallel_map
+
+    L = np.asfortranarray(L, dtype=np.float32)
+    d = L.shape[0]
+
+    def solve(span):
+        j0, j1 = span
+        Y = np.zeros((d - j0, j1 - j0), np.float32, order="F")
+        Y[np.arange(j1 - j0), np.arange(j1 - j0)] = 1.0
+        strsm_lower(L, j0, Y)
+        return np.einsum("ij,ij->j", Y, Y, dtype=np.float64)
+
+    spans = column_blocks(d, max(1, min(8, d // 256)))
+    return np.concatenate(parallel_map(solve, spans, d**3 / 3)) if d else np.zeros(0)
+
+
 def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):
     """(diag((H + lambda I)^-1), rel_damp_used, escalations) for GPTQ's column order argsort(diag H^-1).
 
-    Computed in float32 (spotrf + strtri, H_d^-1 = L^-T L^-1: its diagonal is the column norms of L^-1):
+    Computed in float32 (spotrf, then H_d^-1 = L^-T L^-1: its diagonal is the column norms of L^-1,
+    `inverse_column_norms`):
     the order needs only the ranking, and the two float32 calls take less than half the time of their
     float64 twins, which dominated the whole quantization of a layer (benchmarks/bench_kernels.py).  The
     relative error is about cond(L) * 6e-8, so only near-ties can rank differently from a float64
@@ -226,10 +261,8 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
             with blas_threads():
                 L, info = lapack.spotrf(G.T, lower=1, clean=1, overwrite_a=1)
                 if info == 0:
-                    Linv, info = lapack.strtri(L, lower=1, overwrite_c=1)
-            if info == 0:
-                d = np.einsum("ij,ij->j", Linv, Linv, dtype=np.float64)
-                if np.all(np.isfinite(d)) and np.all(d > 0):
-                    return d, rd, []
+                    d = inverse_column_norms(L)
+            if info == 0 and np.all(np.isfinite(d)) and np.all(d > 0):
+                return d, rd, []
     U, rd, esc = upper_inverse_factor(H, rd, max_damp)
     return (U * U).sum(axis=0), rd, esc

@@ -22,7 +22,8 @@ import contextvars
 
 import numba
 
-__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "row_threads", "run_blocks_with"]
+__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "parallel_map", "row_threads",
+           "run_blocks_with"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
 
@@ -51,6 +52,26 @@ class numba_threads:
     def __exit__(self, *exc):
         numba.set_num_threads(self.old[0])
         numba.set_parallel_chunksize(self.old[1])
+
+
+_pool: list = []
+
+
+def parallel_map(fn, items, flop: float) -> list:
+    """[fn(x) for x in items], on numba's thread count of Python threads when the work (`flop` in all)
+    is large enough (PARALLEL_MIN_FLOP).  The pieces must be independent and release the GIL (NumPy's
+    matmul, the ctypes BLAS calls of _openblas.py) to gain anything; each is computed the same way
+    whichever thread runs it, so the result does not depend on the thread count.  Call inside
+    `blas_threads()`: BLAS threads on top of these would only wait for each other."""
+    items = list(items)
+    n = min(numba.get_num_threads(), len(items))
+    if n < 2 or flop < PARALLEL_MIN_FLOP:
+        return [fn(x) for x in items]
+    if not _pool or _pool[0]._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="sbc-blas")]
+    return list(_pool[0].map(fn, items))
 
 
 def blas_threads():

@@ -1,0 +1,94 @@
+"""Direct ctypes calls into the OpenBLAS bundled with SciPy's wheels.
+
+Two uses: cblas_somatcopy (a float32 transpose several times faster than NumPy's strided one), and
+BLAS calls that release the GIL (SciPy's own wrappers hold it), so that independent pieces of one
+computation can run on several Python threads at once (threads.parallel_map), each piece a
+single-threaded BLAS call whose bits do not depend on what runs beside it.  Where the library is not
+found (another wheel layout), the functions are None and callers use SciPy's wrappers on the same
+pieces, one after the other: the same bits, without the parallelism.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+__all__ = ["somatcopy", "strsm_lower"]
+
+# CBLAS enums
+_ROW, _COL, _LEFT, _LOWER, _NOTRANS, _TRANS, _NONUNIT = 101, 102, 141, 122, 111, 112, 131
+
+
+def _library():
+    try:
+        import scipy
+
+        libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
+                                      "libscipy_openblas-*.so"))
+        return ctypes.CDLL(libs[0]) if len(libs) == 1 else None
+    except Exception:  # pragma: no cover - depends on the installed wheels
+        return None
+
+
+def _bind(lib, name, argtypes):
+    try:
+        f = getattr(lib, name)
+    except AttributeError:  # pragma: no cover
+        return None
+    f.restype = None
+    f.argtypes = argtypes
+    return f
+
+
+def _load():
+    lib = _library()
+    if lib is None:  # pragma: no cover
+        return None, None
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    omat = _bind(lib, "scipy_cblas_somatcopy", [i] * 4 + [f, p, i, p, i])
+    trsm = _bind(lib, "scipy_cblas_strsm", [i] * 7 + [f, p, i, p, i])
+    try:  # each binding checked once on a tiny case against NumPy
+        a = np.arange(6, dtype=np.float32).reshape(2, 3)
+        b = np.empty((3, 2), np.float32)
+        omat(_ROW, _TRANS, 2, 3, 1.0, a.ctypes.data, 3, b.ctypes.data, 2)
+        omat = omat if np.array_equal(b, a.T) else None
+    except Exception:  # pragma: no cover
+        omat = None
+    try:
+        L = np.asfortranarray([[2.0, 0.0], [1.0, 4.0]], dtype=np.float32)
+        y = np.asfortranarray([[2.0], [9.0]], dtype=np.float32)
+        trsm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, 2, 1, 1.0, L.ctypes.data, 2, y.ctypes.data, 2)
+        trsm = trsm if np.allclose(y[:, 0], [1.0, 2.0]) else None
+    except Exception:  # pragma: no cover
+        trsm = None
+    return omat, trsm
+
+
+_omatcopy, _trsm = _load()
+
+
+def somatcopy():
+    """cblas_somatcopy(order, trans, rows, cols, alpha, a, lda, b, ldb), or None."""
+    return _omatcopy
+
+
+def strsm_lower(L: np.ndarray, j0: int, Y: np.ndarray, *, gil_free: bool = True) -> None:
+    """Y := L[j0:, j0:]^-1 Y in place: L a float32 Fortran-ordered lower-triangular (n, n) matrix, Y a
+    float32 Fortran-ordered (n - j0, k) matrix.  Without the ctypes binding (or gil_free=False) SciPy's
+    strsm computes the same call."""
+    n = L.shape[0]
+    m, k = Y.shape
+    if not (L.flags.f_contiguous and Y.flags.f_contiguous and L.dtype == Y.dtype == np.float32 and m == n - j0):
+        raise ValueError("strsm_lower: float32 Fortran arrays of matching shapes expected")
+    if m == 0 or k == 0:
+        return
+    if _trsm is not None and gil_free:
+        _trsm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, m, k, 1.0, L.ctypes.data + (j0 * n + j0) * 4, n,
+              Y.ctypes.data, m)
+        return
+    from scipy.linalg import blas  # pragma: no cover - only without the bundled library
+
+    Y[...] = blas.strsm(1.0, L[j0:, j0:], Y, lower=1)  # pragma: no cover
