@@ -303,3 +303,29 @@ def test_split_pieces_on_threads_give_the_same_bits_and_the_eager_results():
     np.testing.assert_allclose(out[1][0], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
     Linv = lapack.dtrtri(L.astype(np.float64), lower=1)[0]
     np.testing.assert_allclose(out[1][1], (Linv**2).sum(axis=0), rtol=1e-4)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
+def test_gptq_row_pieces_and_blocked_factor_on_threads_same_bits():
+    """A layer large enough for every threaded piece of GPTQ (the order's solves, the blocked float32
+    Cholesky, sweeps of row pieces): identical at 1 and 2 threads, and on the eager loop's grid points."""
+    from sbc_onnx.compress._cholesky import NB
+    from sbc_onnx.compress.gptq import ROW_PIECE
+
+    rng = np.random.default_rng(15)
+    d, d_out = 900, 2 * ROW_PIECE + 5
+    assert d > NB and d_out * d * d >= th.PARALLEL_MIN_FLOP
+    H = spike_H(rng, d, rows=3000)
+    W = rng.standard_normal((d_out, d))
+    g = make_grid(W, 3)
+    old, out = numba.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            out[n] = quantize_gptq(W, H, g)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(out[1].W, out[2].W)
+    np.testing.assert_array_equal(out[1].order, out[2].order)
+    ref = quantize(quantize_gptq_eager(W, H, g), g)
+    assert np.mean(out[1].W == ref) > 0.99

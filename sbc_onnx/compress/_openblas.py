@@ -16,10 +16,10 @@ import os
 
 import numpy as np
 
-__all__ = ["somatcopy", "strsm_lower"]
+__all__ = ["kernels", "somatcopy", "strsm_lower"]
 
 # CBLAS enums
-_ROW, _COL, _LEFT, _LOWER, _NOTRANS, _TRANS, _NONUNIT = 101, 102, 141, 122, 111, 112, 131
+_ROW, _COL, _LEFT, _RIGHT, _LOWER, _NOTRANS, _TRANS, _NONUNIT = 101, 102, 141, 142, 122, 111, 112, 131
 
 
 def _library():
@@ -68,6 +68,51 @@ def _load():
 
 
 _omatcopy, _trsm = _load()
+_kernels: list = []
+
+
+def kernels():
+    """Column-major float32 kernels on raw pointers (element offsets computed by the caller), GIL-free:
+    a namespace with potrf(n, a, lda) -> info (lower), trsm_rlt(m, n, l, ldl, b, ldb) (B := B L^-T),
+    syrk_ln(n, k, a, lda, c, ldc) (C -= A A^T, lower), gemm_nt(m, n, k, a, lda, b, ldb, c, ldc)
+    (C -= A B^T) and, row-major, gemm_rm_tn(m, n, k, a, lda, b, ldb, c, ldc) (C (m, n) -= A^T B with
+    A (k, m), B (k, n)); None where the library or a symbol is missing."""
+    if _kernels:
+        return _kernels[0]
+    lib, ns = _library(), None
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    if lib is not None:
+        try:
+            potrf = lib.scipy_LAPACKE_spotrf
+            potrf.restype, potrf.argtypes = ctypes.c_int, [i, ctypes.c_char, i, p, i]
+            trsm = _bind(lib, "scipy_cblas_strsm", [i] * 7 + [f, p, i, p, i])
+            syrk = _bind(lib, "scipy_cblas_ssyrk", [i] * 5 + [f, p, i, f, p, i])
+            gemm = _bind(lib, "scipy_cblas_sgemm", [i] * 6 + [f, p, i, p, i, f, p, i])
+
+            class ns:  # noqa: N801 - a namespace
+                @staticmethod
+                def potrf(n, a, lda):
+                    return potrf(_COL, b"L", n, a, lda)
+
+                @staticmethod
+                def trsm_rlt(m, n, l, ldl, b, ldb):
+                    trsm(_COL, _RIGHT, _LOWER, _TRANS, _NONUNIT, m, n, 1.0, l, ldl, b, ldb)
+
+                @staticmethod
+                def syrk_ln(n, k, a, lda, c, ldc):
+                    syrk(_COL, _LOWER, _NOTRANS, n, k, -1.0, a, lda, 1.0, c, ldc)
+
+                @staticmethod
+                def gemm_nt(m, n, k, a, lda, b, ldb, c, ldc):
+                    gemm(_COL, _NOTRANS, _TRANS, m, n, k, -1.0, a, lda, b, ldb, 1.0, c, ldc)
+
+                @staticmethod
+                def gemm_rm_tn(m, n, k, a, lda, b, ldb, c, ldc):
+                    gemm(_ROW, _TRANS, _NOTRANS, m, n, k, -1.0, a, lda, b, ldb, 1.0, c, ldc)
+        except Exception:  # pragma: no cover - depends on the installed wheels
+            ns = None
+    _kernels.append(ns)
+    return ns
 
 
 def somatcopy():

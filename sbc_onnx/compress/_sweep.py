@@ -20,11 +20,12 @@ import numpy as np
 from numba import njit
 from scipy.linalg import blas
 
-from ._openblas import somatcopy
+from ._openblas import kernels, somatcopy
 from .threads import blas_threads
 
 
 _omatcopy = somatcopy()
+_kern = kernels()
 
 
 def transpose(A, dtype=None):
@@ -64,7 +65,7 @@ class GridFix:
         np.multiply(out, self.scale_keep[i], out=out)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, nogil=True)
 def _update_left(w, Err, UsT, i, j1):
     """Column i brought up to date over the errors of its sub-block's earlier columns j1..i-1 (in place)."""
     n = w.shape[0]
@@ -76,7 +77,7 @@ def _update_left(w, Err, UsT, i, j1):
                 w[q] -= u * e[q]
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, nogil=True)
 def _grid_sub_block(Wt, Err, UsT, Q, diag, E0, scale, lo, hi, SK, j1, j2):
     """Quantization-mode columns [j1, j2) in one compiled call (the same steps as _panel_columns with a
     GridFix, which paid about ten Python-level calls per column): column i is brought up to date
@@ -102,7 +103,15 @@ _gemv = {np.dtype(np.float32): blas.sgemv, np.dtype(np.float64): blas.dgemv}
 
 
 def _sub_gemm(Wt, U, Err, a1, a2, b1, b2, gemm):
-    """Wt[b1:b2] -= U[a1:a2, b1:b2]^T @ Err[a1:a2], in place (sgemm with beta = 1)."""
+    """Wt[b1:b2] -= U[a1:a2, b1:b2]^T @ Err[a1:a2], in place (sgemm with beta = 1).  float32 goes through
+    the GIL-free ctypes sgemm (_openblas.py) so that sweeps of independent row pieces run on threads at
+    once (gptq.py); all three arrays are C-contiguous here (obs_sweep)."""
+    k = _kern if Wt.dtype == np.float32 else None
+    if k is not None:
+        n, d = Wt.shape[1], U.shape[1]
+        k.gemm_rm_tn(b2 - b1, n, a2 - a1, U.ctypes.data + (a1 * d + b1) * 4, d, Err.ctypes.data + a1 * n * 4, n,
+                     Wt.ctypes.data + b1 * n * 4, n)
+        return
     gemm(-1.0, Err[a1:a2].T, U[a1:a2, b1:b2], beta=1.0, c=Wt[b1:b2].T, overwrite_c=1)
 
 
@@ -151,7 +160,7 @@ def _sweep_outer(Wt, U, Err, Q, diag, fix, keep, blocksize, sub, panel, on_block
             _sub_gemm(Wt, U, Err, o1, o2, o2, d, gemm)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, nogil=True)
 def _prune_sub_block(Wt, Err, UsT, C, j1, j2):
     """Pruning-mode columns [j1, j2): column i is brought up to date left-looking over the errors of
     the sub-block's earlier columns, then err_i = w_i * C_i (C = (1 - keep) / U_ii).  Compiled: the

@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._sweep import GridFix, obs_sweep, transpose
+from .threads import parallel_map
 from .grids import Grid, from_int, quantize, to_int
 from .numerics import damped_cholesky, damped_cholesky32, damped_inverse, inverse_diagonal
 
-__all__ = ["QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
+__all__ = ["ROW_PIECE", "QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
+
+ROW_PIECE = 128  # rows of W per independent sweep: a function of the shape only, so threads never change bits
 
 
 @dataclass
@@ -73,18 +76,22 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     del L, V
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    Wt = transpose(np.where(keep, W0, 0.0), np.float32)[perm]  # row gathers of W^T are contiguous
-    W0t = Wt.copy()
-    keepT = transpose(keep)[perm]
     scale = np.broadcast_to(np.asarray(grid.scale, np.float64), (d_out, 1))[:, 0].astype(np.float32)
     zero = np.broadcast_to(np.asarray(grid.zero, np.float64), (d_out, 1))[:, 0].astype(np.float32)
-
     # q = scale * (clip(round(w / scale) + zero, qmin, qmax) - zero) * keep, with the zero point folded
     # into the clip bounds (zero is integer-valued, so this is exact) and scale * keep precomputed
     lo = (grid.qmin - zero).astype(np.float32)
     hi = (grid.qmax - zero).astype(np.float32)
-    fix = GridFix(scale, lo, hi, keepT * scale[None, :])  # scale * keep: (d, d_out) float32
-    obs_sweep(Wt, Uv, fix, blocksize=blocksize, sub=sub, err_from=W0t)
+
+    def sweep(span):  # rows [r0, r1) of W: independent of the other rows given the factor
+        r0, r1 = span
+        Wt = transpose(np.where(keep[r0:r1], W0[r0:r1], 0.0), np.float32)[perm]  # row gathers: contiguous
+        fix = GridFix(scale[r0:r1], lo[r0:r1], hi[r0:r1], transpose(keep[r0:r1])[perm] * scale[None, r0:r1])
+        obs_sweep(Wt, Uv, fix, blocksize=blocksize, sub=sub, err_from=Wt.copy())
+        return Wt
+
+    pieces = [(r, min(d_out, r + ROW_PIECE)) for r in range(0, d_out, ROW_PIECE)]
+    Wt = np.concatenate(parallel_map(sweep, pieces, d_out * d * d), axis=1)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(d)
     Wsw = transpose(Wt[inv]).astype(np.float64)

@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit
 from scipy.linalg import lapack
 
+from ._cholesky import potrf_blocked
 from .threads import blas_threads
 
 __all__ = ["F32_BACKWARD_TOL", "MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky",
@@ -83,7 +84,7 @@ def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndar
 
 @njit(cache=True)
 def _gather32(H, idx, lam, out):
-    """out[i, j] = H[idx[i], idx[j]] in float32 for j >= i, + lam on the diagonal: `_damped_copy`'s
+    """out[i, j] = H[idx[i], idx[j]] in float32 for j >= i (0 below), + lam on the diagonal: `_damped_copy`'s
     gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
     array's upper triangle is the lower triangle of the Fortran array it is passed as)."""
     n = idx.shape[0]
@@ -93,6 +94,8 @@ def _gather32(H, idx, lam, out):
         for k in range(row.shape[0]):  # a streamed read first: random reads of a row not yet in cache stall
             row[k] = src[k]
         o = out[i]
+        for j in range(i):
+            o[j] = 0.0  # the factor's other triangle: zero, as spotrf's clean=1 leaves it
         for j in range(i, n):
             o[j] = row[idx[j]]
         o[i] += lam
@@ -101,7 +104,8 @@ def _gather32(H, idx, lam, out):
 def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: bool = False,
                       tol: float = F32_BACKWARD_TOL):
     """float32 lower Cholesky factor of the damped (J) H[perm][:, perm] (J) (as `damped_cholesky`, one
-    attempt, no escalation), or None when float32 cannot give a factor that good: spotrf fails, the factor
+    attempt, no escalation; _cholesky.potrf_blocked), or None when float32 cannot give a factor that good:
+    it fails, the factor
     is not finite, or its backward error on two seeded random probes R, |L L^T R - (H_d) R| (H_d R in
     float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable; what float32 can lose is
     only that this error becomes comparable to the damping (a Hessian with a large norm next to lambda)."""
@@ -119,9 +123,8 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
         return None
     G = np.empty((d, d), np.float32)
     _gather32(np.ascontiguousarray(H), idx, np.float32(lam), G)
-    with blas_threads():
-        L, info = lapack.spotrf(G.T, lower=1, clean=1, overwrite_a=1)  # C array = its Fortran transpose
-    if info != 0:
+    L = G.T  # the C array's upper triangle is the lower triangle of this Fortran view
+    if potrf_blocked(L) != 0:
         return None
     R = np.random.default_rng(0).standard_normal((d, 2))
     Ri = np.empty_like(R)
@@ -239,10 +242,9 @@ def inverse_column_norms(L: np.ndarray) -> np.ndarray:
 def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):
     """(diag((H + lambda I)^-1), rel_damp_used, escalations) for GPTQ's column order argsort(diag H^-1).
 
-    Computed in float32 (spotrf, then H_d^-1 = L^-T L^-1: its diagonal is the column norms of L^-1,
-    `inverse_column_norms`):
-    the order needs only the ranking, and the two float32 calls take less than half the time of their
-    float64 twins, which dominated the whole quantization of a layer (benchmarks/bench_kernels.py).  The
+    Computed in float32 (_cholesky.potrf_blocked, then H_d^-1 = L^-T L^-1: its diagonal is the column
+    norms of L^-1, `inverse_column_norms`): the order needs only the ranking, and the float32 steps take
+    less than half the time of their float64 twins, which dominated the whole quantization of a layer (benchmarks/bench_kernels.py).  The
     relative error is about cond(L) * 6e-8, so only near-ties can rank differently from a float64
     inverse.  When float32 cannot factor the damped matrix (or gives a non-finite diagonal) the float64
     path with its damping escalation (upper_inverse_factor) decides, as before."""
@@ -258,10 +260,9 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
         G = H.astype(np.float32)  # C order; symmetric, so it is also the Fortran array LAPACK reads
         G[np.diag_indices_from(G)] += np.float32(lam)
         if math.isfinite(lam) and (rd > 0 or live.all()):
-            with blas_threads():
-                L, info = lapack.spotrf(G.T, lower=1, clean=1, overwrite_a=1)
-                if info == 0:
-                    d = inverse_column_norms(L)
+            info = potrf_blocked(G.T)  # lower triangle of the Fortran view, in place (H is symmetric)
+            if info == 0:
+                d = inverse_column_norms(G.T)  # reads only that triangle
             if info == 0 and np.all(np.isfinite(d)) and np.all(d > 0):
                 return d, rd, []
     U, rd, esc = upper_inverse_factor(H, rd, max_damp)

@@ -61,17 +61,19 @@ def parallel_map(fn, items, flop: float) -> list:
     """[fn(x) for x in items], on numba's thread count of Python threads when the work (`flop` in all)
     is large enough (PARALLEL_MIN_FLOP).  The pieces must be independent and release the GIL (NumPy's
     matmul, the ctypes BLAS calls of _openblas.py) to gain anything; each is computed the same way
-    whichever thread runs it, so the result does not depend on the thread count.  Call inside
-    `blas_threads()`: BLAS threads on top of these would only wait for each other."""
+    whichever thread runs it, so the result does not depend on the thread count.  BLAS runs on one
+    thread meanwhile (the limit is process-wide: held here, so that the pieces' own `blas_threads`
+    contexts, entered and left on several threads, restore one thread, not the caller's setting)."""
     items = list(items)
     n = min(numba.get_num_threads(), len(items))
-    if n < 2 or flop < PARALLEL_MIN_FLOP:
-        return [fn(x) for x in items]
-    if not _pool or _pool[0]._max_workers != n:
-        from concurrent.futures import ThreadPoolExecutor
+    with blas_threads():
+        if n < 2 or flop < PARALLEL_MIN_FLOP:
+            return [fn(x) for x in items]
+        if not _pool or _pool[0]._max_workers != n:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="sbc-blas")]
-    return list(_pool[0].map(fn, items))
+            _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="sbc-blas")]
+        return list(_pool[0].map(fn, items))
 
 
 def blas_threads():
