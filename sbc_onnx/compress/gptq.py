@@ -1,7 +1,7 @@
 """GPTQ quantization with a static order (docs/sbc_method.md §2.3) and RTN.
 
 Order: pi = argsort(diag(H^-1)) ascending (stable), computed once (the diagonal in float32:
-numerics.inverse_diagonal; the eager twin ranks the same values); permuting the columns by pi and
+numerics.inverse_diagonal; the eager twin ranks float64 values); permuting the columns by pi and
 running the Cholesky (upper factor) sweep is identical to §2.3's per-column loop with rank-1
 downdates of H^-1 (the sweep is the same math, lazily blocked for GEMM speed: §A.1;
 ``quantize_gptq_eager`` is that loop, readable, in float64).
@@ -9,8 +9,9 @@ V-form: the sweep needs no inverse factor.  With H_pi = V V^T (V upper: the Chol
 flipped H_pi) and U = V^-1 the usual factor, the errors E_i = (w_i - q_i) / U_ii satisfy E U = W0 - Q,
 so E = (W0 - Q) V and the current column is w_i = W0_i + sum_{k<i} (W0_k - q_k) V_ki / V_ii: the same
 blocked sweep with U replaced by -V D^-1 and the errors taken against the original weights.  This
-saves the triangular inverse of the second factorization (only the order needs diag(H^-1), hence one
-float32 potrf + trtri, then one float64 potrf).
+saves the triangular inverse of the second factorization.  Both factorizations run in float32, the
+second one checked against the damping (float64 when the check fails), and on every core with the same
+bits: docs/sbc_method.md §A.3.
 Grid: fixed from the ORIGINAL weights before compensation (passed in); each column is set to its
 clamped grid value when reached, so the result is on the grid (compensated values beyond the range
 are clamped: the paper's "out-of-range" limitation).

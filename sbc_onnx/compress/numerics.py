@@ -31,7 +31,8 @@ __all__ = ["F32_BACKWARD_TOL", "MAX_ATTEMPTS", "FactorizationError", "check_damp
 
 MAX_ATTEMPTS = 8  # factorizations per damped_cholesky call: rel_damp, then up to 7 escalations
 # a float32 factor is used only if it is the exact factor of H + lambda I + E with |E r| <= tol lambda |r| on
-# random probes r: the same as a damping a few percent off lambda, which is itself a choice (docs/kernels.md)
+# random probes r: the same as a damping a few percent off lambda, which is itself a choice
+# (docs/sbc_method.md §A.3)
 F32_BACKWARD_TOL = 0.05
 
 

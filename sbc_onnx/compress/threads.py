@@ -12,7 +12,9 @@ For the same reason every BLAS / LAPACK call of compress/ runs on one BLAS threa
 the Hessian's syrk blocks, the factorizations, the masked solves' products and the sweeps.  OpenBLAS's
 threaded potrf, syrk and gemm round differently with the thread count (checked here: the same call at 1
 and 2 threads was not bitwise equal), which changed ExactOBS weights and would change masks.  The cores
-are used by the row-parallel kernels, whose partition does not depend on the thread count.
+are used by the row-parallel kernels, whose partition does not depend on the thread count, and by
+`parallel_map`: fixed pieces of one computation (single-threaded, GIL-free BLAS calls) on Python threads
+(docs/sbc_method.md §A.3).
 """
 
 from __future__ import annotations
