@@ -8,9 +8,10 @@
    filtering, buffering, syrk blocks, the last block's fold) against the floor, the same filtered rows in
    one float32 syrk call (NumPy Z^T Z); one float64 call is shown too.
 2. GPTQ 4-bit (GPTQ order) on that layer's H against the floor: one float64 Cholesky of H (dpotrf,
-   measured) + the sweep's d_out d_in^2 flop at the measured sgemm speed.  The last column times the
-   factor stage as it was with the order's diag(H^-1) in float64 (potrf + trtri, then the potrf of the
-   permuted H); quantize_gptq now ranks a float32 diag(H^-1) (numerics.inverse_diagonal).
+   measured; at 2 threads OpenBLAS's own threaded dpotrf) + the sweep's d_out d_in^2 flop at the measured
+   sgemm speed.  The last column times the factor stage as it was in float64 (potrf + trtri for the
+   order's diag(H^-1), then the potrf of the permuted H); quantize_gptq now runs both factorizations in
+   float32 on fixed pieces that use every core (docs/sbc_method.md §A.3).
 3. ExactOBS rows at d_in = 4608 (a SEW-ResNet18 layer's width): trace and compensation per row (50 %)
    against d_in^3 flop at sgemm speed, one thread.
 4. ExactOBS on a 2048 -> 500 layer (50 %) at 1 and 2 threads (numba rows and BLAS), --layer-rows rows of
