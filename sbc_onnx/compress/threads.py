@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 
 import numba
 
@@ -57,6 +58,7 @@ class numba_threads:
 
 
 _pool: list = []
+_POOL_NAME = "sbc-blas"
 
 
 def parallel_map(fn, items, flop: float) -> list:
@@ -68,13 +70,15 @@ def parallel_map(fn, items, flop: float) -> list:
     contexts, entered and left on several threads, restore one thread, not the caller's setting)."""
     items = list(items)
     n = min(numba.get_num_threads(), len(items))
+    if threading.current_thread().name.startswith(_POOL_NAME):
+        n = 1  # already inside a piece: a nested map on the same pool could wait on itself
     with blas_threads():
         if n < 2 or flop < PARALLEL_MIN_FLOP:
             return [fn(x) for x in items]
         if not _pool or _pool[0]._max_workers != n:
             from concurrent.futures import ThreadPoolExecutor
 
-            _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix="sbc-blas")]
+            _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix=_POOL_NAME)]
         return list(_pool[0].map(fn, items))
 
 
