@@ -37,7 +37,7 @@ def potrf_blocked(A: np.ndarray) -> int:
         raise ValueError("potrf_blocked: a square float32 Fortran array expected")
     n = A.shape[0]
     k = kernels()
-    if k is None or n <= NB:  # pragma: no cover - the fallback depends on the installed wheels
+    if k is None or n <= NB:  # one block (or no GIL-free kernels): LAPACK's own call
         with blas_threads():
             L, info = lapack.spotrf(A, lower=1, clean=0, overwrite_a=1)
         if L is not A:

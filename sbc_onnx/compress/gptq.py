@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._sweep import GridFix, obs_sweep, transpose
-from .threads import parallel_map
 from .grids import Grid, from_int, quantize, to_int
 from .numerics import damped_cholesky, damped_cholesky32, damped_inverse, inverse_diagonal
+from .threads import parallel_map
 
 __all__ = ["ROW_PIECE", "QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
 

@@ -24,7 +24,8 @@ from numba import njit
 from scipy.linalg import lapack
 
 from ._cholesky import potrf_blocked
-from .threads import blas_threads
+from ._openblas import strsm_lower
+from .threads import blas_threads, parallel_map
 
 __all__ = ["F32_BACKWARD_TOL", "MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky",
            "damped_cholesky32", "damped_hessian", "damped_inverse", "inverse_diagonal", "upper_inverse_factor"]
@@ -105,10 +106,9 @@ def _gather32(H, idx, lam, out):
 def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: bool = False,
                       tol: float = F32_BACKWARD_TOL):
     """float32 lower Cholesky factor of the damped (J) H[perm][:, perm] (J) (as `damped_cholesky`, one
-    attempt, no escalation; _cholesky.potrf_blocked), or None when float32 cannot give a factor that good:
-    it fails, the factor
-    is not finite, or its backward error on two seeded random probes R, |L L^T R - (H_d) R| (H_d R in
-    float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable; what float32 can lose is
+    attempt, no escalation; _cholesky.potrf_blocked), or None when float32 cannot give a factor that
+    good: it fails, the factor is not finite, or its backward error on two seeded random probes R,
+    |L L^T R - (H_d) R| (H_d R in float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable; what float32 can lose is
     only that this error becomes comparable to the damping (a Hessian with a large norm next to lambda)."""
     rd = check_damping(rel_damp)
     H = np.asarray(H, dtype=np.float64)
@@ -223,9 +223,6 @@ def inverse_column_norms(L: np.ndarray) -> np.ndarray:
     diagonal of (L L^T)^-1.  Column block [j0, j1) of L^-1 is zero above row j0 and solves
     L[j0:, j0:] Y = I[j0:, j0:j1]: independent triangular solves (d^3 / 3 flop in all, like trtri, which
     was slower here), run on several threads when that pays (threads.parallel_map)."""
-    from ._openblas import strsm_lower
-    from .threads import parallel_map
-
     L = np.asfortranarray(L, dtype=np.float32)
     d = L.shape[0]
 
@@ -245,8 +242,8 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
 
     Computed in float32 (_cholesky.potrf_blocked, then H_d^-1 = L^-T L^-1: its diagonal is the column
     norms of L^-1, `inverse_column_norms`): the order needs only the ranking, and the float32 steps take
-    less than half the time of their float64 twins, which dominated the whole quantization of a layer (benchmarks/bench_kernels.py).  The
-    relative error is about cond(L) * 6e-8, so only near-ties can rank differently from a float64
+    less than half the time of their float64 twins, which dominated the whole quantization of a layer
+    (benchmarks/bench_kernels.py).  The relative error is about cond(L) * 6e-8, so only near-ties can rank differently from a float64
     inverse.  When float32 cannot factor the damped matrix (or gives a non-finite diagonal) the float64
     path with its damping escalation (upper_inverse_factor) decides, as before."""
     rd, max_damp = check_damping(rel_damp), check_damping(max_damp, "max_damp")
