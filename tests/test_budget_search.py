@@ -1,0 +1,69 @@
+"""The budget plan search (budget_search.py): seeded, within the budget, best of its candidates."""
+
+import numpy as np
+import pytest
+
+from sbc_onnx.budget_plan import BudgetPlan
+from sbc_onnx.budget_search import search_plan
+from sbc_onnx.compress.budget import BudgetSpec
+
+
+def synthetic_plan(seed=0, layers=5):
+    """A memory plan over 5 layers x 12 options with random measured costs and sizes (bits), the DP's
+    own choice made: sizes fall and costs rise with the option's compression, as measured ones do."""
+    rng = np.random.default_rng(seed)
+    spec = BudgetSpec("memory", 60, sparsities=(0.0, 0.5, 0.75, 0.9), bits=(8, 4, 2))
+    n_opt = len(spec.options())
+    sizes = [sorted(rng.integers(10, 200, n_opt).tolist(), reverse=True) for _ in range(layers)]
+    costs = [sorted((rng.random(n_opt) * 10.0 ** rng.uniform(-3, 0)).tolist()) for _ in range(layers)]
+    return BudgetPlan(spec, spec.options(), [], costs, sizes, 0, [f"l{i}" for i in range(layers)]).refit(spec)
+
+
+def network_score(plan, seed=1):
+    """A stand-in for the end-to-end distance: each layer's cost matters to the output by its own factor
+    (up to 100x apart), which the unweighted DP cannot see."""
+    amp = 10.0 ** np.random.default_rng(seed).uniform(-1, 1, len(plan.costs))
+    return lambda picks: float(sum(a * plan.costs[l][o] for l, (a, o) in enumerate(zip(amp, picks))))
+
+
+def test_search_is_seeded_fits_the_budget_and_picks_its_best():
+    plan = synthetic_plan()
+    score = network_score(plan)
+    chosen, result = search_plan(plan, score, 12, seed=3)
+    again, result2 = search_plan(plan, score, 12, seed=3)
+    assert result.candidates == result2.candidates and chosen.picks == again.picks
+    other = search_plan(plan, score, 12, seed=4)[1]
+    assert [c.picks for c in other.candidates] != [c.picks for c in result.candidates]
+    assert len(result.candidates) == 12
+    assert len({c.picks for c in result.candidates}) == 12  # each plan is scored once
+    assert result.candidates[0].picks == tuple(plan.picks)  # the plain DP's plan is a candidate
+    for c in result.candidates:
+        assert c.used == sum(plan.sizes[l][o] for l, o in enumerate(c.picks)) <= plan.limit()
+        assert c.score == score(c.picks)
+    scores = [c.score for c in result.candidates]
+    assert result.best == int(np.argmin(scores))
+    assert tuple(chosen.picks) == result.candidates[result.best].picks
+    assert chosen.used == result.candidates[result.best].used <= plan.limit()
+    assert chosen.to_dict()["search"]["score_chosen"] == min(scores)
+    # the layer factors the DP cannot see: the search finds a better plan than the unweighted one
+    assert min(scores) < scores[0]
+
+
+def test_search_reaches_the_optimum_of_a_weighted_objective():
+    """When the end-to-end score is a weighted sum of the layer costs, some weights make the DP return its
+    exact optimum; the coordinate search gets there from the unweighted plan."""
+    plan = synthetic_plan(seed=13, layers=4)
+    score = network_score(plan, seed=14)
+    amp = 10.0 ** np.random.default_rng(14).uniform(-1, 1, 4)
+    optimum = score(plan.reweighted(amp).picks)
+    assert score(plan.picks) > optimum
+    _, result = search_plan(plan, score, 25, seed=0)
+    assert min(c.score for c in result.candidates) == pytest.approx(optimum)
+
+
+def test_one_candidate_is_the_plain_plan_and_none_is_refused():
+    plan = synthetic_plan()
+    chosen, result = search_plan(plan, network_score(plan), 1)
+    assert chosen.picks == plan.picks and result.proposals == 1
+    with pytest.raises(ValueError):
+        search_plan(plan, network_score(plan), 0)
