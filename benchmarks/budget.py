@@ -53,6 +53,9 @@ SETTINGS = {
     # network's output spike counts on the calibration draw (budget_search.py)
     "sbc-budget+search16": {"method": "sbc", "budget": True, "budget_search": 16},
     "sbc-budget+search32": {"method": "sbc", "budget": True, "budget_search": 32},
+    # the reset-aware SMP objective (calibrate.py "smp-reset"): plan and compression on its Hessians
+    "sbc-budget+reset-aware": {"method": "sbc", "budget": True, "reset_aware": True},
+    "sbc-90%-8bit+reset-aware": {"method": "sbc", "sparsity": 0.9, "bits": 8, "reset_aware": True},
 }
 FINE = {"sparsities": [i / 40 for i in range(40)], "bits": [None, 8, 6, 5, 4, 3, 2]}
 
@@ -73,7 +76,7 @@ def run(net, name, draw, budget):
     kind = opts.pop("budget", False)
     if kind:
         opts["budget"] = parse_budget(budget, **FINE) if kind == "fine" else budget
-    objective = "current" if opts["method"] == "obc" else "smp"
+    objective = "current" if opts["method"] == "obc" else "smp-reset" if opts.get("reset_aware") else "smp"
     calib = net.calib_set(draw)
     t0 = time.perf_counter()
     g, rep = sbc.compress(net.graph, calib, cfg=net.cfg, measure_damage=False, batch_size=50, progress=True,

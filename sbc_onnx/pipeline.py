@@ -21,8 +21,8 @@ from typing import Any
 import nir
 import numpy as np
 
-from .budget_search import OutputDistance, search_plan
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, check_memory_floor, plan_budget
+from .budget_search import OutputDistance, search_plan
 from .calibrate import Calibration, LayerCalibration, calibrate, kernel_betas
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, load_kernels, make_allocation, nm_pattern)
@@ -62,6 +62,8 @@ class Plan:
                 layer is then re-solved against the Hessian of the already-compressed upstream
     repair      after compression, rescale the spiking neurons' thresholds per channel so that their
                 calibration firing rates match the dense model's (repair.py); weights are unchanged
+    reset_aware the SMP objective shortened by each fed neuron's calibration firing rate (reset to v_reset
+                forgets the integrated input; calibrate.py "smp-reset"); smp methods only
     budget_search  with a budget: score this many candidate plans (the DP with per-layer cost weights,
                 drawn by a search seeded with search_seed) end to end on the calibration data and keep
                 the one closest to the dense network's output (budget_search.py); 0: the plain DP plan
@@ -81,6 +83,7 @@ class Plan:
     repair: bool = False
     budget_search: int = 0
     search_seed: int = 0
+    reset_aware: bool = False
 
     @classmethod
     def build(cls, *, sparsity: float | None = None, bits: int | None = None, method: str | Method = "sbc",
@@ -88,7 +91,7 @@ class Plan:
               grid: str | None = None, granularity: str | None = None, sequential: bool = False,
               rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None,
               budget: str | BudgetSpec | None = None, repair: bool = False, budget_search: int = 0,
-              search_seed: int = 0) -> Plan:
+              search_seed: int = 0, reset_aware: bool = False) -> Plan:
         """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel.
         budget: e.g. "memory=10KiB" or a BudgetSpec (its option sets)."""
         _check_choice(grid, SCHEMES, "grid")
@@ -104,11 +107,20 @@ class Plan:
                    pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
                    sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
                    layers=None if layers is None else tuple(layers), budget=budget,
-                   repair=bool(repair), budget_search=int(budget_search), search_seed=int(search_seed))
+                   repair=bool(repair), budget_search=int(budget_search), search_seed=int(search_seed),
+                   reset_aware=bool(reset_aware))
+        if plan.reset_aware and plan.method.objective != "smp":
+            raise SbcError(f"--reset-aware shortens the SMP objective; method {plan.method.name} uses the "
+                           f"{plan.method.objective!r} objective")
         if plan.allocation.needs_hessian and plan.sparsity and plan.sequential:
             raise SbcError(f"allocation {plan.allocation.name} needs the dense calibration of every layer up "
                            "front and unstructured pruning (not --sequential, not --pattern)")
         return plan
+
+    @property
+    def objective(self) -> str:
+        """The objective the calibration collects the Hessians for (calibrate.OBJECTIVES)."""
+        return "smp-reset" if self.reset_aware else self.method.objective
 
     @property
     def prunes(self) -> bool:
@@ -422,7 +434,8 @@ def _plan_binding(plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
             "layers": None if plan.layers is None else list(plan.layers),
             "budget": None if plan.budget is None else repr(plan.budget), "sim": cfg.to_metadata(),
             "batch_size": int(batch_size),
-            **({"budget_search": plan.budget_search, "search_seed": plan.search_seed} if plan.budget_search else {})}
+            **({"budget_search": plan.budget_search, "search_seed": plan.search_seed} if plan.budget_search else {}),
+            **({"objective": plan.objective} if plan.reset_aware else {})}
 
 
 STOP_AFTER_ENV = "SBC_ONNX_TEST_STOP_AFTER_LAYER"  # tests: interrupt a run once layer k (0-based) is saved
@@ -473,6 +486,9 @@ class _Compression:
     def connect(self, workers: int | None, ray_address: str | None) -> None:
         if workers is None and ray_address is None:
             return  # Ray is not imported
+        if self.plan.reset_aware:
+            raise SbcError("--reset-aware measures the firing rates over the whole calibration set first; it does "
+                           "not run on Ray workers (drop --workers / --ray-address)")
         from .distributed import connect
 
         self.cluster = connect(workers, ray_address)
@@ -552,9 +568,10 @@ class _Compression:
         method = self.plan.method
         if not self._dense_calibration():
             raise SbcError("a precomputed calibration cannot be used with sequential calibration")
-        if cal.objective != method.objective:
+        if cal.objective != self.plan.objective:
             raise SbcError(f"the calibration was collected for the {cal.objective!r} objective; "
-                           f"method {method.name} needs {method.objective!r}")
+                           f"method {method.name}{' with --reset-aware' if self.plan.reset_aware else ''} needs "
+                           f"{self.plan.objective!r}")
         if method.input_norms and not cal.input_norms:
             raise SbcError(f"method {method.name} needs a calibration collected with input_norms=True")
         missing = [n for n in self.names if n not in cal.layers]
@@ -565,7 +582,7 @@ class _Compression:
     def _calibrate(self, walker: Walker, layers: list[str], progress: bool) -> Calibration:
         t0 = time.perf_counter()
         run = calibrate if self.cluster is None else self.cluster.calibrate  # the latter: in shards of batches
-        cal = run(walker, self.data, layers=layers, objective=self.plan.method.objective,
+        cal = run(walker, self.data, layers=layers, objective=self.plan.objective,
                   batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
         self.seconds["calibration"] += time.perf_counter() - t0
         cal.check(layers)  # before any layer is compressed

@@ -67,3 +67,66 @@ def test_one_candidate_is_the_plain_plan_and_none_is_refused():
     assert chosen.picks == plan.picks and result.proposals == 1
     with pytest.raises(ValueError):
         search_plan(plan, network_score(plan), 0)
+
+
+@pytest.fixture(scope="module")
+def mlp3():
+    """A 32-40-24-10 LIF MLP and 16 calibration samples of random spikes: at 1500 B the budget has a
+    few plans, and the calibration output distance prefers another than the plain DP's."""
+    import nir
+    from topologies import DT, _affine, _lif
+
+    import sbc_onnx as sbc
+    from sbc_onnx.data import Dataset
+
+    rng = np.random.default_rng(2)
+    nodes = {"input": nir.Input(np.array([32])), "a1": _affine(rng, 40, 32), "l1": _lif(40),
+             "a2": _affine(rng, 24, 40), "l2": _lif(24), "a3": _affine(rng, 10, 24), "l3": _lif(10),
+             "output": nir.Output(np.array([10]))}
+    g = nir.NIRGraph(nodes=nodes, edges=[("input", "a1"), ("a1", "l1"), ("l1", "a2"), ("a2", "l2"), ("l2", "a3"),
+                                         ("a3", "l3"), ("l3", "output")])
+    for n in ("a1", "a2", "a3"):  # float32, as the frameworks export: the integer encodings need it
+        g.nodes[n].weight, g.nodes[n].bias = g.nodes[n].weight.astype(np.float32), g.nodes[n].bias.astype(np.float32)
+    data = Dataset((rng.random((16, 30, 32)) < 0.3).astype(np.uint8), rng.integers(0, 10, 16))
+    return g, sbc.SimConfig(dt=DT), data
+
+
+def test_compress_applies_the_searched_plan_within_the_budget(mlp3, tmp_path):
+    import sbc_onnx as sbc
+    from sbc_onnx.budget_search import OutputDistance
+    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+
+    g, cfg, data = mlp3
+    budget = 1500
+
+    def run(n):
+        return sbc.compress(g, data, budget=f"memory={budget}B", budget_search=n, storage=onnx_weight_bits,
+                            cfg=cfg, measure_damage=False)
+
+    (g1, r1), (g2, _), (g0, r0) = run(6), run(6), run(0)
+    for n in ("a1", "a2", "a3"):  # seeded: the same weights again
+        assert np.array_equal(g1.nodes[n].weight, g2.nodes[n].weight)
+    s = r1.budget["search"]
+    assert s["chosen"] == int(np.argmin(s["scores"])) and s["score_chosen"] < s["score_dp"]
+    assert s["score_dp"] == s["scores"][0]
+    assert "search" not in r0.budget and r1.budget["used"] <= 8 * budget
+    assert any(not np.array_equal(g0.nodes[n].weight, g1.nodes[n].weight) for n in ("a1", "a2", "a3"))
+    # the written weights are the chosen candidate's: their calibration distance is the one it was scored by
+    distance = OutputDistance(g, data, cfg)
+    assert distance({n: g0.nodes[n].weight for n in ("a1", "a2", "a3")}) == pytest.approx(s["score_dp"], rel=1e-6)
+    assert distance({n: g1.nodes[n].weight for n in ("a1", "a2", "a3")}) == pytest.approx(s["score_chosen"], rel=1e-6)
+    assert distance({n: g.nodes[n].weight for n in ("a1", "a2", "a3")}) == 0.0
+    path = tmp_path / "m.onnx"
+    sbc.save_model(g1, path, cfg=cfg, quant=r1.quant)
+    assert sum(w.stored_bytes for w in weight_storage(path)) <= budget
+
+
+def test_search_options_are_checked():
+    from sbc_onnx.errors import SbcError
+    from sbc_onnx.pipeline import Plan
+
+    with pytest.raises(SbcError, match="give --budget"):
+        Plan.build(sparsity=0.5, budget_search=4)
+    with pytest.raises(SbcError, match="whole number"):
+        Plan.build(budget="memory=1KiB", budget_search=-1)
+    assert Plan.build(budget="memory=1KiB", budget_search=4, search_seed=2).budget_search == 4
