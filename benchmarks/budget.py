@@ -53,6 +53,8 @@ SETTINGS = {
     # network's output spike counts on the calibration draw (budget_search.py)
     "sbc-budget+search16": {"method": "sbc", "budget": True, "budget_search": 16},
     "sbc-budget+search32": {"method": "sbc", "budget": True, "budget_search": 32},
+    # the same, scored by the cross-entropy against the dense network's prediction (--search-score xent)
+    "sbc-budget+search16-xent": {"method": "sbc", "budget": True, "budget_search": 16, "search_score": "xent"},
     # the reset-aware SMP objective (calibrate.py "smp-reset"): plan and compression on its Hessians
     "sbc-budget+reset-aware": {"method": "sbc", "budget": True, "reset_aware": True},
     "sbc-90%-8bit+reset-aware": {"method": "sbc", "sparsity": 0.9, "bits": 8, "reset_aware": True},

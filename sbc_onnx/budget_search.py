@@ -27,7 +27,7 @@ from .evaluate import output_source
 from .graph import FlatGraph, flatten
 from .sim import SimConfig, Walker
 
-__all__ = ["Candidate", "OutputDistance", "SearchResult", "search_plan"]
+__all__ = ["SCORES", "Candidate", "OutputDistance", "SearchResult", "search_plan"]
 
 log = logging.getLogger("sbc_onnx")
 
@@ -143,15 +143,22 @@ class _Search:
         return None
 
 
-class OutputDistance:
-    """score(weights) of a compressed network on calibration data: sum over samples and outputs of
-    (compressed - dense)^2 / sum of dense^2, where the outputs are the spike counts of the node feeding
-    the graph's output (its final value if that node does not spike: a potential readout).  The dense
-    outputs are simulated once; each call simulates the network with the given layer weights."""
+SCORES = ("counts", "xent")
 
-    def __init__(self, dense: FlatGraph, data, cfg: SimConfig, *, batch_size: int = 32):
+
+class OutputDistance:
+    """score(weights) of a compressed network on calibration data against the dense one, from the outputs:
+    the spike counts of the node feeding the graph's output (its final value if that node does not spike:
+    a potential readout).  kind "counts": sum over samples and outputs of (compressed - dense)^2 / sum of
+    dense^2; "xent": the mean cross-entropy of softmax(compressed outputs) against the dense prediction
+    (argmax, as the readout takes it).  The dense outputs are simulated once; each call simulates the
+    network with the given layer weights."""
+
+    def __init__(self, dense: FlatGraph, data, cfg: SimConfig, *, batch_size: int = 32, kind: str = "counts"):
+        if kind not in SCORES:
+            raise ValueError(f"the search score is one of {', '.join(SCORES)}, got {kind!r}")
         self.fg = copy.deepcopy(dense if isinstance(dense, FlatGraph) else flatten(dense))
-        self.data, self.cfg, self.batch_size = data, cfg, batch_size
+        self.data, self.cfg, self.batch_size, self.kind = data, cfg, batch_size, kind
         self.src, self.out = output_source(self.fg), self.fg.outputs[0]
         self.dense = self._outputs(Walker(self.fg, cfg))
         self.norm = float(sum(np.sum(d * d) for d in self.dense)) or 1.0
@@ -167,6 +174,8 @@ class OutputDistance:
             for n, w in saved.items():
                 self.fg.nodes[n].weight = w
         self.calls += 1
+        if self.kind == "xent":
+            return _cross_entropy(np.concatenate(outs), np.argmax(np.concatenate(self.dense), axis=1))
         return float(sum(np.sum((o - d) ** 2) for o, d in zip(outs, self.dense))) / self.norm
 
     def _outputs(self, walker: Walker) -> list[np.ndarray]:
@@ -178,3 +187,10 @@ class OutputDistance:
             outs.append(np.asarray(y, np.float64).reshape(np.shape(y)[0], -1))
             del x_tb, res
         return outs
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log softmax(logits)[label] over the rows (log-sum-exp shifted by the row maximum)."""
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float(np.mean(log_z - logits[np.arange(len(labels)), labels]))

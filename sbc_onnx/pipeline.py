@@ -22,7 +22,7 @@ import nir
 import numpy as np
 
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, check_memory_floor, plan_budget
-from .budget_search import OutputDistance, search_plan
+from .budget_search import SCORES, OutputDistance, search_plan
 from .calibrate import Calibration, LayerCalibration, calibrate, kernel_betas
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, load_kernels, make_allocation, nm_pattern)
@@ -66,7 +66,9 @@ class Plan:
                 forgets the integrated input; calibrate.py "smp-reset"); smp methods only
     budget_search  with a budget: score this many candidate plans (the DP with per-layer cost weights,
                 drawn by a search seeded with search_seed) end to end on the calibration data and keep
-                the one closest to the dense network's output (budget_search.py); 0: the plain DP plan
+                the one closest to the dense network's output (budget_search.py); 0: the plain DP plan;
+                search_score: the distance ("counts": squared spike-count difference; "xent": cross-entropy
+                against the dense prediction)
     """
     method: Method
     allocation: Allocation
@@ -83,6 +85,7 @@ class Plan:
     repair: bool = False
     budget_search: int = 0
     search_seed: int = 0
+    search_score: str = "counts"
     reset_aware: bool = False
 
     @classmethod
@@ -91,7 +94,7 @@ class Plan:
               grid: str | None = None, granularity: str | None = None, sequential: bool = False,
               rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None,
               budget: str | BudgetSpec | None = None, repair: bool = False, budget_search: int = 0,
-              search_seed: int = 0, reset_aware: bool = False) -> Plan:
+              search_seed: int = 0, search_score: str = "counts", reset_aware: bool = False) -> Plan:
         """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel.
         budget: e.g. "memory=10KiB" or a BudgetSpec (its option sets)."""
         _check_choice(grid, SCHEMES, "grid")
@@ -101,6 +104,7 @@ class Plan:
             _check_budget(sparsity, bits, pattern)
         _check_number(rel_damp, "rel_damp (--damp)", minimum=0.0)
         _check_search(budget_search, search_seed, budget)
+        _check_choice(search_score, SCORES, "search_score (--search-score)")
         _check_number(lamp_p, "lamp_p (--lamp-p)", minimum=0.0, open_min=True)
         plan = cls(method=_method(method), allocation=_allocation(allocation, lamp_p, rel_damp),
                    sparsity=None if sparsity is None else float(sparsity), bits=None if bits is None else int(bits),
@@ -108,7 +112,7 @@ class Plan:
                    sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
                    layers=None if layers is None else tuple(layers), budget=budget,
                    repair=bool(repair), budget_search=int(budget_search), search_seed=int(search_seed),
-                   reset_aware=bool(reset_aware))
+                   search_score=search_score or "counts", reset_aware=bool(reset_aware))
         if plan.reset_aware and plan.method.objective != "smp":
             raise SbcError(f"--reset-aware shortens the SMP objective; method {plan.method.name} uses the "
                            f"{plan.method.objective!r} objective")
@@ -434,7 +438,8 @@ def _plan_binding(plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
             "layers": None if plan.layers is None else list(plan.layers),
             "budget": None if plan.budget is None else repr(plan.budget), "sim": cfg.to_metadata(),
             "batch_size": int(batch_size),
-            **({"budget_search": plan.budget_search, "search_seed": plan.search_seed} if plan.budget_search else {}),
+            **({"budget_search": plan.budget_search, "search_seed": plan.search_seed, "search_score": plan.search_score}
+               if plan.budget_search else {}),
             **({"objective": plan.objective} if plan.reset_aware else {})}
 
 
@@ -664,8 +669,10 @@ class _Compression:
         calibration data (budget_search.py); the kept option weights are dropped afterwards."""
         t0, plan, bp = time.perf_counter(), self.plan, self.budget_plan
         phase_line(f"budget search: {plan.budget_search} candidate plans, each one simulation of the "
-                   f"{self.data.n} calibration samples (seed {plan.search_seed})", self.progress)
-        distance = OutputDistance(self.dense.fg, self.data, self.cfg, batch_size=self.batch_size)
+                   f"{self.data.n} calibration samples (seed {plan.search_seed}, score {plan.search_score})",
+                   self.progress)
+        distance = OutputDistance(self.dense.fg, self.data, self.cfg, batch_size=self.batch_size,
+                                  kind=plan.search_score)
         chosen, _ = search_plan(bp, lambda picks: distance(bp.weights_of(picks)), plan.budget_search,
                                 seed=plan.search_seed, progress=lambda text: phase_line(text, self.progress))
         chosen.weights = []

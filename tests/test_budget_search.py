@@ -130,3 +130,27 @@ def test_search_options_are_checked():
     with pytest.raises(SbcError, match="whole number"):
         Plan.build(budget="memory=1KiB", budget_search=-1)
     assert Plan.build(budget="memory=1KiB", budget_search=4, search_seed=2).budget_search == 4
+
+
+def test_cross_entropy_score_against_the_dense_prediction(mlp3):
+    """kind "xent": the mean -log softmax of the compressed output counts at the dense network's argmax."""
+    import copy
+
+    import sbc_onnx as sbc
+    from sbc_onnx.budget_search import OutputDistance
+
+    g, cfg, data = mlp3
+    counts = sbc.Walker(g, cfg).run(np.swapaxes(data.x, 0, 1).astype(np.float32), record_outputs=False).counts["l3"]
+    labels = np.argmax(counts, axis=1)
+    rng = np.random.default_rng(0)
+    noisy = {n: (g.nodes[n].weight * (1 + 0.5 * rng.standard_normal(g.nodes[n].weight.shape))).astype(np.float32)
+             for n in ("a1", "a2", "a3")}
+    gc = copy.deepcopy(g)
+    for n, w in noisy.items():
+        gc.nodes[n].weight = w
+    c = sbc.Walker(gc, cfg).run(np.swapaxes(data.x, 0, 1).astype(np.float32), record_outputs=False).counts["l3"]
+    c = c.astype(np.float64)
+    want = np.mean(np.log(np.exp(c).sum(axis=1)) - c[np.arange(len(labels)), labels])
+    distance = OutputDistance(g, data, cfg, batch_size=5, kind="xent")  # batches: the outputs are joined in order
+    assert want > 0.1 and distance(noisy) == pytest.approx(want, rel=1e-9)
+    assert distance({n: g.nodes[n].weight for n in noisy}) < want  # the dense network itself scores better

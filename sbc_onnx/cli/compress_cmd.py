@@ -52,6 +52,10 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
                    "candidate is one simulation of the calibration set.")
 @click.option("--search-seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seed of --budget-search (the same seed gives the same plan).")
+@click.option("--search-score", type=click.Choice(["counts", "xent"]), default="counts", show_default=True,
+              help="What --budget-search minimises on the calibration data: counts, the squared difference of the "
+                   "output spike counts to the dense network's (relative); xent, the cross-entropy of the "
+                   "compressed outputs against the dense network's prediction.")
 @click.option("--reset-aware", is_flag=True,
               help="Reset-aware SMP objective: each layer's kernel shortened by its neuron's calibration firing rate "
                    "(reset to v_reset forgets the integrated input; one more calibration pass). sbc, sbc-fast only.")
@@ -107,7 +111,7 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
-def compress_cmd(model, calib_path, output, sparsity, bits, budget, budget_search, search_seed, reset_aware, repair, method, pattern, allocation, lamp_p, grid,
+def compress_cmd(model, calib_path, output, sparsity, bits, budget, budget_search, search_seed, search_score, reset_aware, repair, method, pattern, allocation, lamp_p, grid,
                  granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path,
                  eval_limit, readout, force, max_memory, resume, workers, ray_address, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
@@ -115,7 +119,7 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, budget_searc
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
                    lamp_p=lamp_p, grid=grid, granularity=granularity, sequential=sequential, rel_damp=damp,
                    exact_resolve=exact_resolve, budget=budget, repair=repair, budget_search=budget_search,
-                   search_seed=search_seed, reset_aware=reset_aware)
+                   search_seed=search_seed, search_score=search_score, reset_aware=reset_aware)
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     if workers is not None or ray_address is not None:
