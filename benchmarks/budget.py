@@ -109,17 +109,20 @@ def report(budget: str, log: Path = LOG) -> str:
              "= 80 of N-MNIST train 1-100 (seeded as in accuracy.py); evaluation: the 500 recordings of "
              "accuracy_nmnist.md (dense 98.2 %). Weight bytes: initializer data of the weights in the written "
              "compact .onnx (`io/sizes.weight_storage`). Rate error: sum_c |rate - dense| / sum_c dense, mean over "
-             "neuron layers, before -> after repair."), "",
-             "| setting | draws | accuracy mean | per draw | weight bytes | rate error (repair) |",
-             "|---|---|---|---|---|---|"]
+             "neuron layers, before -> after repair. Plan search (`--budget-search`): per draw, the candidate chosen "
+             "(0 = the plain DP plan) of those scored, and the calibration score of the plain plan -> the chosen one."),
+             "", "| setting | draws | accuracy mean | per draw | weight bytes | rate error (repair) | plan search |",
+             "|---|---|---|---|---|---|---|"]
     for name in SETTINGS:
         rs = sorted((r for r in rows if r["setting"] == name), key=lambda r: r["draw"])
         if not rs:
             continue
         accs = [r["acc"] for r in rs]
         rate = "; ".join(f"{r['rate_error'][0]:.3f} -> {r['rate_error'][1]:.3f}" for r in rs if "rate_error" in r)
+        search = "; ".join(f"{s['chosen']} of {s['candidates']}: {s['score_dp']:.3g} -> {s['score_chosen']:.3g}"
+                           for s in (r["search"] for r in rs if "search" in r))
         lines.append(f"| {name} | {len(rs)} | {100 * np.mean(accs):.1f} % | "
-                     f"{', '.join(f'{100 * a:.1f}' for a in accs)} | {max(r['weight_bytes'] for r in rs)} | {rate} |")
+                     f"{', '.join(f'{100 * a:.1f}' for a in accs)} | {max(r['weight_bytes'] for r in rs)} | {rate} | {search} |")
     return "\n".join(lines) + "\n"
 
 
