@@ -42,6 +42,7 @@ log = logging.getLogger("sbc_onnx")
 
 OBJECTIVES = ("smp", "smp-reset", "current")
 
+
 def fed_neuron(fg: FlatGraph, name: str) -> str | None:
     """The first neuron reached from `name` through pass-through nodes (None if there is none)."""
     found = fg.fed_neurons(name)
@@ -273,7 +274,7 @@ def calibrate(
 
 def _add_notes(calib: Calibration, fg: FlatGraph) -> None:
     """The notes of a finished pass: layers meeting a nonlinear node, rank-deficient Hessians."""
-    if calib.objective == "smp":
+    if calib.objective != "current":
         calib.notes += [n for n in (nonlinear_note(fg, c.name, c.neuron) for c in calib.layers.values()) if n]
     for cal in calib.layers.values():
         live = int(np.count_nonzero(cal.acc.diag > 0))
