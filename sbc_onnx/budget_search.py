@@ -7,15 +7,14 @@ scales each layer's costs by a weight w_l, so every candidate it makes meets the
 and scores each distinct plan by running the whole compressed network on the calibration data against the
 dense one (`OutputDistance`).  The weights are moved by a seeded coordinate search (`search_plan`) from the
 unweighted plan, which is scored first: the search never picks a plan the calibration scores worse than
-the plain DP's.  The compressed weights of every (layer, option) come
-from the plan's own option pass (`BudgetPlan.weights`), so a candidate costs one simulation of the
-calibration set and no compression.  Only the calibration data is ever simulated.
+the plain DP's.  The compressed weights of every (layer, option) come from the plan's own option pass
+(`BudgetPlan.weights`), so a candidate costs one simulation of the calibration set and no compression.
+Only the calibration data is ever simulated.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ from .graph import FlatGraph, flatten
 from .sim import SimConfig, Walker
 
 __all__ = ["SCORES", "Candidate", "OutputDistance", "SearchResult", "search_plan"]
-
-log = logging.getLogger("sbc_onnx")
 
 # how far a coordinate move tries to push one layer's log weight, in turn, until the DP's plan changes
 MOVES = np.log(2.0) * np.array([0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0])
