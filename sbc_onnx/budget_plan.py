@@ -11,7 +11,7 @@ the weights of busy inputs, so SynOps do not fall in proportion to sparsity).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class BudgetPlan:
     used: int
     names: list[str] = field(default_factory=list)
     kept: list[list[int]] = field(default_factory=list)  # per layer, per option: non-zero weights (memory)
+    # per layer, per option: the compressed weight (its own shape and dtype), kept for the plan search only
+    weights: list[list[np.ndarray]] = field(default_factory=list, repr=False)
+    search: dict | None = None  # the plan search's record (budget_search.SearchResult.to_dict)
 
     def chosen(self, layer: int) -> Option:
         return self.options[self.picks[layer]]
@@ -85,6 +88,25 @@ class BudgetPlan:
         plan = BudgetPlan(spec, self.options, [], self.costs, self.sizes, 0, self.names, self.kept)
         return _choose(plan)
 
+    def reweighted(self, w) -> BudgetPlan:
+        """The plan of least summed *weighted* cost sum_l w_l cost[l][o] within the same limit: every
+        choice it makes fits the budget (the sizes are the measured ones)."""
+        costs = [[float(w_l) * c for c in row] for w_l, row in zip(w, self.costs)]
+        chosen = _choose(replace(self, costs=costs, picks=[], used=0))
+        return self.with_picks(chosen.picks)
+
+    def with_picks(self, picks) -> BudgetPlan:
+        """This plan with the given option per layer (its size recomputed)."""
+        picks = [int(p) for p in picks]
+        return replace(self, picks=picks, used=int(sum(self.sizes[l][o] for l, o in enumerate(picks))),
+                       search=None)
+
+    def weights_of(self, picks) -> dict[str, np.ndarray]:
+        """{layer name: compressed weight} of the options `picks` (needs the plan's kept weights)."""
+        if not self.weights:
+            raise ValueError("the plan was made without keep_weights=True")
+        return {n: self.weights[l][int(o)] for l, (n, o) in enumerate(zip(self.names, picks))}
+
     def limit(self) -> int:
         """The budget in the units of `sizes` (bits for memory)."""
         return self.spec.amount * 8 if self.spec.kind == "memory" else self.spec.amount
@@ -94,32 +116,39 @@ class BudgetPlan:
                 "layers": {n: {"sparsity": self.chosen(i).sparsity, "bits": self.chosen(i).bits,
                                "cost": self.costs[i][self.picks[i]], "size": self.sizes[i][self.picks[i]],
                                **({"kept": self.kept[i][self.picks[i]]} if self.kept else {})}
-                           for i, n in enumerate(self.names)}}
+                           for i, n in enumerate(self.names)},
+                **({"search": self.search} if self.search is not None else {})}
 
 
 def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Method,
                 storage: StorageBits | None = None, synops: SynOpsOf | None = None, rel_damp: float = 0.01,
-                grid_scheme: str = "symmetric", granularity: str = "channel") -> BudgetPlan:
+                grid_scheme: str = "symmetric", granularity: str = "channel",
+                keep_weights: bool = False) -> BudgetPlan:
     """The per-layer option of least summed objective within `spec` (SbcError if none fits).  Sizes are
     measured on each option's compressed weights: the storage of their non-zeros (memory), or the
     SynOps of their non-zero fan-out (synops), so the final compression, which recomputes the chosen
-    option identically, has exactly the planned size."""
+    option identically, has exactly the planned size.  keep_weights: the plan also holds every option's
+    compressed weights (`BudgetPlan.weights`, as many copies of each layer as options: for the plan
+    search, budget_search.py)."""
     if spec.kind == "memory" and storage is None:
         raise SbcError("a memory budget needs the output format's storage model")
     if spec.kind == "synops" and synops is None:
         raise SbcError("a SynOps budget needs the calibration SynOps model (hardware.energy.synops_model)")
     options = spec.options()
-    costs, sizes, kept = [], [], []
+    costs, sizes, kept, weights = [], [], [], []
     for layer in layers:
         nonzeros: list[int] = []
+        sizer = _sizer(layer, spec, storage, synops, nonzeros)
+        if keep_weights:
+            weights.append([])
+            sizer = _keeping(sizer, layer, weights[-1])
         c, s = option_costs(layer.W, layer.H, layer.groups, options, method=method, rel_damp=rel_damp,
-                            grid_scheme=grid_scheme, granularity=granularity,
-                            size_of=_sizer(layer, spec, storage, synops, nonzeros))
+                            grid_scheme=grid_scheme, granularity=granularity, size_of=sizer)
         costs.append(list(c))
         sizes.append([int(x) for x in s])
         kept.append(nonzeros)
     plan = BudgetPlan(spec, options, [], costs, sizes, 0, [l.name for l in layers],
-                      kept if spec.kind == "memory" else [])
+                      kept if spec.kind == "memory" else [], weights)
     return _choose(plan)
 
 
@@ -154,6 +183,14 @@ def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops, nonzeros: list
             return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype, layer.name)
         return size_of
     return lambda o, Wc: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
+
+
+def _keeping(size_of, layer: BudgetLayer, out: list[np.ndarray]):
+    """size_of that also appends each option's compressed weight, in the layer's shape and dtype, to out."""
+    def keep(o, Wc):
+        out.append(np.reshape(np.asarray(Wc), layer.shape).astype(layer.dtype))
+        return size_of(o, Wc)
+    return keep
 
 
 def _amount(spec: BudgetSpec, size: int) -> str:

@@ -9,6 +9,12 @@ Hessian is H = 2 E[(M X)^T (M X)] with X the layer's input over time and M the c
   N is CubaLIF/CubaLI  synaptic stage then membrane stage
   no neuron follows    identity (the current-based objective); method "obc" forces identity everywhere
 
+Objective "smp-reset" (reset-aware, docs/sbc_method.md §B.4): a neuron reset to v_reset after a spike forgets
+the input it had integrated, so an input error only lasts until the next spike.  With spikes at the fed
+neuron's mean calibration rate r per step (a first pass over the data measures it), an input of s steps ago
+survives with probability (1 - r)^s: the membrane stage's beta becomes beta (1 - r).  Under reset by
+subtraction the integrated error survives the reset and the filter is the plain SMP one.
+
 The fed neuron is found through stateless linear nodes (Scale, pooling, Flatten, Delay, subgraph ports,
 fan-in sums). Convolutions are unfolded im2col-style after filtering (both linear, same result), each
 (sample, position) is one unit; time is summed, units averaged. Nothing per step is stored.
@@ -28,10 +34,14 @@ from .errors import SbcError
 from .graph import FlatGraph
 from .primitives import NONLINEAR
 from .progress import progress_bar, step_progress
+from .repair import firing_rates
 from .sim import SimConfig, Walker
 from .sim.conv import as_tuple, conv_padding, im2col_t
 
 log = logging.getLogger("sbc_onnx")
+
+OBJECTIVES = ("smp", "smp-reset", "current")
+
 
 def fed_neuron(fg: FlatGraph, name: str) -> str | None:
     """The first neuron reached from `name` through pass-through nodes (None if there is none)."""
@@ -41,14 +51,31 @@ def fed_neuron(fg: FlatGraph, name: str) -> str | None:
     return found[0] if found else None
 
 
-def kernel_betas(fg: FlatGraph, layer: str, cfg: SimConfig, objective: str = "smp") -> tuple[float, ...]:
-    """Decays of the filter cascade M for `layer` (empty = identity): the fed neuron's catalogue stages."""
+def kernel_betas(fg: FlatGraph, layer: str, cfg: SimConfig, objective: str = "smp",
+                 rates: dict[str, float] | None = None) -> tuple[float, ...]:
+    """Decays of the filter cascade M for `layer` (empty = identity): the fed neuron's catalogue stages;
+    objective "smp-reset": the last (membrane) stage times 1 - the neuron's rate in `rates` (if listed)."""
     if objective == "current":
         return ()
     neuron = fed_neuron(fg, layer)
     if neuron is None:
         return ()
-    return fg.prim(neuron).kernel_betas(fg.nodes[neuron], cfg)
+    betas = fg.prim(neuron).kernel_betas(fg.nodes[neuron], cfg)
+    if objective == "smp-reset" and betas and rates and neuron in rates:
+        betas = betas[:-1] + (betas[-1] * (1.0 - rates[neuron]),)
+    return betas
+
+
+def reset_rates(walker: Walker, dataset, layers: list[str], *, batch_size: int = 32) -> dict[str, float]:
+    """For the reset-aware objective: {fed neuron: mean spikes per neuron per step on `dataset`} of the
+    spiking neurons `layers` feed; empty under reset by subtraction (the reset keeps the error)."""
+    if walker.cfg.reset != "to_v_reset":
+        return {}
+    neurons = sorted({n for n in (fed_neuron(walker.fg, l) for l in layers) if n is not None and n in walker.spiking})
+    if not neurons:
+        return {}
+    per_channel = firing_rates(walker.fg, dataset, walker.cfg, neurons, batch_size=batch_size)
+    return {n: float(np.mean(r)) for n, r in per_channel.items()}
 
 
 def nonlinear_note(fg: FlatGraph, layer: str, neuron: str | None) -> str | None:
@@ -141,10 +168,10 @@ class Calibration:
             self.layers[name].check(self.n_samples)
 
 
-def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str) -> LayerCalibration:
+def _layer_setup(fg: FlatGraph, name: str, cfg: SimConfig, objective: str, rates=None) -> LayerCalibration:
     node, kind = fg.nodes[name], fg.kind(name)
     w = np.asarray(node.weight)
-    betas = kernel_betas(fg, name, cfg, objective)
+    betas = kernel_betas(fg, name, cfg, objective, rates)
     if fg.prim(name).conv:
         nd = w.ndim - 2
         kernel = tuple(w.shape[2:])
@@ -170,13 +197,17 @@ def calibrate(
 ) -> Calibration:
     """One pass over `dataset` collecting H for `layers` (default: every weight node).
 
-    objective "smp": M from the fed neuron (SBC); "current": M = I (OBC, the ANN method ported).
-    input_norms: also collect the unfiltered per-input sums of squares (Wanda's ||x_j||^2)."""
+    objective "smp": M from the fed neuron (SBC); "smp-reset": the same, shortened by the fed neuron's
+    calibration firing rate (reset-aware; one more pass over `dataset` first); "current": M = I (OBC, the
+    ANN method ported).  input_norms: also collect the unfiltered per-input sums of squares (Wanda's ||x_j||^2)."""
     fg, cfg = walker.fg, walker.cfg
+    if objective not in OBJECTIVES:
+        raise SbcError(f"objective must be one of {', '.join(OBJECTIVES)}")
     names = layers if layers is not None else fg.weight_nodes()
     if not names:
         raise SbcError("the graph has no weight layers (Affine, Linear, Conv1d, Conv2d) to compress")
-    cals = {n: _layer_setup(fg, n, cfg, objective) for n in names}
+    rates = reset_rates(walker, dataset, names, batch_size=batch_size) if objective == "smp-reset" else None
+    cals = {n: _layer_setup(fg, n, cfg, objective, rates) for n in names}
     t0 = time.perf_counter()
     state: dict[str, Any] = {"valid": None}
 
@@ -243,7 +274,7 @@ def calibrate(
 
 def _add_notes(calib: Calibration, fg: FlatGraph) -> None:
     """The notes of a finished pass: layers meeting a nonlinear node, rank-deficient Hessians."""
-    if calib.objective == "smp":
+    if calib.objective != "current":
         calib.notes += [n for n in (nonlinear_note(fg, c.name, c.neuron) for c in calib.layers.values()) if n]
     for cal in calib.layers.values():
         live = int(np.count_nonzero(cal.acc.diag > 0))

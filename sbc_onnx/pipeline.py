@@ -22,6 +22,7 @@ import nir
 import numpy as np
 
 from .budget_plan import BudgetLayer, BudgetPlan, StorageBits, SynOpsOf, check_memory_floor, plan_budget
+from .budget_search import SCORES, OutputDistance, search_plan
 from .calibrate import Calibration, LayerCalibration, calibrate, kernel_betas
 from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerStats, Method, compiled_on_disk,
                        compress_groups, get_method, load_kernels, make_allocation, nm_pattern)
@@ -61,6 +62,13 @@ class Plan:
                 layer is then re-solved against the Hessian of the already-compressed upstream
     repair      after compression, rescale the spiking neurons' thresholds per channel so that their
                 calibration firing rates match the dense model's (repair.py); weights are unchanged
+    reset_aware the SMP objective shortened by each fed neuron's calibration firing rate (reset to v_reset
+                forgets the integrated input; calibrate.py "smp-reset"); smp methods only
+    budget_search  with a budget: score this many candidate plans (the DP with per-layer cost weights,
+                drawn by a search seeded with search_seed) end to end on the calibration data and keep
+                the one closest to the dense network's output (budget_search.py); 0: the plain DP plan;
+                search_score: the distance ("counts": squared spike-count difference; "xent": cross-entropy
+                against the dense prediction)
     """
     method: Method
     allocation: Allocation
@@ -75,13 +83,18 @@ class Plan:
     layers: tuple[str, ...] | None = None
     budget: BudgetSpec | None = None
     repair: bool = False
+    budget_search: int = 0
+    search_seed: int = 0
+    search_score: str = "counts"
+    reset_aware: bool = False
 
     @classmethod
     def build(cls, *, sparsity: float | None = None, bits: int | None = None, method: str | Method = "sbc",
               pattern: str | tuple | None = None, allocation: str = "lamp", lamp_p: float = 2.0,
               grid: str | None = None, granularity: str | None = None, sequential: bool = False,
               rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None,
-              budget: str | BudgetSpec | None = None, repair: bool = False) -> Plan:
+              budget: str | BudgetSpec | None = None, repair: bool = False, budget_search: int = 0,
+              search_seed: int = 0, search_score: str = "counts", reset_aware: bool = False) -> Plan:
         """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel.
         budget: e.g. "memory=10KiB" or a BudgetSpec (its option sets)."""
         _check_choice(grid, SCHEMES, "grid")
@@ -90,17 +103,28 @@ class Plan:
         if budget is None:
             _check_budget(sparsity, bits, pattern)
         _check_number(rel_damp, "rel_damp (--damp)", minimum=0.0)
+        _check_search(budget_search, search_seed, budget)
+        _check_choice(search_score, SCORES, "search_score (--search-score)")
         _check_number(lamp_p, "lamp_p (--lamp-p)", minimum=0.0, open_min=True)
         plan = cls(method=_method(method), allocation=_allocation(allocation, lamp_p, rel_damp),
                    sparsity=None if sparsity is None else float(sparsity), bits=None if bits is None else int(bits),
                    pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
                    sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
                    layers=None if layers is None else tuple(layers), budget=budget,
-                   repair=bool(repair))
+                   repair=bool(repair), budget_search=int(budget_search), search_seed=int(search_seed),
+                   search_score=search_score or "counts", reset_aware=bool(reset_aware))
+        if plan.reset_aware and plan.method.objective != "smp":
+            raise SbcError(f"--reset-aware shortens the SMP objective; method {plan.method.name} uses the "
+                           f"{plan.method.objective!r} objective")
         if plan.allocation.needs_hessian and plan.sparsity and plan.sequential:
             raise SbcError(f"allocation {plan.allocation.name} needs the dense calibration of every layer up "
                            "front and unstructured pruning (not --sequential, not --pattern)")
         return plan
+
+    @property
+    def objective(self) -> str:
+        """The objective the calibration collects the Hessians for (calibrate.OBJECTIVES)."""
+        return "smp-reset" if self.reset_aware else self.method.objective
 
     @property
     def prunes(self) -> bool:
@@ -128,6 +152,14 @@ class Plan:
 def _check_choice(value, choices, what: str) -> None:
     if value is not None and value not in choices:
         raise SbcError(f"{what} must be one of {', '.join(choices)}")
+
+
+def _check_search(n, seed, budget) -> None:
+    for value, what in ((n, "budget_search (--budget-search)"), (seed, "search_seed (--search-seed)")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise SbcError(f"{what} must be a whole number >= 0, got {value!r}")
+    if n and budget is None:
+        raise SbcError("--budget-search searches the plans of a budget: give --budget")
 
 
 def _check_number(value, what: str, *, minimum: float, open_min: bool = False) -> None:
@@ -255,6 +287,10 @@ class CompressionReport:
             used = (f"{b['used'] / 8192:.2f} of {b['limit'] / 8192:.2f} KiB of weight storage"
                     if b["kind"] == "memory" else f"{b['used']:.4g} of {b['limit']:.4g} SynOps per sample")
             lines.append(f"budget {b['budget']}: the chosen plan uses {used}")
+            if "search" in b:
+                sr = b["search"]
+                lines.append(f"budget search: candidate {sr['chosen'] + 1} of {sr['candidates']} chosen, calibration "
+                             f"output distance {sr['score_chosen']:.4g} (plain DP plan {sr['score_dp']:.4g})")
         return "\n".join(lines)
 
 
@@ -281,6 +317,8 @@ def compression_metadata(report: CompressionReport) -> dict[str, Any]:
         meta["sbc_onnx.pattern"] = report.pattern
     if report.budget is not None:
         meta["sbc_onnx.budget"] = report.budget["budget"]
+        if "search" in report.budget:
+            meta["sbc_onnx.budget_search"] = str(report.budget["search"]["candidates"])
     return meta
 
 
@@ -399,7 +437,10 @@ def _plan_binding(plan: Plan, cfg: SimConfig, batch_size: int) -> dict:
             "sequential": plan.sequential, "rel_damp": plan.rel_damp, "exact_resolve": plan.exact_resolve,
             "layers": None if plan.layers is None else list(plan.layers),
             "budget": None if plan.budget is None else repr(plan.budget), "sim": cfg.to_metadata(),
-            "batch_size": int(batch_size)}
+            "batch_size": int(batch_size),
+            **({"budget_search": plan.budget_search, "search_seed": plan.search_seed, "search_score": plan.search_score}
+               if plan.budget_search else {}),
+            **({"objective": plan.objective} if plan.reset_aware else {})}
 
 
 STOP_AFTER_ENV = "SBC_ONNX_TEST_STOP_AFTER_LAYER"  # tests: interrupt a run once layer k (0-based) is saved
@@ -450,6 +491,9 @@ class _Compression:
     def connect(self, workers: int | None, ray_address: str | None) -> None:
         if workers is None and ray_address is None:
             return  # Ray is not imported
+        if self.plan.reset_aware:
+            raise SbcError("--reset-aware measures the firing rates over the whole calibration set first; it does "
+                           "not run on Ray workers (drop --workers / --ray-address)")
         from .distributed import connect
 
         self.cluster = connect(workers, ray_address)
@@ -529,9 +573,10 @@ class _Compression:
         method = self.plan.method
         if not self._dense_calibration():
             raise SbcError("a precomputed calibration cannot be used with sequential calibration")
-        if cal.objective != method.objective:
+        if cal.objective != self.plan.objective:
             raise SbcError(f"the calibration was collected for the {cal.objective!r} objective; "
-                           f"method {method.name} needs {method.objective!r}")
+                           f"method {method.name}{' with --reset-aware' if self.plan.reset_aware else ''} needs "
+                           f"{self.plan.objective!r}")
         if method.input_norms and not cal.input_norms:
             raise SbcError(f"method {method.name} needs a calibration collected with input_norms=True")
         missing = [n for n in self.names if n not in cal.layers]
@@ -542,7 +587,7 @@ class _Compression:
     def _calibrate(self, walker: Walker, layers: list[str], progress: bool) -> Calibration:
         t0 = time.perf_counter()
         run = calibrate if self.cluster is None else self.cluster.calibrate  # the latter: in shards of batches
-        cal = run(walker, self.data, layers=layers, objective=self.plan.method.objective,
+        cal = run(walker, self.data, layers=layers, objective=self.plan.objective,
                   batch_size=self.batch_size, progress=progress, input_norms=self.plan.method.input_norms)
         self.seconds["calibration"] += time.perf_counter() - t0
         cal.check(layers)  # before any layer is compressed
@@ -613,9 +658,26 @@ class _Compression:
                   for n in self.names]
         self.budget_plan = plan_budget(layers, plan.budget, method=plan.method, storage=self.storage,
                                        synops=self.synops, rel_damp=plan.rel_damp, grid_scheme=plan.grid,
-                                       granularity=plan.granularity)
+                                       granularity=plan.granularity, keep_weights=plan.budget_search > 0)
         self.seconds["budget"] = time.perf_counter() - t0
+        if plan.budget_search:
+            self._search_budget()
         return self.budget_plan.to_budget(layers, resolve=self.storage if plan.sequential else None)
+
+    def _search_budget(self) -> None:
+        """Replace the DP's plan by the best of plan.budget_search candidates scored end to end on the
+        calibration data (budget_search.py); the kept option weights are dropped afterwards."""
+        t0, plan, bp = time.perf_counter(), self.plan, self.budget_plan
+        phase_line(f"budget search: {plan.budget_search} candidate plans, each one simulation of the "
+                   f"{self.data.n} calibration samples (seed {plan.search_seed}, score {plan.search_score})",
+                   self.progress)
+        distance = OutputDistance(self.dense.fg, self.data, self.cfg, batch_size=self.batch_size,
+                                  kind=plan.search_score)
+        chosen, _ = search_plan(bp, lambda picks: distance(bp.weights_of(picks)), plan.budget_search,
+                                seed=plan.search_seed, progress=lambda text: phase_line(text, self.progress))
+        chosen.weights = []
+        self.budget_plan = chosen
+        self.seconds["budget_search"] = time.perf_counter() - t0
 
     def _stats(self, name: str) -> LayerStats:
         W2 = _layer_matrix(self.fg.nodes[name])

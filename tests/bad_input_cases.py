@@ -275,6 +275,10 @@ CASES += [  # --budget: one line naming what is wrong (the tiny model's weights 
     Case("compress: memory --budget to .nir", "paths", (*_compress(), "--budget", "memory=1KiB"), ("write .onnx",)),
     Case("compress: --budget memory=10B too small", "options", (*_ONNX_OUT, "--budget", "memory=10B"),
          ("fits memory=10B",)),
+    Case("compress: --budget-search without --budget", "options",
+         (*_ONNX_OUT, "--sparsity", "0.5", "--budget-search", "4"), ("give --budget",)),
+    Case("compress: --budget-search -1", "options",
+         (*_ONNX_OUT, "--budget", "memory=1KiB", "--budget-search", "-1"), ("--budget-search",)),
 ]
 
 

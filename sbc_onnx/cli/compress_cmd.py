@@ -45,6 +45,20 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
                    "the .onnx output, e.g. 10KiB) or synops=COUNT (synaptic operations per calibration sample, "
                    "e.g. 2M). Each layer's sparsity and bits are chosen by the least summed layer objective. "
                    "With --target: synops only, each layer's sparsity at the chip's weight width.")
+@click.option("--budget-search", type=click.IntRange(0), default=0, show_default=True,
+              help="With --budget: score this many candidate plans (the budget's knapsack with searched per-layer "
+                   "cost weights; all fit the budget) by the distance between the dense and the compressed "
+                   "network's outputs on the calibration data, and keep the closest (0: the plain plan). Each "
+                   "candidate is one simulation of the calibration set.")
+@click.option("--search-seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of --budget-search (the same seed gives the same plan).")
+@click.option("--search-score", type=click.Choice(["counts", "xent"]), default="counts", show_default=True,
+              help="What --budget-search minimises on the calibration data: counts, the squared difference of the "
+                   "output spike counts to the dense network's (relative); xent, the cross-entropy of the "
+                   "compressed outputs against the dense network's prediction.")
+@click.option("--reset-aware", is_flag=True,
+              help="Reset-aware SMP objective: each layer's kernel shortened by its neuron's calibration firing rate "
+                   "(reset to v_reset forgets the integrated input; one more calibration pass). sbc, sbc-fast only.")
 @click.option("--repair", is_flag=True,
               help="After compression, rescale each spiking neuron's threshold per channel so that its "
                    "calibration firing rate matches the dense model's (weights unchanged).")
@@ -97,14 +111,15 @@ METHOD_HELP = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
               "granularity from the profile, weight scales folded into the neurons; writes OUTPUT (integer .nir) "
               "and OUTPUT.float.nir (dequantized twin). See docs/deploying.md.")
 @sim_options
-def compress_cmd(model, calib_path, output, sparsity, bits, budget, repair, method, pattern, allocation, lamp_p, grid,
+def compress_cmd(model, calib_path, output, sparsity, bits, budget, budget_search, search_seed, search_score, reset_aware, repair, method, pattern, allocation, lamp_p, grid,
                  granularity, damp, sequential, exact_resolve, calib_limit, batch_size, report_path, eval_path,
                  eval_limit, readout, force, max_memory, resume, workers, ray_address, target, dt, integrator, reset, cuba_order, precision, strict) -> None:
     """Compress MODEL one-shot and write the result to OUTPUT (only weights change)."""
     setup_logging()
     options = dict(sparsity=sparsity, bits=bits, method=method, pattern=pattern, allocation=allocation,
                    lamp_p=lamp_p, grid=grid, granularity=granularity, sequential=sequential, rel_damp=damp,
-                   exact_resolve=exact_resolve, budget=budget, repair=repair)
+                   exact_resolve=exact_resolve, budget=budget, repair=repair, budget_search=budget_search,
+                   search_seed=search_seed, search_score=search_score, reset_aware=reset_aware)
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
     if workers is not None or ray_address is not None:
