@@ -71,10 +71,13 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     if L is None:  # float32 not accurate enough, or not positive definite at rd: float64 with escalation
         L, rd, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)
         esc = esc + esc2
-    V = L[::-1, ::-1]  # upper, H_pi = V V^T
-    Uv = np.divide(V, -np.diag(V)[None, :], dtype=np.float32)  # -V D^-1 (V-form, module docstring)
+    # V = L[::-1, ::-1] (upper, H_pi = V V^T) and Uv = -V D^-1 (V-form, module docstring), built as
+    # Uv^T from the C-ordered L^T (both factor paths give a Fortran L) and transposed by BLAS: the sweep
+    # needs Uv C-ordered, and a strided copy of the Fortran form cost more than the sweep's GEMMs
+    VT = np.ascontiguousarray(L.T)[::-1, ::-1]
+    Uv = transpose(np.divide(VT, -np.diag(VT)[:, None], dtype=np.float32))
     np.fill_diagonal(Uv, 1.0)
-    del L, V
+    del L, VT
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     scale = np.broadcast_to(np.asarray(grid.scale, np.float64), (d_out, 1))[:, 0].astype(np.float32)
