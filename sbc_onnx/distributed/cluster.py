@@ -98,6 +98,8 @@ class Cluster:
     def __init__(self, ray, workers: int, started: bool):
         self.ray, self.workers, self.started = ray, workers, started
         self.marker = os.environ.get(tasks.KILL_ONCE_ENV) or None
+        hold = os.environ.get(tasks.HOLD_FROM_ENV, "")
+        self.hold_from = int(hold) if hold.isdigit() else None
         opts = dict(num_cpus=1, max_retries=MAX_RETRIES)
         self.calibrate_shard = ray.remote(**opts)(tasks.calibrate_shard)
         self.trace_inverse = ray.remote(**opts)(tasks.trace_inverse)

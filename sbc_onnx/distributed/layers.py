@@ -103,7 +103,7 @@ class LayerRunner:
             chunks += group_chunks
         ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
                                       job.traces, layout, BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker,
-                                      *chunks)
+                                      c.hold_from is not None and job.index >= c.hold_from, *chunks)
         job.H = job.sq_norms = None  # in the store now; a layer waiting to be taken holds no copy here
         return _Submitted(job, ref, list(chunks))
 

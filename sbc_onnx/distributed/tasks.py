@@ -24,6 +24,10 @@ from ..sim import Walker
 
 # tests: a marker path; the first compression task (trace chunk or layer) to claim it kills its own worker
 KILL_ONCE_ENV = "SBC_ONNX_TEST_KILL_WORKER"
+# tests of a lost cluster: layer tasks of this layer index on wait HOLD_SECONDS first (so that the cluster is
+# killed while the driver waits for them, after the layers before are saved)
+HOLD_FROM_ENV = "SBC_ONNX_TEST_HOLD_FROM_LAYER"
+HOLD_SECONDS = 120.0
 
 
 @contextlib.contextmanager
@@ -95,12 +99,14 @@ def assemble_trace(chunks, pattern) -> ObsTrace | None:
 
 
 def compress_layer_task(W, H, groups: int, k: int, bits, sq_norms, options: dict, given, layout, solve: BlocksOnCluster,
-                        marker, *parts):
+                        marker, hold: bool, *parts):
     """compress_groups on one layer, with the traces given (the "obs" allocation's, `given`) or assembled from
     their row chunks: `layout` holds, per group, None (no trace) or the number of its chunks, and `parts` the
     resolved chunks of the traced groups in order; `solve` runs the masked solves' row chunks.
     Returns (results, trace seconds)."""
     die_once(marker)
+    if hold:
+        time.sleep(HOLD_SECONDS)
     traces, spent = given, 0.0
     if given is None and any(n is not None for n in layout):
         traces, pos = [], 0
