@@ -560,11 +560,11 @@ def scale_out_tables(scale: dict, args) -> list[str]:
                    task_overhead=costs["task_overhead"])
     measured = {1: runs["1"]["compression"], n: runs["N"]["compression"]}
     md += ["", f"Projection of this compression phase (distributed/projection.py): T(N) = max(C, S/N) + n o / N + "
-           "D / B + G / (N B), from the 1-worker run's task seconds; C: the longest layer chain, S: all task "
+           "D / B + G(N) / (N B), from the 1-worker run's task seconds; C: the longest layer chain, S: all task "
            f"seconds, n: {sum(layer_tasks(r)[2] for r in rec1.values())} tasks, o = "
            f"{1e3 * costs['task_overhead']:.1f} ms per task (measured: {costs['tasks_timed']} empty tasks on the "
-           f"{n}-worker runtime, wall x {n} / tasks), D: bytes through the driver, G: bytes the tasks move (every get "
-           f"counted as a transfer), B = {costs['bandwidth'] / 1e9:.2f} GB/s (one TCP connection on loopback, "
+           f"{n}-worker runtime, wall x {n} / tasks), D: bytes through the driver, G(N): bytes the tasks move (every get "
+           f"counted as a transfer, except that a layer's H^-1 and W cross to each node once: min(row chunks, N) times), B = {costs['bandwidth'] / 1e9:.2f} GB/s (one TCP connection on loopback, "
            "measured). Measured wall times beside it where this run has them.", "",
            "| workers | projected s | bound | S/N s | C s | overhead s | transfer s | measured s | efficiency "
            "(projected) |", "|---|---|---|---|---|---|---|---|---|"]

@@ -349,19 +349,22 @@ def test_object_store_bytes_and_task_seconds_are_recorded(ray_runtime, cnn):
 
 
 def test_projection_model():
-    """T(N) = max(C, S/N) + n o / N + D / B + G / (N B), from two hand-made layer records."""
+    """T(N) = max(C, S/N) + n o / N + D / B + G(N) / (N B), from two hand-made layer records; a chunk's shared
+    H^-1 and W cross the network once per node at most."""
     from sbc_onnx.distributed.projection import project
 
-    def layer(inv, chunks, task, blocks, driver, tasks_bytes):
+    def layer(inv, chunks, task, blocks, driver, tasks_bytes, per_chunk):
         b = {"put_W": driver // 2, "put_H": driver - driver // 2 - 10, "put_sq_norms": 0, "get_result": 10,
-             "put_inverse": tasks_bytes}
-        return {"bytes": b, "put": driver - 10 + tasks_bytes, "get": 10, "chunks": len(chunks),
+             "put_inverse": tasks_bytes, "get_inverse_chunks": per_chunk * len(chunks)}
+        return {"bytes": b, "put": driver - 10 + tasks_bytes, "get": 10 + per_chunk * len(chunks),
+                "chunks": len(chunks),
                 "seconds": {"inverse": inv, "chunks": chunks, "layer_task": task, "solve_blocks": blocks}}
 
-    rec = {"layers": {"a": layer([1.0], [2.0, 3.0, 4.0], 5.0, [], 1000, 500),
-                      "b": layer([0.5], [1.0], 1.0, [2.0, 2.5], 3000, 1500)}}
-    S, C, n, D, G = 1 + 9 + 5 + 0.5 + 1 + 1 + 4.5, 1 + 4 + 5, 5 + 5, 4000, 2000
+    rec = {"layers": {"a": layer([1.0], [2.0, 3.0, 4.0], 5.0, [], 1000, 500, 70),
+                      "b": layer([0.5], [1.0], 1.0, [2.0, 2.5], 3000, 1500, 30)}}
+    S, C, n, D = 1 + 9 + 5 + 0.5 + 1 + 1 + 4.5, 1 + 4 + 5, 5 + 5, 4000
     for p in project(rec, [1, 2, 8, 128], bandwidth=100.0, task_overhead=0.1):
         N = p.workers
+        G = 2000 + 70 * min(3, N) + 30
         assert p.seconds == pytest.approx(max(C, S / N) + n * 0.1 / N + D / 100 + G / (N * 100))
         assert p.bound == ("critical path" if C >= S / N else "work")

@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     cluster, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
     if guard.is_child():  # compress over Ray, run by distributed/guard.py: report how this process ends
         guard.child_setup()
-        code = _main(argv)
+        try:
+            code = _main(argv)
+        except BaseException:  # a bug's traceback: exit code 1, not a lost cluster
+            guard.child_done(1)
+            raise
         guard.child_done(code)
         return code
     return _main(argv)

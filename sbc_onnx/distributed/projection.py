@@ -2,7 +2,7 @@
 
 The model (stated in benchmarks/results/scale_out.md, computed by `project`):
 
-    T(N) = max(C, S / N) + n o / N + D / B + G / (N B)
+    T(N) = max(C, S / N) + n o / N + D / B + G(N) / (N B)
 
 - S: the summed seconds of every task the run recorded (trace H^-1, trace row chunks, layer tasks, nested
   masked-solve blocks), measured on one thread each: the work, which N workers share at best evenly;
@@ -12,9 +12,10 @@ The model (stated in benchmarks/results/scale_out.md, computed by `project`):
   on the runtime with empty tasks), spread over the N workers;
 - D / B: the bytes through the driver (its puts of W, H, input norms; the results it gets back) over the
   bandwidth B (loopback TCP, measured): one link, whatever N is;
-- G / (N B): the bytes the tasks get and put (H^-1, W per chunk, chunk results, nested solve operands), spread
-  over the N workers' links; every get is counted as a transfer (on one node most are shared memory, so this
-  is an upper bound).
+- G(N) / (N B): the bytes the tasks get and put (H^-1, W per chunk, chunk results, nested solve operands),
+  spread over the N workers' links.  A node keeps an object it fetched, so a layer's H^-1 and W, read by each
+  of its c row chunks, cross the network min(c, N) times (once per worker node at most); every other get
+  is counted as a transfer (on one node most are shared memory: an upper bound).
 
 The sharded calibration is projected alongside: its shard seconds are proportional to the samples a shard holds
 (so S_cal / N), and every shard sends every layer's sum back through the driver (N times the recorded bytes
@@ -33,7 +34,7 @@ class Projection:
     work: float             # S / N
     critical_path: float    # C
     overhead: float         # n o / N
-    transfer: float         # D / B + G / (N B)
+    transfer: float         # D / B + G(N) / (N B)
     calibration: float | None  # the sharded calibration's projected seconds (None if none was recorded)
 
     @property
@@ -58,6 +59,15 @@ def driver_bytes(rec: dict) -> int:
     return sum(v for k, v in b.items() if k.startswith("put_") and k[4:] in ("W", "H", "sq_norms")) + b["get_result"]
 
 
+def task_bytes(rec: dict, workers: int) -> float:
+    """G of one layer on `workers` nodes: its tasks' bytes, the row chunks' shared H^-1 and W fetched at most
+    once per node."""
+    b, chunks = rec["bytes"], rec["chunks"]
+    shared = b.get("get_inverse_chunks", 0) + b.get("get_W_chunks", 0)  # chunks x (H^-1 + W)
+    other = rec["put"] + rec["get"] - driver_bytes(rec) - shared
+    return other + (shared / chunks * min(chunks, workers) if chunks else 0.0)
+
+
 def project(record: dict, workers: list[int], *, bandwidth: float, task_overhead: float) -> list[Projection]:
     """T(N) for each N of `workers` from a run's `CompressionReport.distributed` record (module doc);
     bandwidth in bytes/s, task_overhead in seconds per task."""
@@ -69,7 +79,6 @@ def project(record: dict, workers: list[int], *, bandwidth: float, task_overhead
     C = max(p for _, p, _ in per)
     n = sum(k for _, _, k in per)
     D = sum(driver_bytes(r) for r in layers)
-    G = sum(r["put"] + r["get"] for r in layers) - D
     cal = record.get("calibration") or []
     out = []
     for N in workers:
@@ -82,7 +91,7 @@ def project(record: dict, workers: list[int], *, bandwidth: float, task_overhead
                 calib += (sum(c["shard_seconds"]) / N + N * per_shard / bandwidth
                           + (c["put"]["data_shards"] + N * (c["put"]["graph"] + c["put"]["sim_config"])) / bandwidth
                           + task_overhead)
-        transfer = D / bandwidth + G / (N * bandwidth)
+        transfer = D / bandwidth + sum(task_bytes(r, N) for r in layers) / (N * bandwidth)
         out.append(Projection(N, max(C, S / N) + n * task_overhead / N + transfer, S / N, C, n * task_overhead / N,
                               transfer, calib))
     return out
