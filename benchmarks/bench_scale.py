@@ -401,6 +401,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a smoke run of the script: small widths, 32 x 32")
     ap.add_argument("--workers", type=int, default=None, help="compress over a local Ray runtime of N workers")
     ap.add_argument("--ray-address", default=None, help="compress over the Ray cluster at this address")
+    ap.add_argument("--speeds-from", default="", help="work folders of other scale-out runs of the same model whose "
+                    "measured layers also set the whole network's per-layer speeds")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -573,6 +575,10 @@ def scale_out_tables(scale: dict, args) -> list[str]:
         md.append(f"| {p.workers} | {p.seconds:.1f} | {p.bound} | {p.work:.1f} | {p.critical_path:.1f} | "
                   f"{p.overhead:.2f} | {p.transfer:.3f} | " + (f"{got:.1f}" if got is not None else "-")
                   + f" | {100 * proj[0].seconds / (p.workers * p.seconds):.0f} % |")
+    for extra in filter(None, args.speeds_from.split(",")):  # other scale-out runs of this model: more speeds
+        more = _load(Path(extra), "scale-out")["runs"]["1"]
+        rec1 = {**rec1, **more["distributed"]["layers"]}
+        shapes = {**shapes, **{x["name"]: x["shape"] for x in more["layers"]}}
     return md + ["", *whole_network(args, rec1, shapes)]
 
 
@@ -585,10 +591,12 @@ def whole_network(args, rec1: dict, measured_shapes: dict) -> list[str]:
 
     graph, _ = build_model(args.model, args.image, args.steps, tiny=args.tiny)
     fg = flatten(graph)
-    speed = {}
-    for name, r in rec1.items():
+    speed, src = {}, {}
+    for name, r in rec1.items():  # per d_in: the speed of the measured layer of most flops
         d_out, d_in = measured_shapes[name][0], int(np.prod(measured_shapes[name][1:]))
-        speed[d_in] = layer_flops("sbc", d_out, d_in) / layer_tasks(r)[0]
+        f = layer_flops("sbc", d_out, d_in)
+        if f > src.get(d_in, (0.0, ""))[0]:
+            speed[d_in], src[d_in] = f / layer_tasks(r)[0], (f, name)
     rows, total_f, total_s = [], 0.0, 0.0
     for name in fg.weight_nodes():
         w = np.asarray(fg.nodes[name].weight)
@@ -597,12 +605,14 @@ def whole_network(args, rec1: dict, measured_shapes: dict) -> list[str]:
         near = min(speed, key=lambda d: abs(np.log(d / d_in)))
         sec = f / speed[near]
         total_f, total_s = total_f + f, total_s + sec
-        rows.append(f"| {name} | {d_out} x {d_in} | {f / 1e9:.1f} | {near} | {sec:.0f} |")
+        rows.append(f"| {name} | {d_out} x {d_in} | {f / 1e9:.1f} | {src[near][1]} | {sec:.0f} |")
     return [f"Whole network ({args.model}, {len(rows)} weight layers): sbc 50 % compression {total_f:.3g} flop, "
             f"projected {total_s:.0f} s = {total_s / 3600:.1f} h on one worker (each layer at the speed of the "
             "measured layer nearest in d_in); the work term alone at N workers: "
             + ", ".join(f"{N}: {total_s / N / 3600:.2f} h" for N in PROJECT_WORKERS[1:]) + ".", "",
-            "| layer | d_out x d_in | Gflop | speed of d_in | projected s (1 worker) |", "|---|---|---|---|---|",
+            "Measured speeds (S of the layer's tasks, one thread each): "
+            + ", ".join(f"d_in {d} ({src[d][1]}): {speed[d] / 1e9:.1f} GFLOP/s" for d in sorted(speed)) + ".", "",
+            "| layer | d_out x d_in | Gflop | speed of | projected s (1 worker) |", "|---|---|---|---|---|",
             *rows, ""]
 
 
