@@ -7,9 +7,10 @@ So the CLI re-runs the same command in a child process (`supervise`) and waits f
 
 - the child's `cli.main` reports its exit code on a pipe just before returning (`child_done`), and where its
   `--resume` folder is (`child_resume`) before any work;
-- a child that ends without reporting was ended by Ray (or by a signal): the parent prints ONE line (the lost
-  cluster, how many layers the --resume folder keeps and how to continue) and exits with code 2, as every
-  SbcError does; the folder's hidden temporary files of a write cut short are removed (workdir.py: every
+- a child that ends without reporting was ended by Ray (exit code 1, or SIGABRT on a failed check): the
+  parent prints ONE line (the lost cluster, how many layers the --resume folder keeps and how to continue)
+  and exits with code 2, as every SbcError does; killed by another signal (SIGKILL: out of memory), one
+  line saying so and 128 + the signal; the folder's hidden temporary files of a write cut short are removed (workdir.py: every
   record is written after the arrays it vouches for, so what is listed is complete);
 - the child's C-level stderr (Ray's C++ log lines) goes to a file; Python's stderr (progress, notes, errors)
   still goes to the terminal. The file is named in the lost-cluster line, copied to stderr otherwise.
@@ -134,6 +135,11 @@ def _outcome(rc: int, status: dict[str, str], log: str) -> int:
         remove_temporaries(resume)
         kept = (f"the {finished_layers(resume)} layer(s) finished are kept in {resume}: run the same command again "
                 "(with --resume) to continue")
+    if rc < 0 and -rc != signal.SIGABRT:  # Ray exits with code 1, or aborts on a failed check: not this
+        name = signal.Signals(-rc).name
+        print(f"error: the compression process was killed ({name}, e.g. by the out-of-memory killer); {kept}",
+              file=sys.stderr, flush=True)
+        return 128 - rc
     how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
     print(f"error: the Ray cluster was lost (Ray ended the compression process, {how}: its raylet or the head's "
           f"GCS went away); {kept}; Ray's messages: {log}", file=sys.stderr, flush=True)
