@@ -55,7 +55,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # ---------------------------------------------------------------------------------------------- model, data
 
 def build_model(kind: str, image: int, steps: int, seed: int = 0, tiny: bool = False):
-    """(NIR graph, SimConfig) of SEW-ResNet18 at `image` x `image`."""
+    """(NIR graph, SimConfig) of SEW-ResNet18 (or SEW-ResNet152: kind "sew_resnet152") at `image` x `image`."""
     from sbc_onnx.sim import SimConfig
 
     if kind == "synthetic":
@@ -70,7 +70,9 @@ def build_model(kind: str, image: int, steps: int, seed: int = 0, tiny: bool = F
     from sbc_onnx.torch import export_module
 
     torch.manual_seed(seed)
-    net = sew_resnet_module().sew_resnet18(cnf="ADD", spiking_neuron=neuron.IFNode)
+    # SpikingJelly's own networks: sew_resnet152 is its Bottleneck variant with the real [3, 8, 36, 3] blocks
+    build = sew_resnet_module().sew_resnet152 if kind == "sew_resnet152" else sew_resnet_module().sew_resnet18
+    net = build(cnf="ADD", spiking_neuron=neuron.IFNode)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             with torch.no_grad():
@@ -184,14 +186,78 @@ def scale_out_job(graph, cfg, data, args) -> dict:
         new, rep = sbc.compress(graph, data, cfg=cfg, calibration=cal, batch_size=args.samples, progress=True,
                                 measure_damage=False, method="sbc", sparsity=0.5,
                                 layers=args.layers.split(",") if args.layers else None, **kw)
-        runs[label] = {"compression": rep.seconds["compression"], "wall": time.perf_counter() - t0}
+        runs[label] = {"compression": rep.seconds["compression"], "wall": time.perf_counter() - t0,
+                       "distributed": rep.distributed,
+                       "layers": [{"name": r.name, "shape": r.shape, "seconds": r.seconds} for r in rep.layers]}
         fg = sbc.graph.flatten(new)
         weights[label] = [np.asarray(fg.nodes[r.name].weight) for r in rep.layers]
     n = args.workers or _cluster_cpus(args.ray_address)
+    costs = runtime_costs(n, args.ray_address)
+    # what a sharded calibration on n workers would send back per layer: n shards' sums, from the arrays
+    from sbc_onnx.calibrate import shard_sums
+    from sbc_onnx.distributed.traffic import nbytes
+    sums = shard_sums(cal)["layers"]
+    costs["shard_sums_by_layer"] = {name: n * nbytes(v) for name, v in sums.items()}
     same_masks = all(np.array_equal(a != 0, b != 0) for a, b in zip(weights["1"], weights["N"]))
     rel = max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30)) for a, b in zip(weights["1"], weights["N"]))
-    return {"runs": runs, "n": n, "where": where, "same_masks": same_masks, "max_rel_diff": rel,
+    return {"runs": runs, "n": n, "where": where, "same_masks": same_masks, "max_rel_diff": rel, "costs": costs,
             "efficiency": runs["1"]["compression"] / (n * runs["N"]["compression"])}
+
+
+def runtime_costs(workers: int, address: str | None, tasks: int = 400) -> dict:
+    """The projection's measured inputs: the per-task overhead (empty tasks through a runtime of `workers`,
+    wall x workers / tasks) and the loopback TCP bandwidth (bytes/s)."""
+    import ray
+
+    from sbc_onnx.distributed.cluster import ONE_THREAD_ENV
+
+    kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ONE_THREAD_ENV})
+    ray.init(address=address, **kw) if address else ray.init(address="local", num_cpus=workers, **kw)
+    try:
+        noop = ray.remote(num_cpus=1)(_noop)
+        ray.get([noop.remote() for _ in range(4 * workers)])  # the workers started
+        t0 = time.perf_counter()
+        ray.get([noop.remote() for _ in range(tasks)])
+        overhead = (time.perf_counter() - t0) * workers / tasks
+    finally:
+        ray.shutdown()
+    return {"task_overhead": overhead, "bandwidth": loopback_bandwidth(), "tasks_timed": tasks}
+
+
+def _noop():
+    return None
+
+
+def loopback_bandwidth(total: int = 1 << 29, block: int = 1 << 22) -> float:
+    """Bytes/s through one TCP connection on 127.0.0.1 (best of 3)."""
+    import socket
+    import threading
+
+    best = 0.0
+    for _ in range(3):
+        srv = socket.create_server(("127.0.0.1", 0))
+        got = [0]
+
+        def receive():
+            conn, _ = srv.accept()
+            buf = bytearray(block)
+            with conn:
+                while got[0] < total:
+                    k = conn.recv_into(buf)
+                    if not k:
+                        break
+                    got[0] += k
+        th = threading.Thread(target=receive)
+        th.start()
+        data = b"\0" * block
+        t0 = time.perf_counter()
+        with socket.create_connection(srv.getsockname()) as c:
+            for _ in range(total // block):
+                c.sendall(data)
+        th.join()
+        best = max(best, got[0] / (time.perf_counter() - t0))
+        srv.close()
+    return best
 
 
 def _cluster_cpus(address: str) -> int:
@@ -311,7 +377,9 @@ def table(fast: dict, quant: dict, rows: dict, sgemm: float, n_samples: int, ste
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", choices=["synthetic", "spikingjelly"], default="synthetic")
+    ap.add_argument("--model", choices=["synthetic", "spikingjelly", "sew_resnet152"], default="synthetic",
+                    help="sew_resnet152: SpikingJelly's SEW-ResNet152 (random weights; for the compression phase, "
+                    "--jobs scale-out with --layers)")
     ap.add_argument("--image", type=int, default=224)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--samples", type=int, default=8)
@@ -333,6 +401,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a smoke run of the script: small widths, 32 x 32")
     ap.add_argument("--workers", type=int, default=None, help="compress over a local Ray runtime of N workers")
     ap.add_argument("--ray-address", default=None, help="compress over the Ray cluster at this address")
+    ap.add_argument("--speeds-from", default="", help="work folders of other scale-out runs of the same model whose "
+                    "measured layers also set the whole network's per-layer speeds")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -391,7 +461,8 @@ def report(args, work: Path) -> list[str]:
     base = mem or fast
     md = [f"# ImageNet-shape SEW-ResNet18 under --max-memory {args.max_memory} (`benchmarks/bench_scale.py`)", "",
           f"Model: {args.model} ("
-          + ("`sbc_onnx.synthetic.sew_resnet_graph`" if args.model == "synthetic" else "SpikingJelly sew_resnet18")
+          + {"synthetic": "`sbc_onnx.synthetic.sew_resnet_graph`", "spikingjelly": "SpikingJelly sew_resnet18",
+             "sew_resnet152": "SpikingJelly sew_resnet152"}[args.model]
           + f"), {args.image} x {args.image}, T = {args.steps}, {args.samples} random calibration images; sgemm "
           f"{sgemm:.1f} GFLOP/s (float32 2048^3, best of the runs before and after). The machine is shared (2 cores, "
           "other jobs running): timings are noisy.", ""]
@@ -427,6 +498,8 @@ def report(args, work: Path) -> list[str]:
                f"worker, {r['N']['compression']:.0f} s on {scale['n']}: parallel efficiency "
                f"{100 * scale['efficiency']:.0f} %; masks bitwise equal: {scale['same_masks']}, largest relative "
                f"weight difference {scale['max_rel_diff']:.1e}"]
+        if "costs" in scale:
+            md += ["", *scale_out_tables(scale, args)]
     md += ["- the full sbc 50 % run: " + (f"{full['seconds']['wall']:.0f} s, peak RSS {gib(full['peak_rss'])}"
                                            if full else "not run (--jobs full-sbc; hours here)")]
     md += ["- the full obc 50 % run: " + (f"{full_obc['seconds']['wall']:.0f} s (calibration "
@@ -446,6 +519,103 @@ def report(args, work: Path) -> list[str]:
     return md + plans(args)
 
 
+MiB = 2**20
+PROJECT_WORKERS = [1, 2, 8, 32, 128]
+
+
+def scale_out_tables(scale: dict, args) -> list[str]:
+    """Bytes through the object store per layer (the N-worker run), task seconds (the 1-worker run), the
+    projection for PROJECT_WORKERS (distributed/projection.py) and, for the whole network, every layer's flops
+    and projected seconds at the measured per-layer speed."""
+    from sbc_onnx.distributed.projection import layer_tasks, project
+
+    runs, costs, n = scale["runs"], scale["costs"], scale["n"]
+    recN, rec1 = runs["N"]["distributed"]["layers"], runs["1"]["distributed"]["layers"]
+    shapes = {x["name"]: x["shape"] for x in runs["1"]["layers"]}
+    mib = lambda b: f"{b / MiB:.1f}"
+    md = [f"Bytes through the object store per layer, {n} workers (MiB; counted from the arrays put and got: "
+          "`CompressionReport.distributed`). put: the driver's W and H (and input norms), the H^-1 task's result, "
+          "the row chunks' results, the nested masked-solve operands and results; get: each row chunk's W and "
+          "H^-1, the layer task's W, H and chunk results, the solve blocks' operands, the driver's result. "
+          f"Calibration: the {n} shards' Hessian sums of the layer (what a sharded calibration sends back).", "",
+          "| layer | d_out x d_in | row chunks | put | get | W | H | H^-1 | chunk results | solve blocks | result "
+          "| calibration shard sums |", "|" + "---|" * 12]
+    for name, r in recN.items():
+        b = r["bytes"]
+        d_out, d_in = shapes[name][0], int(np.prod(shapes[name][1:]))
+        md.append(f"| {name} | {d_out} x {d_in} | {r['chunks']} | {mib(r['put'])} | {mib(r['get'])} | "
+                  f"{mib(b['put_W'])} | {mib(b['put_H'])} | {mib(b['put_inverse'])} | {mib(b['put_chunk_results'])} | "
+                  f"{mib(b['put_solve_shared'] + b['get_solve_blocks'])} | {mib(b['get_result'])} | "
+                  f"{mib(costs['shard_sums_by_layer'].get(name, 0))} |")
+    md += ["", "Task seconds per layer (the 1-worker run, one thread per task): S = all its tasks, C = its chain "
+           "(H^-1, slowest row chunk, layer task, slowest solve block).", "",
+           "| layer | tasks | S s | C s | H^-1 s | chunk s (min-max) | layer task s | solve blocks |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, r in rec1.items():
+        work, path, k = layer_tasks(r)
+        sec = r["seconds"]
+        ch = sec["chunks"]
+        md.append(f"| {name} | {k} | {work:.1f} | {path:.1f} | {sum(sec['inverse']):.2f} | "
+                  + (f"{min(ch):.2f}-{max(ch):.2f}" if ch else "-") + f" | {sec['layer_task']:.2f} | "
+                  f"{len(sec['solve_blocks'])} |")
+    proj = project(runs["1"]["distributed"], PROJECT_WORKERS, bandwidth=costs["bandwidth"],
+                   task_overhead=costs["task_overhead"])
+    measured = {1: runs["1"]["compression"], n: runs["N"]["compression"]}
+    md += ["", f"Projection of this compression phase (distributed/projection.py): T(N) = max(C, S/N) + n o / N + "
+           "D / B + G(N) / (N B), from the 1-worker run's task seconds; C: the longest layer chain, S: all task "
+           f"seconds, n: {sum(layer_tasks(r)[2] for r in rec1.values())} tasks, o = "
+           f"{1e3 * costs['task_overhead']:.1f} ms per task (measured: {costs['tasks_timed']} empty tasks on the "
+           f"{n}-worker runtime, wall x {n} / tasks), D: bytes through the driver, G(N): bytes the tasks move (every get "
+           f"counted as a transfer, except that a layer's H^-1 and W cross to each node once: min(row chunks, N) times), B = {costs['bandwidth'] / 1e9:.2f} GB/s (one TCP connection on loopback, "
+           "measured). Measured wall times beside it where this run has them.", "",
+           "| workers | projected s | bound | S/N s | C s | overhead s | transfer s | measured s | efficiency "
+           "(projected) |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in proj:
+        got = measured.get(p.workers)
+        md.append(f"| {p.workers} | {p.seconds:.1f} | {p.bound} | {p.work:.1f} | {p.critical_path:.1f} | "
+                  f"{p.overhead:.2f} | {p.transfer:.3f} | " + (f"{got:.1f}" if got is not None else "-")
+                  + f" | {100 * proj[0].seconds / (p.workers * p.seconds):.0f} % |")
+    for extra in filter(None, args.speeds_from.split(",")):  # other scale-out runs of this model: more speeds
+        more = _load(Path(extra), "scale-out")["runs"]["1"]
+        rec1 = {**rec1, **more["distributed"]["layers"]}
+        shapes = {**shapes, **{x["name"]: x["shape"] for x in more["layers"]}}
+    return md + ["", *whole_network(args, rec1, shapes)]
+
+
+def whole_network(args, rec1: dict, measured_shapes: dict) -> list[str]:
+    """Every weight layer of the model with its `sbc` 50 % flops (compress.cost.layer_flops) and its seconds on
+    one worker projected at the speed (flop/s of S) of the measured layer nearest in d_in (log scale)."""
+    from sbc_onnx.compress.cost import layer_flops
+    from sbc_onnx.distributed.projection import layer_tasks
+    from sbc_onnx.graph import flatten
+
+    graph, _ = build_model(args.model, args.image, args.steps, tiny=args.tiny)
+    fg = flatten(graph)
+    speed, src = {}, {}
+    for name, r in rec1.items():  # per d_in: the speed of the measured layer of most flops
+        d_out, d_in = measured_shapes[name][0], int(np.prod(measured_shapes[name][1:]))
+        f = layer_flops("sbc", d_out, d_in)
+        if f > src.get(d_in, (0.0, ""))[0]:
+            speed[d_in], src[d_in] = f / layer_tasks(r)[0], (f, name)
+    rows, total_f, total_s = [], 0.0, 0.0
+    for name in fg.weight_nodes():
+        w = np.asarray(fg.nodes[name].weight)
+        d_out, d_in = w.shape[0], int(np.prod(w.shape[1:]))
+        f = layer_flops("sbc", d_out, d_in)
+        near = min(speed, key=lambda d: abs(np.log(d / d_in)))
+        sec = f / speed[near]
+        total_f, total_s = total_f + f, total_s + sec
+        rows.append(f"| {name} | {d_out} x {d_in} | {f / 1e9:.1f} | {src[near][1]} | {sec:.0f} |")
+    return [f"Whole network ({args.model}, {len(rows)} weight layers): sbc 50 % compression {total_f:.3g} flop, "
+            f"projected {total_s:.0f} s = {total_s / 3600:.1f} h on one worker (each layer at the speed of the "
+            "measured layer nearest in d_in); the work term alone at N workers: "
+            + ", ".join(f"{N}: {total_s / N / 3600:.2f} h" for N in PROJECT_WORKERS[1:]) + ".", "",
+            "Measured speeds (S of the layer's tasks, one thread each): "
+            + ", ".join(f"d_in {d} ({src[d][1]}): {speed[d] / 1e9:.1f} GFLOP/s" for d in sorted(speed)) + ".", "",
+            "| layer | d_out x d_in | Gflop | speed of | projected s (1 worker) |", "|---|---|---|---|---|",
+            *rows, ""]
+
+
 def plans(args) -> list[str]:
     """What `memory_plan` makes of other budgets for this model and data (planned only, not run)."""
     from sbc_onnx.errors import SbcError
@@ -453,6 +623,8 @@ def plans(args) -> list[str]:
 
     graph, cfg = build_model(args.model, args.image, args.steps, tiny=args.tiny)
     data = calibration_data(args.samples, args.steps, args.image)
+    if not args.plans:
+        return []
     out = ["Calibration passes `memory_plan` chooses for other budgets (sbc 50 %, batch = all samples; planned, "
            "not run):", ""]
     for b in args.plans.split(","):

@@ -268,6 +268,9 @@ class CompressionReport:
     # layer -> (integer codes shaped like the weight, per-output-channel scale, zero point); W = s (q - z)
     quant: dict = field(default_factory=dict, repr=False)
     files: list = field(default_factory=list)  # written files: sizes against the dense model (io/sizes.py)
+    # over Ray: workers, per layer the bytes moved through the object store and its tasks' seconds
+    # (distributed/traffic.py), the sharded calibrations' bytes and seconds
+    distributed: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -486,6 +489,7 @@ class _Compression:
         self.resumable = False
         self._spill_dir: str | None = None  # a temporary work folder, removed at the end
         self.cluster = None  # a distributed.Cluster when the run is spread over Ray workers
+        self.distributed: dict | None = None  # what the cluster moved and timed (CompressionReport.distributed)
 
     # ---- cluster
     def connect(self, workers: int | None, ray_address: str | None) -> None:
@@ -504,6 +508,8 @@ class _Compression:
 
     def disconnect(self) -> None:
         if self.cluster is not None:
+            self.distributed = {"workers": self.cluster.workers, "layers": (self.distributed or {}).get("layers", {}),
+                                "calibration": self.cluster.calibration_records}
             self.cluster.close()
             self.cluster = None
 
@@ -745,8 +751,10 @@ class _Compression:
 
         window = 1 if plan.sequential else 2 * self.cluster.workers  # layers computing at once
         t_last = time.perf_counter()
+        self.distributed = {"layers": {}}
         for job, parts, trace_seconds in runner.run(jobs(), window, on_wait, in_order=plan.sequential):
             name = self.names[job.index]
+            self.distributed["layers"][name] = runner.records[job.index]
             if parts:
                 parts[0].seconds += trace_seconds  # the layer's time includes its trace's row chunks
             report = self._layer_report(name, lcs.pop(job.index), np.asarray(self.fg.nodes[name].weight), parts,
@@ -845,7 +853,8 @@ class _Compression:
             layers=self.layers, overall_sparsity=zeros / total if total else 0.0, seconds=self.seconds,
             notes=self.notes + list(cal_notes), quant=self.quant,
             budget=None if self.budget_plan is None else self.budget_plan.to_dict(),
-            repair=None if self.repair_report is None else self.repair_report.to_dict())
+            repair=None if self.repair_report is None else self.repair_report.to_dict(),
+            distributed=self.distributed)
 
     def repair(self, dense: nir.NIRGraph) -> None:
         t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from .errors import SbcError
 from .graph import FlatGraph
 from .io.atomic import write_atomic, write_text_atomic
 
-__all__ = ["StoredHessian", "WorkDir", "data_hash", "graph_hash"]
+__all__ = ["StoredHessian", "WorkDir", "data_hash", "finished_layers", "graph_hash", "remove_temporaries"]
 
 FORMAT = "sbc-onnx-work/1"
 
@@ -168,6 +168,22 @@ class WorkDir:
             weight = z["weight"]
             quant = (z["q"], z["scale"], z["zero"]) if "q" in z.files else None
         return weight, quant, _read_json(self._l(name, "json"))
+
+
+def finished_layers(path: str | Path) -> int:
+    """How many finished layers the work folder at `path` holds (their records: written last)."""
+    return len(list((Path(path) / "layers").glob("*.json")))
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Remove the hidden temporary files (io/atomic.py) a process ended mid-write left in the work folder at
+    `path`; call it only when no process writes there. The paths removed."""
+    gone = []
+    for sub in ("", "layers", "hessians"):
+        for tmp in (Path(path) / sub).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def _what(key: str) -> str:

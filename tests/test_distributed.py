@@ -304,3 +304,67 @@ def test_sequential_and_resume_on_two_workers(ray_runtime, sew, tmp_path, monkey
                         **kw)
     assert done == list(range(3, len(rep.layers)))  # layers 0-2 restored, not computed again
     assert_same_result(single, out)
+
+
+def test_object_store_bytes_and_task_seconds_are_recorded(ray_runtime, cnn):
+    """CompressionReport.distributed: per layer the bytes of the arrays put and got (from the arrays), one
+    seconds entry per task; the sharded calibration's sums per layer; and the projection from them."""
+    import math
+
+    from sbc_onnx.calibrate import shard_sums
+    from sbc_onnx.compress import group_blocks
+    from sbc_onnx.distributed import connect
+    from sbc_onnx.distributed.layers import chunk_rows
+    from sbc_onnx.distributed.projection import project
+    from sbc_onnx.distributed.traffic import nbytes
+
+    g, data, walker, single = cnn
+    _, rep = compress(g, data, calibration=single, sparsity=0.5, method="sbc", batch_size=1, measure_damage=False,
+                      workers=2)
+    fg = flatten(g)
+    rec = rep.distributed
+    assert rec["workers"] == 2 and set(rec["layers"]) == set(fg.weight_nodes())
+    for name, r in rec["layers"].items():
+        W = np.asarray(fg.nodes[name].weight)
+        W = W.reshape(W.shape[0], -1)
+        groups = single.layers[name].groups
+        d_in = W.shape[1] // groups
+        b = r["bytes"]
+        assert (b["put_W"], b["put_H"], b["get_W_layer"]) == (W.nbytes, single.layers[name].H.nbytes, W.nbytes)
+        chunks = sum(math.ceil((rows.stop - rows.start) / chunk_rows(rows.stop - rows.start, cols.stop - cols.start))
+                     for _, rows, cols in group_blocks(W.shape, groups))
+        assert r["chunks"] == chunks == len(r["seconds"]["chunks"]) and len(r["seconds"]["inverse"]) == groups
+        assert b["put_inverse"] == groups * d_in * d_in * 4  # float32 H^-1 per group
+        assert b["get_W_chunks"] == chunks * W.nbytes
+        assert b["put_chunk_results"] > 0 and b["get_result"] >= W.nbytes  # the new weights come back
+        assert r["put"] == sum(v for k, v in b.items() if k.startswith("put_"))
+    cluster = connect(workers=2)
+    cluster.calibrate(walker, data, layers=list(single.layers), objective="smp", batch_size=1, input_norms=True)
+    cal = cluster.calibration_records[-1]
+    assert len(cal["shard_seconds"]) == 2
+    for n in single.layers:  # two shards, each the same arrays as one pass's sums
+        assert cal["shard_sums_by_layer"][n] == 2 * nbytes(shard_sums(single)["layers"][n])
+    p1, p8 = project({**rec, "calibration": [cal]}, [1, 8], bandwidth=1e9, task_overhead=1e-3)
+    assert p1.seconds >= p8.seconds >= p8.critical_path and p8.calibration > 0
+
+
+def test_projection_model():
+    """T(N) = max(C, S/N) + n o / N + D / B + G(N) / (N B), from two hand-made layer records; a chunk's shared
+    H^-1 and W cross the network once per node at most."""
+    from sbc_onnx.distributed.projection import project
+
+    def layer(inv, chunks, task, blocks, driver, tasks_bytes, per_chunk):
+        b = {"put_W": driver // 2, "put_H": driver - driver // 2 - 10, "put_sq_norms": 0, "get_result": 10,
+             "put_inverse": tasks_bytes, "get_inverse_chunks": per_chunk * len(chunks)}
+        return {"bytes": b, "put": driver - 10 + tasks_bytes, "get": 10 + per_chunk * len(chunks),
+                "chunks": len(chunks),
+                "seconds": {"inverse": inv, "chunks": chunks, "layer_task": task, "solve_blocks": blocks}}
+
+    rec = {"layers": {"a": layer([1.0], [2.0, 3.0, 4.0], 5.0, [], 1000, 500, 70),
+                      "b": layer([0.5], [1.0], 1.0, [2.0, 2.5], 3000, 1500, 30)}}
+    S, C, n, D = 1 + 9 + 5 + 0.5 + 1 + 1 + 4.5, 1 + 4 + 5, 5 + 5, 4000
+    for p in project(rec, [1, 2, 8, 128], bandwidth=100.0, task_overhead=0.1):
+        N = p.workers
+        G = 2000 + 70 * min(3, N) + 30
+        assert p.seconds == pytest.approx(max(C, S / N) + n * 0.1 / N + D / 100 + G / (N * 100))
+        assert p.bound == ("critical path" if C >= S / N else "work")

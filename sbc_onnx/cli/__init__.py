@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import click
 
+from ..distributed import guard
 from ..errors import SbcError
 
 
@@ -58,11 +59,25 @@ def _signals_raise():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; the exit code: 0 done, 1 a check found violations, 2 bad input, 130 interrupted
-    (SIGINT), 143 terminated (SIGTERM)."""
+    """Run the command line; the exit code: 0 done, 1 a check found violations, 2 bad input or a lost Ray
+    cluster, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
+    if guard.is_child():  # compress over Ray, run by distributed/guard.py: report how this process ends
+        guard.child_setup()
+        try:
+            code = _main(argv)
+        except BaseException:  # a bug's traceback: exit code 1, not a lost cluster
+            guard.child_done(1)
+            raise
+        guard.child_done(code)
+        return code
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
         with _signals_raise():
-            cli.main(args=argv, prog_name="sbc-onnx", standalone_mode=False)
+            code = cli.main(args=args, prog_name="sbc-onnx", standalone_mode=False, obj={"argv": args})
     except SbcError as e:
         click.echo(f"error: {e}", err=True)
         return 2
@@ -83,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as e:
         click.echo(STOP_SIGNALS[e.signum], err=True)
         return 128 + e.signum
-    return 0
+    return code if isinstance(code, int) else 0  # click hands back a click.exceptions.Exit's code
 
 
 if __name__ == "__main__":  # pragma: no cover

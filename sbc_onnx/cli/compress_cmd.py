@@ -6,12 +6,14 @@ and adds the folding into an integer model and its float twin; every other optio
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from ..compress import ALLOCATIONS, METHODS, SCHEMES
-from ..distributed import check_options
+from ..distributed import check_options, guard
+from ..distributed.cluster import check_reachable
 from ..evaluate import evaluate
 from ..hardware.deploy import compress_for_target, deployment_paths, target_plan, write_deployment
 from ..hardware.energy import synops_model
@@ -122,12 +124,20 @@ def compress_cmd(model, calib_path, output, sparsity, bits, budget, budget_searc
                    search_seed=search_seed, search_score=search_score, reset_aware=reset_aware)
     profile = load_profile(target) if target else None
     plan = target_plan(profile, **options) if profile else Plan.build(**options)  # checked before any work
+    ray = None
     if workers is not None or ray_address is not None:
-        check_options(workers, ray_address)  # Ray installed, one of the two: before any work
+        ray = check_options(workers, ray_address)  # Ray installed, one of the two: before any work
     outputs = _output_paths(model, output, force, profile is not None)
     memory_budget = plan.budget is not None and plan.budget.kind == "memory"
     storage = storage_model(output) if memory_budget else None  # a format with a storage model, before any work
     _check_files(model, calib_path, eval_path, report_path)
+    if ray is not None and not guard.is_child() and not ray.is_initialized():
+        if ray_address is not None:
+            check_reachable(ray_address)
+        # Ray ends a driver whose cluster is lost by itself: run the command in a guarded child (guard.py)
+        argv = (click.get_current_context().find_root().obj or {}).get("argv") or sys.argv[1:]
+        raise click.exceptions.Exit(guard.supervise(argv))
+    guard.child_resume(resume)
     graph = load_model(model)
     for p in outputs:
         check_format(graph, p)  # e.g. max pooling to .nir: refused before any work

@@ -19,6 +19,7 @@ from ..calibrate import Calibration, merge_shards
 from ..errors import SbcError
 from ..progress import progress_bar
 from . import tasks
+from .traffic import nbytes, pickled_bytes
 
 log = logging.getLogger("sbc_onnx")
 
@@ -98,6 +99,9 @@ class Cluster:
     def __init__(self, ray, workers: int, started: bool):
         self.ray, self.workers, self.started = ray, workers, started
         self.marker = os.environ.get(tasks.KILL_ONCE_ENV) or None
+        self.calibration_records: list[dict] = []  # bytes and seconds of each sharded calibration (calibrate)
+        hold = os.environ.get(tasks.HOLD_FROM_ENV, "")
+        self.hold_from = int(hold) if hold.isdigit() else None
         opts = dict(num_cpus=1, max_retries=MAX_RETRIES)
         self.calibrate_shard = ray.remote(**opts)(tasks.calibrate_shard)
         self.trace_inverse = ray.remote(**opts)(tasks.trace_inverse)
@@ -155,12 +159,21 @@ class Cluster:
         n = min(self.workers, batches)
         bounds = [round(batches * i / n) for i in range(n + 1)]
         fg, cfg = self.put(walker.fg), self.put(walker.cfg)
-        refs = [self.calibrate_shard.remote(
-                    fg, cfg, self.put(data.take((b1 - b0) * batch_size, b0 * batch_size)), layers, objective,
-                    batch_size, input_norms)
-                for b0, b1 in itertools.pairwise(bounds)]
+        put = {"graph": pickled_bytes(walker.fg), "sim_config": pickled_bytes(walker.cfg), "data_shards": 0}
+        refs = []
+        for b0, b1 in itertools.pairwise(bounds):
+            shard = data.take((b1 - b0) * batch_size, b0 * batch_size)
+            put["data_shards"] += pickled_bytes(shard)
+            refs.append(self.calibrate_shard.remote(fg, cfg, self.put(shard), layers, objective, batch_size,
+                                                    input_norms))
         bar = progress_bar(n, f"calibrating on {n} shard(s)", progress)
         shards = self._gather(refs, bar)
+        # what went through the store: the inputs above (each shard task got the graph and its shard), and
+        # per layer the shards' sums the driver got back
+        self.calibration_records.append({
+            "put": put, "get_by_tasks": n * (put["graph"] + put["sim_config"]) + put["data_shards"],
+            "shard_sums_by_layer": {name: sum(nbytes(s["layers"][name]) for s in shards) for name in layers},
+            "shard_seconds": [s["task_seconds"] for s in shards]})
         return merge_shards(walker.fg, walker.cfg, shards, layers=layers, objective=objective,
                             input_norms=input_norms, seconds=time.perf_counter() - t0)
 

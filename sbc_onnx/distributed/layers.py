@@ -24,6 +24,7 @@ import numpy as np
 from ..compress import group_blocks
 from ..compress.layer import group_counts
 from .tasks import BlocksOnCluster, assemble_trace
+from .traffic import layer_record, nbytes
 
 CHUNK_FLOP = 4e9  # the trace work of one row chunk: enough rows that a task's overhead is small against it
 # the masked solves of a layer task: chunks of about SOLVE_CHUNK_FLOP as nested tasks above SOLVE_MIN_FLOP
@@ -50,18 +51,21 @@ def chunk_rows(d_out: int, d_in: int) -> int:
 
 
 class _Submitted:
-    def __init__(self, job: LayerJob, ref, chunks: list):
+    def __init__(self, job: LayerJob, ref, chunks: list, put: dict):
         self.job, self.ref, self.chunks = job, ref, chunks  # chunks: those not seen done yet
+        self.n_chunks, self.put = len(chunks), put  # the driver's puts for it, bytes by name
         self.done = False
 
 
 class LayerRunner:
-    """Submits LayerJobs to a Cluster and yields (job, results, trace seconds) in submission order."""
+    """Submits LayerJobs to a Cluster and yields (job, results, trace seconds) in submission order; `records`:
+    per layer index, the bytes it moved through the object store and its tasks' seconds (traffic.layer_record)."""
 
     def __init__(self, cluster, options: dict, *, obs_trace: bool, rel_damp: float, max_damp: float = 1.0):
         self.cluster, self.options = cluster, dict(options)
         self.obs_trace, self.rel_damp, self.max_damp = obs_trace, rel_damp, max_damp
         self.chunks_done = self.chunks_total = 0
+        self.records: dict[int, dict] = {}
 
     def traces(self, layers: list[tuple[np.ndarray, np.ndarray, int]]) -> list[list]:
         """Every group's ExactOBS trace (no pattern) of each (W, H, groups), computed in row chunks across the
@@ -103,9 +107,10 @@ class LayerRunner:
             chunks += group_chunks
         ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
                                       job.traces, layout, BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker,
-                                      *chunks)
+                                      c.hold_from is not None and job.index >= c.hold_from, *chunks)
+        put = {"W": job.W.nbytes, "H": job.H.nbytes, "sq_norms": nbytes(job.sq_norms)}  # sq_norms: in the task spec
         job.H = job.sq_norms = None  # in the store now; a layer waiting to be taken holds no copy here
-        return _Submitted(job, ref, list(chunks))
+        return _Submitted(job, ref, list(chunks), put)
 
     def run(self, jobs: Iterator[LayerJob], window: int, on_wait: Callable[[], None] | None = None, *,
             in_order: bool = False):
@@ -129,7 +134,9 @@ class LayerRunner:
                 self._wait(pending, on_wait)
                 continue
             head = pending.popleft()
-            results, spent = self.cluster.get(head.ref)
+            results, spent, info = self.cluster.get(head.ref)
+            self.records[head.job.index] = layer_record(info, put=head.put, result_bytes=nbytes(results),
+                                                        chunks=head.n_chunks)
             yield head.job, results, spent
 
     def _wait(self, pending, on_wait) -> None:
