@@ -86,8 +86,10 @@ def supervise(argv: list[str]) -> int:
     fd, log = tempfile.mkstemp(prefix="sbc-onnx-ray-", suffix=".log")
     os.close(fd)
     env = {**os.environ, GUARD_ENV: f"{w}:{log}"}
-    # its own process group: a Ctrl-C reaches the child once, forwarded by the handlers below
-    proc = subprocess.Popen([sys.executable, "-m", "sbc_onnx", *argv], pass_fds=(w,), env=env, process_group=0)
+    # its own process group (a new session: Popen's process_group needs Python 3.11): a Ctrl-C reaches the
+    # child once, forwarded by the handlers below
+    proc = subprocess.Popen([sys.executable, "-m", "sbc_onnx", *argv], pass_fds=(w,), env=env,
+                            start_new_session=True)
     os.close(w)
     forward = {s: signal.signal(s, lambda signum, _frame: proc.send_signal(signum))
                for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN}
