@@ -60,7 +60,15 @@ def _b_in(d_in: int) -> int:
     return math.ceil(d_in / min(d_in, 256))
 
 
-def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None, prepared=False):
+def default_flush(d_in: int) -> int:
+    """Eliminations between two flushes of a row's lazy downdates.  A flush rewrites the whole alive block
+    (memory traffic); between flushes each step pays O(r s) for the r pending downdates.  Wide layers
+    gain from rarer flushes, above all with two rows in flight (two blocks beside one L3); narrow ones
+    lose (measured per width: benchmarks/results/kernels.md).  A function of d_in only."""
+    return 64 if d_in < 512 else 128 if d_in < 2048 else 256
+
+
+def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=None, on_rows=None, prepared=False):
     """Step 1 of ExactOBS.  Returns (order, scores) of shape (d_out, n_elim); n_elim = d_in, or the
     per-row pattern count for N:M.  Runs in float32, one row at a time (compiled: _obs_kernel).
     on_rows(done, total): progress callback, called after every chunk of rows (a 2048 x 2048 layer
@@ -86,7 +94,8 @@ def obs_trace(W, Hinv, *, b_in=None, pattern=None, flush=64, on_rows=None, prepa
     step = d_out if on_rows is None else max(numba.get_num_threads(), -(-(1 << 32) // max(1, d) ** 3))
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)
-        trace_rows(H0, W32[r0:r1], b_in, max(int(flush), b_in), m, cap0, order[r0:r1], scores[r0:r1])
+        trace_rows(H0, W32[r0:r1], b_in, max(int(flush or default_flush(d)), b_in), m, cap0, order[r0:r1],
+                   scores[r0:r1])
         if on_rows is not None:
             on_rows(r1, d_out)
     return order, scores
@@ -181,7 +190,7 @@ def exact_resolve(W0, H, mask, *, rel_damp=0.01, max_damp=1.0):
 
 
 def prune_exact_obs(W, H, k=None, *, rel_damp=0.01, max_damp=1.0, pattern=None, b_in=None,
-                    flush=64, on_rows=None, trace: ObsTrace | None = None) -> PruneResult:
+                    flush=None, on_rows=None, trace: ObsTrace | None = None) -> PruneResult:
     """ExactOBS / SBC pruning of k weights of the layer (or an (n, m) N:M pattern).  on_rows: progress
     callback of the trace (see obs_trace).  trace: step 1 already run on this W and H (`trace_layer`
     with the same damping), reused instead of running it again."""
