@@ -32,7 +32,7 @@ import numpy as np
 
 from ._sweep import GridFix, obs_sweep, transpose
 from .grids import Grid, from_int, quantize, to_int
-from .numerics import damped_cholesky, damped_cholesky32, damped_inverse, inverse_diagonal
+from .numerics import damped_cholesky, damped_cholesky32, damped_inverse, inverse_diagonal, row_spans
 from .threads import parallel_map
 
 __all__ = ["ROW_PIECE", "QuantResult", "quantize_gptq", "quantize_gptq_eager", "quantize_rtn"]
@@ -75,9 +75,13 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     # Uv^T from the C-ordered L^T (both factor paths give a Fortran L) and transposed by BLAS: the sweep
     # needs Uv C-ordered, and a strided copy of the Fortran form cost more than the sweep's GEMMs
     VT = np.ascontiguousarray(L.T)[::-1, ::-1]
-    Uv = transpose(np.divide(VT, -np.diag(VT)[:, None], dtype=np.float32))
+    UvT = np.empty(VT.shape, np.float32)
+    ndiag = -np.diag(VT)
+    parallel_map(lambda s: np.divide(VT[s[0]:s[1]], ndiag[s[0]:s[1], None], out=UvT[s[0]:s[1]]), row_spans(d),
+                 nbytes=8 * d * d)
+    Uv = transpose(UvT)
     np.fill_diagonal(Uv, 1.0)
-    del L, VT
+    del L, VT, UvT
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     scale = np.broadcast_to(np.asarray(grid.scale, np.float64), (d_out, 1))[:, 0].astype(np.float32)

@@ -84,14 +84,15 @@ def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndar
     return G, lam
 
 
-@njit(cache=True)
-def _gather32(H, idx, lam, out):
-    """out[i, j] = H[idx[i], idx[j]] in float32 for j >= i (0 below), + lam on the diagonal: `_damped_copy`'s
+@njit(cache=True, nogil=True)
+def _gather32(H, idx, lam, out, i0, i1):
+    """Rows [i0, i1) of out[i, j] = H[idx[i], idx[j]] in float32 for j >= i (0 below), + lam on the diagonal:
+    `_damped_copy`'s
     gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
     array's upper triangle is the lower triangle of the Fortran array it is passed as)."""
     n = idx.shape[0]
     row = np.empty(H.shape[1], np.float32)
-    for i in range(n):
+    for i in range(i0, i1):
         src = H[idx[i]]
         for k in range(row.shape[0]):  # a streamed read first: random reads of a row not yet in cache stall
             row[k] = src[k]
@@ -101,6 +102,12 @@ def _gather32(H, idx, lam, out):
         for j in range(i, n):
             o[j] = row[idx[j]]
         o[i] += lam
+
+
+def row_spans(d: int, pieces: int = 4) -> list[tuple[int, int]]:
+    """Fixed row pieces [r0, r1) of a d-row memory pass (a function of d only)."""
+    cuts = sorted({0, d, *(d * k // pieces for k in range(1, pieces))})
+    return list(zip(cuts, cuts[1:]))
 
 
 def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: bool = False,
@@ -123,17 +130,19 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
     if not (math.isfinite(lam) and (lam > 0 or live.all()) and np.all(np.isfinite(diag))):
         return None
     G = np.empty((d, d), np.float32)
-    _gather32(np.ascontiguousarray(H), idx, np.float32(lam), G)
+    Hc, lam32, spans = np.ascontiguousarray(H), np.float32(lam), row_spans(d)
+    parallel_map(lambda s: _gather32(Hc, idx, lam32, G, *s), spans, nbytes=12 * d * d)
     L = G.T  # the C array's upper triangle is the lower triangle of this Fortran view
     if potrf_blocked(L) != 0:
         return None
     R = np.random.default_rng(0).standard_normal((d, 2))
     Ri = np.empty_like(R)
     Ri[idx] = R  # (H_d R)[i] = (H Ri)[idx[i]] + lam R[i]
-    with blas_threads():
-        HR = (H @ Ri)[idx] + lam * R
-        R32 = R.astype(np.float32)
-        LLR = L @ (L.T @ R32)
+    R32 = R.astype(np.float32)
+    # memory-bound products in row pieces (NumPy releases the GIL): H Ri, L^T R = G R, L Y = G^T Y
+    HR = np.concatenate(parallel_map(lambda s: Hc[s[0]:s[1]] @ Ri, spans, nbytes=8 * d * d))[idx] + lam * R
+    Y = np.concatenate(parallel_map(lambda s: G[s[0]:s[1]] @ R32, spans, nbytes=4 * d * d))
+    LLR = np.concatenate(parallel_map(lambda s: G[:, s[0]:s[1]].T @ Y, spans, nbytes=4 * d * d))
     res = float(np.linalg.norm(LLR - HR))
     if not (math.isfinite(res) and res <= tol * lam * float(np.linalg.norm(R))):
         return None
@@ -255,7 +264,9 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
         live = diag > 0
         with np.errstate(over="ignore"):
             lam = rd * (float(diag[live].mean()) if live.any() else 1.0)
-        G = H.astype(np.float32)  # C order; symmetric, so it is also the Fortran array LAPACK reads
+        G = np.empty(H.shape, np.float32)  # C order; symmetric, so it is also the Fortran array LAPACK reads
+        parallel_map(lambda s: G[s[0]:s[1]].__setitem__(Ellipsis, H[s[0]:s[1]]), row_spans(H.shape[0]),
+                     nbytes=12 * H.size)
         G[np.diag_indices_from(G)] += np.float32(lam)
         if math.isfinite(lam) and (rd > 0 or live.all()):
             info = potrf_blocked(G.T)  # lower triangle of the Fortran view, in place (H is symmetric)

@@ -25,7 +25,7 @@ import threading
 
 import numba
 
-__all__ = ["PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "parallel_map", "row_threads",
+__all__ = ["PARALLEL_MIN_BYTES", "PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "parallel_map", "row_threads",
            "run_blocks_with"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
@@ -61,9 +61,12 @@ _pool: list = []
 _POOL_NAME = "sbc-blas"
 
 
-def parallel_map(fn, items, flop: float) -> list:
-    """[fn(x) for x in items], on numba's thread count of Python threads when the work (`flop` in all)
-    is large enough (PARALLEL_MIN_FLOP).  The pieces must be independent and release the GIL (NumPy's
+PARALLEL_MIN_BYTES = 1 << 23  # a memory-bound pass over fewer bytes than this runs on one thread
+
+
+def parallel_map(fn, items, flop: float = 0.0, nbytes: float = 0.0) -> list:
+    """[fn(x) for x in items], on numba's thread count of Python threads when the work is large enough:
+    `flop` in all >= PARALLEL_MIN_FLOP, or a memory-bound pass over `nbytes` >= PARALLEL_MIN_BYTES.  The pieces must be independent and release the GIL (NumPy's
     matmul, the ctypes BLAS calls of _openblas.py) to gain anything; each is computed the same way
     whichever thread runs it, so the result does not depend on the thread count.  BLAS runs on one
     thread meanwhile (the limit is process-wide: held here, so that the pieces' own `blas_threads`
@@ -73,7 +76,7 @@ def parallel_map(fn, items, flop: float) -> list:
     if threading.current_thread().name.startswith(_POOL_NAME):
         n = 1  # already inside a piece: a nested map on the same pool could wait on itself
     with blas_threads():
-        if n < 2 or flop < PARALLEL_MIN_FLOP:
+        if n < 2 or (flop < PARALLEL_MIN_FLOP and nbytes < PARALLEL_MIN_BYTES):
             return [fn(x) for x in items]
         if not _pool or _pool[0]._max_workers != n:
             from concurrent.futures import ThreadPoolExecutor
