@@ -329,3 +329,24 @@ def test_gptq_row_pieces_and_blocked_factor_on_threads_same_bits():
     np.testing.assert_array_equal(out[1].order, out[2].order)
     ref = quantize(quantize_gptq_eager(W, H, g), g)
     assert np.mean(out[1].W == ref) > 0.99
+
+
+def test_blocked_cholesky_against_lapack():
+    """_cholesky.potrf_blocked (several 256-wide blocks, pieces on threads) against its readable twin,
+    LAPACK's spotrf: the same factor to float32 rounding, and the same info on a matrix that is not
+    positive definite (the order of the first non-positive leading minor, inside a later block)."""
+    from sbc_onnx.compress._cholesky import NB, potrf_blocked, potrf_eager
+
+    rng = np.random.default_rng(16)
+    d = 2 * NB + 77
+    H = spike_H(rng, d, rows=4 * d).astype(np.float32) + np.float32(0.05) * np.eye(d, dtype=np.float32)
+    A = np.asfortranarray(H)
+    assert potrf_blocked(A) == 0
+    ref, info = potrf_eager(H)
+    assert info == 0
+    np.testing.assert_allclose(np.tril(A), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    np.testing.assert_array_equal(np.triu(A, 1), np.triu(H, 1))  # the other triangle untouched
+    bad = H.copy()
+    k = NB + 40
+    bad[k, k] = -1.0
+    assert potrf_blocked(np.asfortranarray(bad)) == potrf_eager(bad)[1] == k + 1

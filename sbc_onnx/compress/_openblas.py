@@ -43,37 +43,29 @@ def _bind(lib, name, argtypes):
     return f
 
 
-def _load():
+def _load_omatcopy():
     lib = _library()
     if lib is None:  # pragma: no cover
-        return None, None
+        return None
     i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     omat = _bind(lib, "scipy_cblas_somatcopy", [i] * 4 + [f, p, i, p, i])
-    trsm = _bind(lib, "scipy_cblas_strsm", [i] * 7 + [f, p, i, p, i])
-    try:  # each binding checked once on a tiny case against NumPy
+    try:  # checked once on a tiny case against NumPy
         a = np.arange(6, dtype=np.float32).reshape(2, 3)
         b = np.empty((3, 2), np.float32)
         omat(_ROW, _TRANS, 2, 3, 1.0, a.ctypes.data, 3, b.ctypes.data, 2)
-        omat = omat if np.array_equal(b, a.T) else None
+        return omat if np.array_equal(b, a.T) else None
     except Exception:  # pragma: no cover
-        omat = None
-    try:
-        L = np.asfortranarray([[2.0, 0.0], [1.0, 4.0]], dtype=np.float32)
-        y = np.asfortranarray([[2.0], [9.0]], dtype=np.float32)
-        trsm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, 2, 1, 1.0, L.ctypes.data, 2, y.ctypes.data, 2)
-        trsm = trsm if np.allclose(y[:, 0], [1.0, 2.0]) else None
-    except Exception:  # pragma: no cover
-        trsm = None
-    return omat, trsm
+        return None
 
 
-_omatcopy, _trsm = _load()
+_omatcopy = _load_omatcopy()
 _kernels: list = []
 
 
 def kernels():
     """Column-major float32 kernels on raw pointers (element offsets computed by the caller), GIL-free:
-    a namespace with potrf(n, a, lda) -> info (lower), trsm_rlt(m, n, l, ldl, b, ldb) (B := B L^-T),
+    a namespace with potrf(n, a, lda) -> info (lower), trsm_lln(m, n, l, ldl, b, ldb) (B := L^-1 B),
+    trsm_rlt(m, n, l, ldl, b, ldb) (B := B L^-T),
     syrk_ln(n, k, a, lda, c, ldc) (C -= A A^T, lower), gemm_nt(m, n, k, a, lda, b, ldb, c, ldc)
     (C -= A B^T) and, row-major, gemm_rm_tn(m, n, k, a, lda, b, ldb, c, ldc) (C (m, n) -= A^T B with
     A (k, m), B (k, n)); None where the library or a symbol is missing."""
@@ -93,6 +85,10 @@ def kernels():
                 @staticmethod
                 def potrf(n, a, lda):
                     return potrf(_COL, b"L", n, a, lda)
+
+                @staticmethod
+                def trsm_lln(m, n, l, ldl, b, ldb):
+                    trsm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, m, n, 1.0, l, ldl, b, ldb)
 
                 @staticmethod
                 def trsm_rlt(m, n, l, ldl, b, ldb):
@@ -120,19 +116,19 @@ def somatcopy():
     return _omatcopy
 
 
-def strsm_lower(L: np.ndarray, j0: int, Y: np.ndarray, *, gil_free: bool = True) -> None:
+def strsm_lower(L: np.ndarray, j0: int, Y: np.ndarray) -> None:
     """Y := L[j0:, j0:]^-1 Y in place: L a float32 Fortran-ordered lower-triangular (n, n) matrix, Y a
-    float32 Fortran-ordered (n - j0, k) matrix.  Without the ctypes binding (or gil_free=False) SciPy's
-    strsm computes the same call."""
+    float32 Fortran-ordered (n - j0, k) matrix.  Without the ctypes kernels SciPy's strsm computes the same
+    call (holding the GIL)."""
     n = L.shape[0]
     m, k = Y.shape
     if not (L.flags.f_contiguous and Y.flags.f_contiguous and L.dtype == Y.dtype == np.float32 and m == n - j0):
         raise ValueError("strsm_lower: float32 Fortran arrays of matching shapes expected")
     if m == 0 or k == 0:
         return
-    if _trsm is not None and gil_free:
-        _trsm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, m, k, 1.0, L.ctypes.data + (j0 * n + j0) * 4, n,
-              Y.ctypes.data, m)
+    kern = kernels()
+    if kern is not None:
+        kern.trsm_lln(m, k, L.ctypes.data + (j0 * n + j0) * 4, n, Y.ctypes.data, m)
         return
     from scipy.linalg import blas  # pragma: no cover - only without the bundled library
 
