@@ -28,10 +28,12 @@ import numpy as np
 
 import sbc_onnx as sbc
 from sbc_onnx.compress.budget import parse_budget
-from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+from sbc_onnx.io.sizes import OnnxStorage, weight_storage
 
 CACHE = Path.home() / ".cache" / "sbc-onnx" / "budget"
 CALIBRATION_FORMAT = "v3"  # v2: LayerCalibration.inputs (the calibration checks of #12); v3: HessianAccumulator._fill
+# the runs since the writer has the relative index (io/onnx_weights.py); the bitmask-only runs before it are
+# budget_runs_bitmask.jsonl (their table: budget_runs_bitmask.md, `--log ... --report-only`)
 LOG = ROOT / "benchmarks" / "results" / "budget_runs.jsonl"
 
 # name -> compress() options (a budget, or a fixed rate as the baseline at a similar size) and whether to repair
@@ -82,7 +84,7 @@ def run(net, name, draw, budget):
     calib = net.calib_set(draw)
     t0 = time.perf_counter()
     g, rep = sbc.compress(net.graph, calib, cfg=net.cfg, measure_damage=False, batch_size=50, progress=True,
-                          calibration=calibration(net, draw, objective), storage=onnx_weight_bits, **opts)
+                          calibration=calibration(net, draw, objective), storage=OnnxStorage(), **opts)
     out = {"setting": name, "draw": draw, "budget": budget, "compress_s": time.perf_counter() - t0,
            "layers": {l.name: [round(l.sparsity, 4), l.bits] for l in rep.layers}}
     if rep.budget and "search" in rep.budget:

@@ -47,7 +47,7 @@ from sbc_onnx import pipeline
 from sbc_onnx.budget_plan import plan_budget
 from sbc_onnx.graph import flatten
 from sbc_onnx.hardware.energy import synops_model
-from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+from sbc_onnx.io.sizes import OnnxStorage, weight_storage
 
 RES = ROOT / "benchmarks" / "results"
 # the grid points drawn: method -> the accuracy.py job kinds and options (LAMP p = 2 is the default {})
@@ -172,7 +172,7 @@ def run_budgets(net: A.Net, specs: list[str], draws: list[int], cache: Path, mea
             use_disk_calibrations(net, j)
             synops = (synops_model(net.graph, net.calib_set(d), net.cfg) if spec.startswith("synops") else None)
             try:
-                g, rep, comp_s, _ = A.compress_job(net, j, storage=onnx_weight_bits, synops=synops)
+                g, rep, comp_s, _ = A.compress_job(net, j, storage=OnnxStorage(), synops=synops)
             except sbc.SbcError as e:  # too small a budget: say so, go on with the others
                 print(f"{A.describe(j)}: {e}", flush=True)
                 break

@@ -2,7 +2,8 @@
 
 Each layer's cost of every option is its relative SMP objective, measured with its dense calibration
 Hessian (`compress.budget.option_costs`); each option's size is measured on the weights it produces: the
-bits the output format stores for them (`storage`, memory budget) or the synaptic operations per sample of
+bits the output format stores for them (`storage`, memory budget: its `exact` measure of the very weight and
+grid the model will hold when it has one, else its bound by nonzero count) or the synaptic operations per sample of
 their non-zero fan-out on the dense calibration activity (`synops`, SynOps budget; the SMP objective keeps
 the weights of busy inputs, so SynOps do not fall in proportion to sparsity).
 `compress.budget.choose_options` then picks one option per layer.
@@ -17,12 +18,14 @@ import numpy as np
 
 from .compress import Budget, Method
 from .compress.budget import BudgetSpec, Option, choose_options, option_costs
+from .compress.layer import stored_weight
 from .errors import SbcError
 
 __all__ = ["BudgetLayer", "BudgetPlan", "StorageBits", "SynOpsOf", "check_memory_floor", "plan_budget"]
 
-# bits a layer's weights take in the output: (weight shape, non-zero weights, bit width or None, dtype name,
-# the layer's flat node name)
+# bits a layer's weights take in the output at most: (weight shape, non-zero weights, bit width or None, dtype
+# name, the layer's flat node name); it may also have exact(weight, (codes, scale, zero) or None, node name) ->
+# the bits of that very weight (io.sizes.OnnxStorage)
 StorageBits = Callable[[tuple, int, "int | None", str, str], int]
 # SynOps per sample of a layer with these weights (layer name, weight array), on the calibration activity
 SynOpsOf = Callable[[str, np.ndarray], float]
@@ -123,13 +126,15 @@ class BudgetPlan:
 def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Method,
                 storage: StorageBits | None = None, synops: SynOpsOf | None = None, rel_damp: float = 0.01,
                 grid_scheme: str = "symmetric", granularity: str = "channel",
-                keep_weights: bool = False) -> BudgetPlan:
+                keep_weights: bool = False, exact_sizes: bool = True) -> BudgetPlan:
     """The per-layer option of least summed objective within `spec` (SbcError if none fits).  Sizes are
     measured on each option's compressed weights: the storage of their non-zeros (memory), or the
     SynOps of their non-zero fan-out (synops), so the final compression, which recomputes the chosen
     option identically, has exactly the planned size.  keep_weights: the plan also holds every option's
     compressed weights (`BudgetPlan.weights`, as many copies of each layer as options: for the plan
-    search, budget_search.py)."""
+    search, budget_search.py).  exact_sizes=False: a memory option's size is the storage model's bound by
+    nonzero count even where it can measure the very weight (for layers re-solved later,
+    `BudgetPlan.to_budget(resolve=)`)."""
     if spec.kind == "memory" and storage is None:
         raise SbcError("a memory budget needs the output format's storage model")
     if spec.kind == "synops" and synops is None:
@@ -138,7 +143,7 @@ def plan_budget(layers: Sequence[BudgetLayer], spec: BudgetSpec, *, method: Meth
     costs, sizes, kept, weights = [], [], [], []
     for layer in layers:
         nonzeros: list[int] = []
-        sizer = _sizer(layer, spec, storage, synops, nonzeros)
+        sizer = _sizer(layer, spec, storage, synops, nonzeros, exact_sizes)
         if keep_weights:
             weights.append([])
             sizer = _keeping(sizer, layer, weights[-1])
@@ -174,22 +179,29 @@ def check_memory_floor(shapes: Sequence[tuple], dtypes: Sequence[str], spec: Bud
                        f"weight pruned the layers' masks and scales need {_amount(spec, floor)}")
 
 
-def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops, nonzeros: list[int]):
-    """size_of(option, compressed layer matrix) for this layer and budget kind; a memory sizer appends
-    each option's non-zero count to `nonzeros`."""
+def _sizer(layer: BudgetLayer, spec: BudgetSpec, storage, synops, nonzeros: list[int], exact_sizes: bool):
+    """size_of(option, compressed layer matrix, its groups' results) for this layer and budget kind; a memory
+    sizer appends each option's non-zero count to `nonzeros`."""
     if spec.kind == "memory":
-        def size_of(o, Wc):
+        exact = getattr(storage, "exact", None) if exact_sizes else None
+
+        def size_of(o, Wc, parts=None):
             nonzeros.append(int(np.count_nonzero(Wc)))
-            return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype, layer.name)
+            if exact is None:
+                return storage(tuple(layer.shape), nonzeros[-1], o.bits, layer.dtype, layer.name)
+            if parts is None:
+                return exact(np.reshape(Wc, layer.shape).astype(layer.dtype), None, layer.name)
+            w, quant = stored_weight(parts, layer.shape, layer.dtype)  # what the pipeline will set
+            return exact(w, quant if o.bits else None, layer.name)
         return size_of
-    return lambda o, Wc: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
+    return lambda o, Wc, parts=None: int(np.ceil(synops(layer.name, np.reshape(Wc, layer.shape))))
 
 
 def _keeping(size_of, layer: BudgetLayer, out: list[np.ndarray]):
     """size_of that also appends each option's compressed weight, in the layer's shape and dtype, to out."""
-    def keep(o, Wc):
+    def keep(o, Wc, parts=None):
         out.append(np.reshape(np.asarray(Wc), layer.shape).astype(layer.dtype))
-        return size_of(o, Wc)
+        return size_of(o, Wc, parts)
     return keep
 
 

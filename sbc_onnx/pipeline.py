@@ -29,6 +29,7 @@ from .compress import (ALLOCATIONS, METHODS, SCHEMES, Allocation, Budget, LayerS
 from .compress.budget import BudgetSpec, parse_budget
 from .compress.cost import layer_flops
 from .compress.grids import GRANULARITIES
+from .compress.layer import stored_weight
 from .data import as_dataset
 from .errors import SbcError
 from .graph import FlatGraph, flatten
@@ -662,9 +663,12 @@ class _Compression:
                               self.calibs[n].layers[n].groups, tuple(np.shape(self.fg.nodes[n].weight)),
                               np.asarray(self.fg.nodes[n].weight).dtype.name)
                   for n in self.names]
+        # sequential: the layers are re-solved against other Hessians, so the plan's sizes are the storage
+        # bound by nonzero count, which to_budget(resolve=) then keeps each re-solved layer within
         self.budget_plan = plan_budget(layers, plan.budget, method=plan.method, storage=self.storage,
                                        synops=self.synops, rel_damp=plan.rel_damp, grid_scheme=plan.grid,
-                                       granularity=plan.granularity, keep_weights=plan.budget_search > 0)
+                                       granularity=plan.granularity, keep_weights=plan.budget_search > 0,
+                                       exact_sizes=not plan.sequential)
         self.seconds["budget"] = time.perf_counter() - t0
         if plan.budget_search:
             self._search_budget()
@@ -817,15 +821,10 @@ class _Compression:
             fallback=fallback, escalations=esc, notes=layer_notes)
 
     def _new_weight(self, name: str, W: np.ndarray, parts, bits: int | None) -> np.ndarray:
-        W_new = np.concatenate([r.W for r in parts], axis=0).reshape(W.shape).astype(W.dtype, copy=False)
-        if bits and all(r.q is not None for r in parts):
-            q, scale, zero = _stack_codes(parts, W.shape)
-            per_row = (-1,) + (1,) * (q.ndim - 1)
-            # on the grid exactly in the weight's own float type, so integer exports reproduce it bit for bit
-            W_new = (q - zero.reshape(per_row)).astype(W.dtype) * scale.astype(W.dtype).reshape(per_row)
-            self.quant[name] = (q, scale, zero)
-        # a pruned negative weight can come out as -0.0: store plain zeros (files keep the sign bit)
-        return np.where(W_new == 0, np.zeros((), W_new.dtype), W_new)
+        W_new, quant = stored_weight(parts, W.shape, W.dtype)
+        if bits and quant is not None:
+            self.quant[name] = quant
+        return W_new
 
     def _log_layer(self, name: str, parts) -> tuple[list, list, str | None]:
         esc = [e for r in parts for e in r.escalations]
@@ -868,19 +867,6 @@ class _Compression:
         measure_spike_damage(self.dense, Walker(self.fg, self.cfg), self.data, report.layers,
                              batch_size=self.batch_size, progress=self.progress)
         self.seconds["damage"] = time.perf_counter() - t0
-
-
-def _stack_codes(parts, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Integer codes of all groups as one array shaped like the weight, and per-output-channel
-    scale and zero point (tensor-granularity grids are broadcast to every channel)."""
-    qs, scales, zeros = [], [], []
-    for r in parts:
-        rows = r.q.shape[0]
-        qs.append(r.q)
-        scales.append(np.broadcast_to(np.asarray(r.grid.scale, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
-        zeros.append(np.broadcast_to(np.asarray(r.grid.zero, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
-    q = np.concatenate(qs, axis=0).reshape(shape).astype(np.int32)
-    return q, np.concatenate(scales), np.concatenate(zeros).astype(np.int32)
 
 
 def _kernel_name(betas) -> str:

@@ -79,12 +79,13 @@ def test_parse_budget_units_and_errors():
                                              ((30, 20), 61, 8), ((30, 20), 600, 3), ((10, 7), 0, None),
                                              ((48, 32), 461, 8), ((10, 128), 224, 4)])
 def test_onnx_storage_model_is_what_the_writer_stores(shape, kept, bits, tmp_path):
-    """The predicted bits equal the bytes a written file holds for a real weight of that structure, also for
-    small tensors where the node names decide between a sparse and a dense encoding."""
+    """The exact measure equals the bytes a written file holds for a real weight, also for small tensors
+    where the node names decide the encoding; the bound by nonzero count equals them for the count-only
+    encodings (bitmask, dense) and bounds the relative index, whose fillers depend on the gaps."""
     import nir
 
     import sbc_onnx as sbc
-    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+    from sbc_onnx.io.sizes import OnnxStorage, onnx_weight_bits, weight_storage
 
     rng = np.random.default_rng(0)
     n = int(np.prod(shape))
@@ -112,8 +113,14 @@ def test_onnx_storage_model_is_what_the_writer_stores(shape, kept, bits, tmp_pat
                      edges=[("input", "layer"), ("layer", "output")])
     path = tmp_path / "m.onnx"
     sbc.save_model(g, path, quant=quant)
-    stored = {s.name: s.stored_bytes for s in weight_storage(path)}["layer"]
-    assert onnx_weight_bits(shape, kept, bits, "float32", "layer") == 8 * stored
+    storage = {s.name: s for s in weight_storage(path)}["layer"]
+    assert OnnxStorage.exact(w, None if quant is None else quant["layer"], "layer") == 8 * storage.stored_bytes
+    bound = onnx_weight_bits(shape, kept, bits, "float32", "layer")
+    assert bound == OnnxStorage()(shape, kept, bits, "float32", "layer")
+    if storage.encoding.startswith("index"):
+        assert bound >= 8 * storage.stored_bytes
+    else:
+        assert bound == 8 * storage.stored_bytes, storage.encoding
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +149,7 @@ def _compress_cli(files, *args):
     return main(["compress", str(files / "m.nir"), "--calib", str(files / "c.npz"), *args])
 
 
-@pytest.mark.parametrize("budget", [3000, 1500])
+@pytest.mark.parametrize("budget", [3000, 1500, 700])
 def test_cli_budget_is_met_in_the_written_file(mlp_files, tmp_path, capsys, budget):
     import json
 
@@ -156,6 +163,9 @@ def test_cli_budget_is_met_in_the_written_file(mlp_files, tmp_path, capsys, budg
     assert stored <= budget < dense
     r = json.loads(rep.read_text())
     assert r["budget"]["limit"] == 8 * budget and r["budget"]["used"] <= 8 * budget
+    # each layer's planned size is what the file stores for it, whatever its encoding (relative index included)
+    per_layer = {w.name: 8 * w.stored_bytes for w in weight_storage(out)}
+    assert {n: layer["size"] for n, layer in r["budget"]["layers"].items()} == per_layer
     assert "budget memory=" in text and "the chosen plan uses" in text
     assert any(layer["bits"] for layer in r["layers"])  # float32 weights: low bits pay at these budgets
 
@@ -277,3 +287,32 @@ def test_resolved_layers_keep_the_most_non_zeros_within_their_planned_size(per_k
                       [[planned_kept]])
     assert plan.to_budget([layer]).counts == [50]
     assert plan.to_budget([layer], resolve=storage).counts == [100 - want_kept]
+
+
+@pytest.mark.parametrize("shape,kept,bits", [((256, 128), 3000, 4), ((64, 96), 300, 8), ((40, 50), 150, None)])
+def test_storage_bound_holds_wherever_the_nonzeros_are(shape, kept, bits):
+    """The relative index's fillers depend on where the nonzeros are: the bound by count must hold for any
+    placement, and the writer must pick the index here (else the case tests nothing)."""
+    from sbc_onnx.io.onnx_weights import encode_weight
+    from sbc_onnx.io.sizes import OnnxStorage, onnx_weight_bits
+
+    rng = np.random.default_rng(4)
+    n = int(np.prod(shape))
+    bound = onnx_weight_bits(shape, kept, bits, "float32", "layer")
+    for trial in range(12):
+        keep = np.zeros(n, bool)
+        if trial == 0:
+            keep[n - kept:] = True  # the bound's own worst case: one gap of all the zeros
+        else:
+            keep[rng.choice(n, kept, replace=False) if trial % 2 else
+                 np.sort(rng.choice(n // 3, kept, replace=False)) * 3] = True
+        if bits is None:
+            w, grid = np.where(keep, rng.normal(size=n), 0).astype(np.float32).reshape(shape), None
+        else:
+            top = 2 ** (bits - 1)
+            q = np.where(keep, rng.choice([-top, top - 1], n), 0).reshape(shape)
+            scale = np.full(shape[0], 0.125, np.float32)
+            w, grid = (q * scale[:, None]).astype(np.float32), (q, scale, None)
+        assert encode_weight("layer.weight", w, grid=grid).kind.startswith("index")
+        exact = OnnxStorage.exact(w, grid, "layer")
+        assert exact <= bound and (trial > 0 or exact == bound)

@@ -13,6 +13,7 @@ import pytest
 from sbc_onnx.graph import diff_graphs, flatten
 from sbc_onnx.io.models import load_model, save_model
 from sbc_onnx.io.onnx_common import dequantize
+from sbc_onnx.io.onnx_weights import index_entries
 from sbc_onnx.io.onnx_io import ort_session, read_onnx, run_onnxruntime, write_onnx
 from sbc_onnx.io.sizes import file_sizes, weight_storage
 from sbc_onnx.sim import SimConfig, Walker
@@ -33,15 +34,16 @@ def _mlp(w1: np.ndarray, w2: np.ndarray) -> nir.NIRGraph:
 
 
 def _weights(kind: str, shape, rng, negative_zeros: bool = False) -> np.ndarray:
-    """float32 weights of a compressed layer: 85 % zeros (sparse kinds), on a 4-bit per-row grid (int kinds),
-    half of the zeros -0.0 (`negative_zeros`)."""
+    """float32 weights of a compressed layer with a share of zeros at which `kind` is the smallest encoding (the
+    bitmask costs a bit an element, a 4-bit relative index 4 bits a stored one, a dense 4-bit grid 4 bits an
+    element), on a 4-bit per-row grid (int kinds), half of the zeros -0.0 (`negative_zeros`)."""
     if "int" in kind:
         q = rng.integers(-8, 8, shape)
         w = dequantize(q, rng.uniform(0.05, 0.2, shape[0]).astype(np.float32), None)
     else:
         w = rng.normal(0, 0.3, shape).astype(np.float32)
-    if "sparse" in kind:
-        w[rng.random(shape) < 0.85] = 0
+    if "sparse" in kind or "index" in kind:
+        w[rng.random(shape) < {"sparse": 0.5, "sparse-int": 0.45}.get(kind, 0.95)] = 0
     if negative_zeros:  # pruning leaves -0.0 where a negative weight was zeroed: it must come back with its sign
         w[(w == 0) & (rng.random(shape) < 0.5)] = -0.0
     return w
@@ -52,11 +54,11 @@ def _spikes(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("negative_zeros", [False, True])
-@pytest.mark.parametrize("kind", ["sparse", "int", "sparse-int"])
+@pytest.mark.parametrize("kind", ["sparse", "int", "sparse-int", "index", "index-int"])
 def test_compact_onnx_is_smaller_exact_and_runs_identically(kind, negative_zeros, tmp_path):
     rng = np.random.default_rng(0)
-    g = _mlp(_weights(kind, (95, 63), rng, negative_zeros),  # sizes not multiples of 8
-             _weights(kind, (10, 95), rng, negative_zeros))
+    g = _mlp(_weights(kind, (190, 127), rng, negative_zeros),  # sizes not multiples of 8
+             _weights(kind, (10, 190), rng, negative_zeros))
     assert np.signbit(g.nodes["fc1"].weight[g.nodes["fc1"].weight == 0]).any() == negative_zeros
     plain = write_onnx(g, tmp_path / "plain.onnx", cfg=CFG, compact=False)
     small = write_onnx(g, tmp_path / "small.onnx", cfg=CFG)
@@ -65,7 +67,7 @@ def test_compact_onnx_is_smaller_exact_and_runs_identically(kind, negative_zeros
     back = flatten(read_onnx(small)).nodes
     for n in ("fc1", "fc2"):  # bit for bit, signs of zeros included
         assert np.asarray(back[n].weight).tobytes() == g.nodes[n].weight.tobytes()
-    x = _spikes(rng.random((40, 5, 63)) - 0.5)
+    x = _spikes(rng.random((40, 5, 127)) - 0.5)
     a = run_onnxruntime(ort_session(plain), x)
     b = run_onnxruntime(ort_session(small), x)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -73,6 +75,28 @@ def test_compact_onnx_is_smaller_exact_and_runs_identically(kind, negative_zeros
     counts = {}
     Walker(g, CFG).run({"in": x}, on_output={"lif2": lambda t, y: counts.__setitem__(t, y)})
     np.testing.assert_array_equal(sum(counts.values()), b["lif2/count_final"])
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_relative_index_matches_its_eager_loop(width):
+    """index_entries against the loop its docstring gives, and the positions the graph rebuilds from it."""
+    rng = np.random.default_rng(5)
+    for n, density in [(1, 1.0), (7, 0.5), (300, 0.01), (1000, 0.1), (1000, 0.9), (50, 0.0)]:
+        keep = rng.random(n) < density
+        skips, slots, last = [], [], -1
+        for p in np.flatnonzero(keep):
+            g = p - last - 1
+            while g >= 1 << width:
+                skips.append((1 << width) - 1)
+                g -= 1 << width
+            slots.append(len(skips))
+            skips.append(g)
+            last = p
+        got = index_entries(keep, width)
+        assert np.array_equal(got[0], skips) and np.array_equal(got[1], slots)
+        pos = np.cumsum(got[0] + 1) - 1  # what CumSum(skips + 1) - 1 gives the graph
+        assert np.array_equal(pos[got[1]], np.flatnonzero(keep)) and (pos < n).all()
+        assert got[0].max(initial=0) < 1 << width
 
 
 def test_dense_weights_stay_plain_initializers(tmp_path):
@@ -96,7 +120,7 @@ def test_nir_file_compact_and_read_by_nir(tmp_path):
 def test_file_sizes_measure_the_written_file(tmp_path):
     rng = np.random.default_rng(3)
     dense = _mlp(rng.normal(size=(96, 64)).astype(np.float32), rng.normal(size=(10, 96)).astype(np.float32))
-    small = _mlp(_weights("sparse-int", (96, 64), rng), _weights("sparse-int", (10, 96), rng))
+    small = _mlp(_weights("index-int", (96, 64), rng), _weights("index-int", (10, 96), rng))
     for ext in ("onnx", "nir"):
         path = save_model(small, tmp_path / f"c.{ext}", cfg=CFG)
         sizes = file_sizes(path, dense, CFG)
@@ -105,10 +129,12 @@ def test_file_sizes_measure_the_written_file(tmp_path):
         assert sizes.ratio == sizes.dense_bytes / sizes.bytes > 1.5
         fc1 = next(w for w in sizes.weights if w.name == "fc1")
         assert fc1.dense_bytes == 96 * 64 * 4 and 0 < fc1.stored_bytes < fc1.dense_bytes / 4
-        if ext == "onnx":  # 4-bit nonzero codes + a 1-bit mask + float32 scales, and a few small constants
-            nnz = np.count_nonzero(small.nodes["fc1"].weight)
-            least = (nnz + 1) // 2 + 96 * 64 // 8 + 96 * 4
-            assert least <= fc1.stored_bytes <= least + 128, (least, fc1)
+        if ext == "onnx":  # per index entry a 4-bit code and a 4- or 8-bit skip (fillers bridge wider gaps),
+            keep = small.nodes["fc1"].weight.reshape(-1) != 0  # float32 scales, a few small constants
+            entries = {w: index_entries(keep, w)[0].size for w in (4, 8)}
+            assert entries[4] > entries[8] == np.count_nonzero(keep)
+            least = min((e * w + 7) // 8 + (e + 1) // 2 for w, e in entries.items()) + 96 * 4
+            assert fc1.encoding == "index-int" and least <= fc1.stored_bytes <= least + 128, (least, fc1)
         assert str(path) in sizes.table() and sizes.to_dict()["ratio"] == sizes.ratio
 
 

@@ -30,7 +30,7 @@ def test_cli_compress_onnx_in_place(data_dir, tmp_path, capsys):
     assert _strip(a, weights) == _strip(b, weights)  # everything but the weights and metadata is identical
     storage = weight_storage(out)  # 6-bit weights: integer codes (int8 or sparse) + float32 scales
     assert {s.name for s in storage} == {"fc1", "lif1.w_rec", "fc2"}
-    assert all(s.encoding in ("int", "sparse-int") and s.stored_bytes * 2 < s.dense_bytes for s in storage), storage
+    assert all(s.encoding in ("int", "sparse-int", "index-int") and s.stored_bytes * 2 < s.dense_bytes for s in storage), storage
     assert out.stat().st_size < src.stat().st_size
     meta = {p.key: p.value for p in b.metadata_props}
     # metadata encoded as write_onnx encodes it: strings as they are, numbers as JSON under nir.json.<key>

@@ -157,11 +157,12 @@ def _check(costs, sizes, budget) -> None:
 
 def option_costs(W, H, groups: int, options, *, method: str | Method = "sbc", rel_damp: float = 0.01,
                  grid_scheme: str = "symmetric", granularity: str = "channel",
-                 size_of: Callable[[Option, np.ndarray], int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 size_of: Callable[..., int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cost, size) of every option for one layer matrix W (d_out, d_in/groups) with its dense Hessian H.
     cost: the relative SMP objective tr(dW H dW^T)/tr(W H W^T) of the method's result (mean over groups,
-    as the compress report gives it); size: size_of(option, compressed W) (0 without it).  The ExactOBS
-    trace, which serves every sparsity of a row, runs once."""
+    as the compress report gives it); size: size_of(option, compressed W, its groups' results or None when
+    the option leaves W as it is) (0 without it).  The ExactOBS trace, which serves every sparsity of a
+    row, runs once."""
     m = get_method(method)
     traces = None
     if m.obs_trace and any(o.sparsity > 0 for o in options):
@@ -169,7 +170,7 @@ def option_costs(W, H, groups: int, options, *, method: str | Method = "sbc", re
                   for _, rows, cols in group_blocks(np.shape(W), groups)]
     costs, sizes = np.zeros(len(options)), np.zeros(len(options), np.int64)
     for i, o in enumerate(options):
-        Wc = np.asarray(W)
+        Wc, parts = np.asarray(W), None
         if o.sparsity > 0 or o.bits is not None:
             parts = compress_groups(W, H, groups, o.prune_count(int(np.size(W))), method=m, bits=o.bits,
                                     grid_scheme=grid_scheme, granularity=granularity, rel_damp=rel_damp,
@@ -177,7 +178,7 @@ def option_costs(W, H, groups: int, options, *, method: str | Method = "sbc", re
             costs[i] = float(np.mean([r.objective_after for r in parts]))
             Wc = np.concatenate([r.W for r in parts], axis=0)
         if size_of is not None:
-            sizes[i] = int(size_of(o, Wc))
+            sizes[i] = int(size_of(o, Wc, parts))
     return costs, sizes
 
 

@@ -26,7 +26,7 @@ from .methods import METHODS, Method, PruneJob, get_method
 from .numerics import FactorizationError
 from .obs import PruneResult, exact_resolve
 
-__all__ = ["LayerResult", "compress_groups", "compress_layer", "group_counts", "relative_objective"]
+__all__ = ["LayerResult", "compress_groups", "compress_layer", "group_counts", "relative_objective", "stored_weight"]
 
 MAGNITUDE, RTN = METHODS["magnitude"], METHODS["rtn"]  # the fallbacks and the report's baseline
 
@@ -186,6 +186,29 @@ def compress_groups(W, H, groups: int, n_prune: int, *, sq_norms=None, traces=No
             trace=None if traces is None else traces[g],
             on_rows=None if on_rows is None else _group_rows(on_rows, g), **kw))
     return out
+
+
+def stored_weight(parts, shape, dtype) -> tuple[np.ndarray, tuple | None]:
+    """The layer's new weight as a model stores it, from its groups' results: (weight of `shape` and `dtype`,
+    (codes, scale, zero point) or None).  Quantized groups give it from their codes, on the grid exactly in
+    the weight's own float type (so integer exports reproduce it bit for bit; codes shaped like the weight,
+    scale and zero point per output channel, a tensor grid broadcast); a pruned negative weight that came
+    out as -0.0 is a plain zero (files keep the sign bit)."""
+    W = np.concatenate([r.W for r in parts], axis=0).reshape(shape).astype(dtype, copy=False)
+    quant = None
+    if all(r.q is not None for r in parts):
+        qs, scales, zeros = [], [], []
+        for r in parts:
+            rows = r.q.shape[0]
+            qs.append(r.q)
+            scales.append(np.broadcast_to(np.asarray(r.grid.scale, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
+            zeros.append(np.broadcast_to(np.asarray(r.grid.zero, np.float64).reshape(-1, 1), (rows, 1))[:, 0])
+        q = np.concatenate(qs, axis=0).reshape(shape).astype(np.int32)
+        scale, zero = np.concatenate(scales), np.concatenate(zeros).astype(np.int32)
+        per_row = (-1,) + (1,) * (q.ndim - 1)
+        W = (q - zero.reshape(per_row)).astype(dtype) * scale.astype(dtype).reshape(per_row)
+        quant = (q, scale, zero)
+    return np.where(W == 0, np.zeros((), W.dtype), W), quant
 
 
 def group_counts(n_prune: int, groups: int) -> list[int]:

@@ -33,7 +33,8 @@ log = logging.getLogger("sbc_onnx")
 
 TOP_OPS = {"Constant", "Cast", "Transpose", "Reshape", "Expand", "DequantizeLinear", "Div", "Sub", "Mul", "Neg",
            "Exp", "Round", "ReduceMax", "Add", "Shape", "Concat", "ConstantOfShape", "Scan",
-           "BitShift", "BitwiseAnd", "Slice", "CumSum", "Gather", "Where"}  # the last six: compact weights
+           "BitShift", "BitwiseAnd", "Slice", "CumSum", "Gather", "Where",  # these and the next: compact weights
+           "ScatterElements"}
 BODY_OPS = {"Add", "Identity"}
 
 

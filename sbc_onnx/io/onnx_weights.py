@@ -1,12 +1,17 @@
 """How a weight tensor `n.weight` is stored in an ONNX file of the convention (docs/onnx_convention.md,
 "Compact weights"), and how those encodings are read back and measured.
 
-Four encodings, all rebuilt by standard operators outside the Scan, so onnxruntime folds them once:
+Six encodings, all rebuilt by standard operators outside the Scan, so onnxruntime folds them once:
 - `dense`: the initializer itself;
 - `int`: `DequantizeLinear(q, scale[, zero_point], axis=0)` with q INT4/UINT4/INT8/UINT8/INT16;
 - `sparse`: a packed bitmask of the stored elements and their values; the dense tensor is
   `Gather(Concat([0], values), CumSum(bits) * bits)` reshaped;
-- `sparse-int`: the same with the nonzero integer codes, then `DequantizeLinear`.
+- `sparse-int`: the same with the nonzero integer codes, then `DequantizeLinear`;
+- `index`, `index-int`: the stored elements' relative indices (UINT4 or UINT8: how many elements each one
+  skips, with zero-valued fillers bridging wider gaps, Deep Compression's scheme) and their values or codes;
+  the dense tensor is `ScatterElements(zeros, CumSum(skips + 1) - 1, values)` reshaped.  Cheaper than the
+  bitmask when few elements are stored (a 4-bit index costs about 4 bits a stored element, the bitmask one bit
+  an element).
 `encode_weight` keeps the smallest encoding that gives back the graph's tensor bit for bit (the `int` ones
 only when they do, or within `_int_tolerance` when integer weights were asked for explicitly).
 """
@@ -31,6 +36,10 @@ Grid = tuple[np.ndarray, np.ndarray, Any]  # (integer codes shaped like w, scale
 _INT_TYPES = ((TensorProto.INT4, (-8, 7), ml_dtypes.int4), (TensorProto.UINT4, (0, 15), ml_dtypes.uint4),
               (TensorProto.INT8, (-128, 127), np.int8), (TensorProto.UINT8, (0, 255), np.uint8),
               (TensorProto.INT16, (-32768, 32767), np.int16))
+
+
+# the relative-index types, narrowest first: (bits, NumPy type); a stored element skips at most 2^bits - 1
+_INDEX_TYPES = ((4, ml_dtypes.uint4), (8, np.uint8))
 
 
 @dataclass
@@ -74,6 +83,11 @@ def encode_weight(name: str, w: np.ndarray, *, grid: Grid | None = None, compact
         candidates.append(_sparse(name, w0, out))
     if compact and codes is not None and codes[2] is None:
         candidates.append(_sparse_int(name, *codes, out=out))
+    if compact:
+        if not (codes is not None and int_weights):
+            candidates += [_index(name, w0, width, out) for width, _ in _INDEX_TYPES]
+        if codes is not None and codes[2] is None:
+            candidates += [_index_int(name, *codes, width, out=out) for width, _ in _INDEX_TYPES]
     for enc in candidates:
         if enc.kind != "dense" and negz.any():
             _restore_negative_zeros(enc, name, negz, w.dtype)
@@ -165,6 +179,68 @@ def _sparse_int(name: str, q: np.ndarray, scale: np.ndarray, zp, out: str) -> En
     return enc
 
 
+def _index(name: str, w: np.ndarray, width: int, out: str) -> Encoding:
+    flat = w.reshape(-1)
+    keep = flat != 0
+    enc = Encoding(name, "index")
+    skips, slots = index_entries(keep, width)
+    values = np.zeros(skips.size, flat.dtype)
+    values[slots] = flat[keep]
+    _scatter_indexed(enc, name, skips, width, _init(enc, name + "/values", values), w.shape, flat.dtype, out)
+    return enc
+
+
+def _index_int(name: str, q: np.ndarray, scale: np.ndarray, zp, width: int, out: str) -> Encoding:
+    flat = q.reshape(-1)
+    keep = flat != 0
+    _, _, npt = _int_type(q, None)
+    enc = Encoding(name, "index-int")
+    skips, slots = index_entries(keep, width)
+    codes = np.zeros(skips.size, np.int64)
+    codes[slots] = flat[keep]
+    codes = _init(enc, name + "/q", codes.astype(npt))
+    if npt in (ml_dtypes.int4, ml_dtypes.uint4):  # ScatterElements has no 4-bit kernel: widen the codes first
+        npt = np.int8 if npt is ml_dtypes.int4 else np.uint8
+        codes = _node(enc, "Cast", [codes], name + "/q8", to=helper.np_dtype_to_tensor_dtype(np.dtype(npt)))
+    _scatter_indexed(enc, name, skips, width, codes, q.shape, np.dtype(npt), name + "/codes")
+    scale_name = _init(enc, name + "/scale", scale)
+    _node(enc, "DequantizeLinear", [name + "/codes", scale_name], out, axis=0)
+    return enc
+
+
+def index_entries(keep: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The relative index of the True elements of flat `keep`: (skips, slots).  Entry j lies skips[j] elements
+    after entry j-1 (entry -1 at position -1); a gap of more than 2^width - 1 elements is bridged by filler
+    entries (value 0) that each skip 2^width - 1 and take the element after; slots[k] is the entry of the k-th
+    True element.  The eager loop, for reading: for each kept element with g elements skipped since the last
+    entry, emit (2^width - 1) fillers while g >= 2^width, g -= 2^width; then emit g."""
+    pos = np.flatnonzero(keep)
+    gaps = np.diff(pos, prepend=-1) - 1
+    fill = gaps >> width  # fillers before each kept element
+    slots = np.cumsum(fill + 1) - 1
+    skips = np.full(int(slots[-1]) + 1 if slots.size else 0, (1 << width) - 1, np.int64)
+    skips[slots] = gaps - (fill << width)
+    return skips, slots
+
+
+def _scatter_indexed(enc: Encoding, name: str, skips: np.ndarray, width: int, values: str, shape, dtype,
+                     out: str) -> None:
+    """Nodes giving `out` (shape `shape`): `values` (one per index entry) at the entries' flat positions
+    CumSum(skips + 1) - 1, zeros elsewhere; the skips stored as the `width`-bit unsigned index."""
+    p = name + "/"
+    npt = dict(_INDEX_TYPES)[width]
+    idx = _node(enc, "Cast", [_init(enc, p + "index", skips.astype(npt))], p + "skips", to=TensorProto.INT64)
+    one = _init(enc, p + "one", np.array(1, np.int64))
+    steps = _node(enc, "Add", [idx, one], p + "steps")
+    ends = _node(enc, "CumSum", [steps, _init(enc, p + "axis0", np.array(0, np.int64))], p + "ends")
+    pos = _node(enc, "Sub", [ends, one], p + "positions")
+    zero = helper.make_tensor(p + "zero", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [1], [0])
+    zeros = _node(enc, "ConstantOfShape", [_init(enc, p + "size", np.array([int(np.prod(shape))], np.int64))],
+                  p + "zeros", value=zero)
+    flat = _node(enc, "ScatterElements", [zeros, pos, values], p + "dense_flat", axis=0)
+    _node(enc, "Reshape", [flat, _init(enc, p + "shape", np.array(shape, np.int64))], out)
+
+
 def _init(enc: Encoding, tname: str, value) -> str:
     value = np.asarray(value)
     enc.inits.append(numpy_helper.from_array(value if value.ndim == 0 else np.ascontiguousarray(value), tname))
@@ -220,6 +296,11 @@ DECODE_OPS: dict[str, Callable[..., np.ndarray]] = {
     "Cast": lambda n, x: x.astype(helper.tensor_dtype_to_np_dtype(_attr(n, "to"))),
     "CumSum": lambda n, x, axis: np.cumsum(x, axis=int(axis)),
     "Mul": lambda n, a, b: a * b,
+    "Add": lambda n, a, b: a + b,
+    "Sub": lambda n, a, b: a - b,
+    "ConstantOfShape": lambda n, shape: np.full(tuple(int(s) for s in shape), numpy_helper.to_array(
+        _attr(n, "value")).reshape(-1)[0]),
+    "ScatterElements": lambda n, x, i, u: _scatter_axis0(n, x, i, u),
     "Concat": lambda n, *xs: np.concatenate(xs, axis=_attr(n, "axis")),
     "Gather": lambda n, x, i: np.take(x, i, axis=_attr(n, "axis") or 0),
     "Where": lambda n, c, x, y: np.where(c, x, y),
@@ -231,6 +312,14 @@ DECODE_OPS: dict[str, Callable[..., np.ndarray]] = {
 def _attr(n: NodeProto, key: str):
     v = next((helper.get_attribute_value(a) for a in n.attribute if a.name == key), None)
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _scatter_axis0(n: NodeProto, x, i, u) -> np.ndarray:
+    if (_attr(n, "axis") or 0) != 0 or x.ndim != 1 or _attr(n, "reduction") not in (None, "none"):
+        raise SbcError(f"tensor {n.output[0]!r}: ScatterElements must scatter along axis 0 of a flat tensor")
+    out = x.copy()
+    out[i] = u
+    return out
 
 
 def _dequantize_axis0(n: NodeProto, q, scale, zero) -> np.ndarray:
@@ -257,7 +346,7 @@ def stored_bytes(inits, name: str) -> int:
 
 def encoding_kind(nodes, name: str) -> str:
     ops = {n.op_type for n in nodes if any(owns(name, o) for o in n.output)}
-    sparse = "Gather" in ops
+    sparse = "sparse" if "Gather" in ops else "index" if "ScatterElements" in ops else ""
     if "DequantizeLinear" in ops:
-        return "sparse-int" if sparse else "int"
-    return "sparse" if sparse else "dense"
+        return f"{sparse}-int" if sparse else "int"
+    return sparse or "dense"

@@ -27,7 +27,7 @@ from .models import model_format, save_model
 @dataclass
 class WeightStorage:
     name: str  # flat node name
-    encoding: str  # ONNX: dense / int / sparse / sparse-int; NIR: the HDF5 filters
+    encoding: str  # ONNX: dense / int / sparse / sparse-int / index / index-int; NIR: the HDF5 filters
     dense_bytes: int  # the tensor at its dtype, uncompressed
     stored_bytes: int  # what the file holds for it
 
@@ -117,40 +117,60 @@ def file_sizes(path: str | os.PathLike, dense_graph: nir.NIRGraph, cfg: SimConfi
 @functools.lru_cache(maxsize=4096)
 def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "float32",
                      node: str | None = None) -> int:
-    """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores for a `dtype`
-    weight of `shape` with `kept` nonzero entries on a symmetric per-channel `bits`-bit grid (None: float
-    values off any grid), as the weight of flat node `node`.  Found by encoding a stand-in tensor of that
-    structure whose codes span the whole grid, so it is exact for the encodings the writer has, and an upper
-    bound for a weight with fewer nonzeros or a narrower code range.  The writer keeps the encoding of
-    fewest serialized bytes, nodes included, whose names carry the tensor's: for a small tensor the choice
-    between a sparse and a dense encoding depends on the name, so give `node`."""
-    from .onnx_weights import encode_weight  # on first use, as the other ONNX helpers
-
+    """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores at most for a
+    `dtype` weight of `shape` with `kept` nonzero entries on a symmetric per-channel `bits`-bit grid (None:
+    float values off any grid), as the weight of flat node `node`.  Found by encoding a stand-in tensor of that
+    structure whose codes span the whole grid and whose nonzeros come last: exact for the bitmask and dense
+    encodings, whose size depends on the count alone, and an upper bound for the relative index, whose
+    fillers depend on the gaps (one gap of all the zeros needs the most); `onnx_tensor_bits` is exact for a
+    given tensor.  The writer keeps the encoding of fewest serialized bytes, nodes included, whose names carry
+    the tensor's: for a small tensor the choice depends on the name, so give `node`."""
     n = int(np.prod(shape))
-    tensor = "w" if node is None else f"{node}.weight"  # the writer's name (onnx_export _Builder.param)
     if not 0 <= kept <= n:
         raise ValueError(f"kept must be in [0, {n}], got {kept}")
     rows = int(shape[0]) if len(shape) else 1
     if bits is None:
         flat = np.zeros(n, dtype)
-        flat[:kept] = np.pi * (1 + np.arange(kept) / max(n, 1))
-        enc = encode_weight(tensor, flat.reshape(shape))
-    else:
-        top = 2 ** (bits - 1)
-        codes = np.zeros(n, np.int64)
-        codes[:kept] = np.where(np.arange(kept) % 2, top - 1, -top)  # both ends of the grid
-        codes[:kept][codes[:kept] == 0] = 1
-        scale = np.full(rows, 2.0**-bits, np.float32)
-        q = codes.reshape(shape)
-        w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(dtype)
-        enc = encode_weight(tensor, w, grid=(q, scale, None))
+        flat[n - kept:] = np.pi * (1 + np.arange(kept) / max(n, 1))
+        return onnx_tensor_bits(flat.reshape(shape), None, node)
+    top = 2 ** (bits - 1)
+    codes = np.zeros(n, np.int64)
+    codes[n - kept:] = np.where(np.arange(kept) % 2, top - 1, -top)  # both ends of the grid
+    scale = np.full(rows, 2.0**-bits, np.float32)
+    q = codes.reshape(shape)
+    w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(dtype)
+    return onnx_tensor_bits(w, (q, scale, None), node)
+
+
+def onnx_tensor_bits(w: np.ndarray, grid: tuple | None, node: str | None = None) -> int:
+    """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores for the weight `w`
+    of flat node `node` with integer grid `grid` = (codes, scale, zero point) as the compression reports it
+    (None: none given; the writer then looks for one itself)."""
+    from .onnx_weights import encode_weight  # on first use, as the other ONNX helpers
+
+    tensor = "w" if node is None else f"{node}.weight"  # the writer's name (onnx_export _Builder.param)
+    enc = encode_weight(tensor, np.asarray(w), grid=grid)
     return 8 * sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in enc.inits)
 
 
+class OnnxStorage:
+    """The storage model of a memory budget for ONNX output: called as (shape, kept, bits, dtype, node) it
+    bounds a layer's bits by its nonzero count (`onnx_weight_bits`: exact for every encoding but the
+    relative index); `exact(w, grid, node)` measures a given compressed weight (`onnx_tensor_bits`)."""
+
+    def __call__(self, shape: tuple, kept: int, bits: int | None, dtype: str = "float32",
+                 node: str | None = None) -> int:
+        return onnx_weight_bits(tuple(shape), int(kept), bits, dtype, node)
+
+    @staticmethod
+    def exact(w: np.ndarray, grid: tuple | None, node: str | None = None) -> int:
+        return onnx_tensor_bits(w, grid, node)
+
+
 def storage_model(path: str | os.PathLike):
-    """The storage model (shape, kept, bits) -> bits of a memory budget for an output written to `path`.
-    Only ONNX has one: a NIR file's gzip compression depends on the values, not only on their count."""
+    """The storage model of a memory budget for an output written to `path` (`OnnxStorage`).  Only ONNX has
+    one: a NIR file's gzip compression depends on the values, and is known only once written."""
     if model_format(path) != "onnx":
         raise SbcError(f"{path}: a memory budget counts the weight storage of an ONNX file; NIR files are "
                        "gzip-compressed, so their size is known only once written: write .onnx")
-    return onnx_weight_bits
+    return OnnxStorage()
