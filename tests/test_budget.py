@@ -241,12 +241,12 @@ def test_sequential_budget_keeps_the_plan_and_holds_in_the_written_file(mlp_file
     layer, hence the written file, stays within its planned storage."""
     import sbc_onnx as sbc
     from sbc_onnx.data import load_dataset
-    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+    from sbc_onnx.io.sizes import OnnxStorage, weight_storage
 
     graph = sbc.load_model(mlp_files / "m.nir")
     cfg = sbc.SimConfig.from_graph(graph)
     data = load_dataset(mlp_files / "c.npz")
-    runs = {seq: sbc.compress(graph, data, budget=f"memory={budget}B", sequential=seq, storage=onnx_weight_bits,
+    runs = {seq: sbc.compress(graph, data, budget=f"memory={budget}B", sequential=seq, storage=OnnxStorage(),
                               cfg=cfg, measure_damage=False) for seq in (False, True)}
     (g0, r0), (g1, r1) = runs[False], runs[True]
     plan = r1.budget["layers"]
@@ -315,4 +315,5 @@ def test_storage_bound_holds_wherever_the_nonzeros_are(shape, kept, bits):
             w, grid = (q * scale[:, None]).astype(np.float32), (q, scale, None)
         assert encode_weight("layer.weight", w, grid=grid).kind.startswith("index")
         exact = OnnxStorage.exact(w, grid, "layer")
-        assert exact <= bound and (trial > 0 or exact == bound)
+        # at its own worst case the bound is loose by at most the node bytes of the encodings it weighs
+        assert exact <= bound and (trial > 0 or bound <= exact + 8 * 200), (trial, exact, bound)

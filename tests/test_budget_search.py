@@ -94,13 +94,13 @@ def mlp3():
 def test_compress_applies_the_searched_plan_within_the_budget(mlp3, tmp_path):
     import sbc_onnx as sbc
     from sbc_onnx.budget_search import OutputDistance
-    from sbc_onnx.io.sizes import onnx_weight_bits, weight_storage
+    from sbc_onnx.io.sizes import OnnxStorage, weight_storage
 
     g, cfg, data = mlp3
     budget = 1500
 
     def run(n):
-        return sbc.compress(g, data, budget=f"memory={budget}B", budget_search=n, storage=onnx_weight_bits,
+        return sbc.compress(g, data, budget=f"memory={budget}B", budget_search=n, storage=OnnxStorage(),
                             cfg=cfg, measure_damage=False)
 
     (g1, r1), (g2, _), (g0, r0) = run(6), run(6), run(0)

@@ -65,6 +65,12 @@ def encode_weight(name: str, w: np.ndarray, *, grid: Grid | None = None, compact
     """The encoding of weight tensor `name` = `w`. `compact`: the smallest exact one (a grid is inferred
     when none is given). `int_weights`: integer storage whenever `grid` (or an inferred one) fits, within
     the tolerance `write_onnx` documents; SbcError when a given grid is unusable."""
+    return min(weight_encodings(name, w, grid=grid, compact=compact, int_weights=int_weights), key=Encoding.size)
+
+
+def weight_encodings(name: str, w: np.ndarray, *, grid: Grid | None = None, compact: bool = True,
+                     int_weights: bool = False) -> list[Encoding]:
+    """Every encoding `encode_weight` chooses from (the same arguments)."""
     w = np.ascontiguousarray(w)
     negz = (w == 0) & np.signbit(w) if w.dtype.kind == "f" else np.zeros(w.shape, bool)
     # pruning leaves -0.0 where a negative weight was zeroed: encode +0.0 there, then put the signs back
@@ -91,7 +97,7 @@ def encode_weight(name: str, w: np.ndarray, *, grid: Grid | None = None, compact
     for enc in candidates:
         if enc.kind != "dense" and negz.any():
             _restore_negative_zeros(enc, name, negz, w.dtype)
-    return min(candidates, key=Encoding.size)
+    return candidates
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:

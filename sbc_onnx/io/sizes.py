@@ -119,27 +119,52 @@ def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "fl
                      node: str | None = None) -> int:
     """Bits of initializer data (as `weight_storage` counts them) that `write_onnx` stores at most for a
     `dtype` weight of `shape` with `kept` nonzero entries on a symmetric per-channel `bits`-bit grid (None:
-    float values off any grid), as the weight of flat node `node`.  Found by encoding a stand-in tensor of that
-    structure whose codes span the whole grid and whose nonzeros come last: exact for the bitmask and dense
-    encodings, whose size depends on the count alone, and an upper bound for the relative index, whose
-    fillers depend on the gaps (one gap of all the zeros needs the most); `onnx_tensor_bits` is exact for a
-    given tensor.  The writer keeps the encoding of fewest serialized bytes, nodes included, whose names carry
-    the tensor's: for a small tensor the choice depends on the name, so give `node`."""
+    float values off any grid), as the weight of flat node `node`; `onnx_tensor_bits` is exact for a given
+    tensor.  Found by encoding stand-in tensors of that structure whose codes span the whole grid.  The
+    bitmask and dense encodings' sizes depend on the count alone; the relative index's fillers depend on the
+    gaps, fewest with the nonzeros first, most with them last (one gap of all the zeros).  The writer keeps
+    the encoding of fewest serialized bytes, nodes included (a tensor's nodes and initializer headers are the
+    same whatever its values), so whichever it keeps stores at most the fewest serialized bytes of the
+    encodings with the nonzeros last less the least header and node bytes among those that can be kept: the
+    best count-only one, and each index that beats it with the nonzeros first.  Exact whenever no index can
+    win.  Names decide between encodings of a small tensor (its nodes carry them), so give `node`."""
+    from .onnx_weights import weight_encodings  # on first use, as the other ONNX helpers
+
     n = int(np.prod(shape))
     if not 0 <= kept <= n:
         raise ValueError(f"kept must be in [0, {n}], got {kept}")
-    rows = int(shape[0]) if len(shape) else 1
+    tensor = "w" if node is None else f"{node}.weight"  # the writer's name (onnx_export _Builder.param)
+    first, last = ((lambda w, grid: weight_encodings(tensor, w, grid=grid))(*_stand_in(shape, kept, bits, dtype, end))
+                   for end in (False, True))
+    fixed = min((e for e in last if not e.kind.startswith("index")), key=lambda e: e.size())
+    index = [(best, worst) for best, worst in zip(first, last)
+             if best.kind.startswith("index") and best.size() < fixed.size()]
+    if not index:
+        return _data_bits(fixed)
+    most = min([fixed.size()] + [worst.size() for _, worst in index])
+    overhead = min(e.size() - _data_bits(e) // 8 for e in [fixed] + [best for best, _ in index])
+    return 8 * (most - overhead)
+
+
+def _stand_in(shape, kept: int, bits: int | None, dtype: str, at_end: bool) -> tuple:
+    """(weight, grid) with `kept` nonzeros, first or last in flat order, whose codes span the whole grid."""
+    n = int(np.prod(shape))
+    where = slice(n - kept, n) if at_end else slice(0, kept)
     if bits is None:
         flat = np.zeros(n, dtype)
-        flat[n - kept:] = np.pi * (1 + np.arange(kept) / max(n, 1))
-        return onnx_tensor_bits(flat.reshape(shape), None, node)
+        flat[where] = np.pi * (1 + np.arange(kept) / max(n, 1))
+        return flat.reshape(shape), None
     top = 2 ** (bits - 1)
     codes = np.zeros(n, np.int64)
-    codes[n - kept:] = np.where(np.arange(kept) % 2, top - 1, -top)  # both ends of the grid
-    scale = np.full(rows, 2.0**-bits, np.float32)
+    codes[where] = np.where(np.arange(kept) % 2, top - 1, -top)  # both ends of the grid
+    scale = np.full(int(shape[0]) if len(shape) else 1, 2.0**-bits, np.float32)
     q = codes.reshape(shape)
     w = (q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))).astype(dtype)
-    return onnx_tensor_bits(w, (q, scale, None), node)
+    return w, (q, scale, None)
+
+
+def _data_bits(enc) -> int:
+    return 8 * sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in enc.inits)
 
 
 def onnx_tensor_bits(w: np.ndarray, grid: tuple | None, node: str | None = None) -> int:
@@ -149,8 +174,7 @@ def onnx_tensor_bits(w: np.ndarray, grid: tuple | None, node: str | None = None)
     from .onnx_weights import encode_weight  # on first use, as the other ONNX helpers
 
     tensor = "w" if node is None else f"{node}.weight"  # the writer's name (onnx_export _Builder.param)
-    enc = encode_weight(tensor, np.asarray(w), grid=grid)
-    return 8 * sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in enc.inits)
+    return _data_bits(encode_weight(tensor, np.asarray(w), grid=grid))
 
 
 class OnnxStorage:
