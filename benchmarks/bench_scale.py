@@ -43,6 +43,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -308,19 +309,22 @@ def run_child(args, name: str, kill_at: int | None = None) -> tuple[dict | None,
     """Run job `name` in a child process; with kill_at, SIGKILL it once layer kill_at+1 is reported done."""
     argv = [sys.executable, __file__, "--job", name, *args.passthrough]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines = []
-    for line in p.stderr:
-        lines.append(line.rstrip())
-        print(f"  [{name}] {line.rstrip()}", file=sys.stderr, flush=True)
-        if kill_at is not None and line.startswith(f"compressing layer {kill_at + 1}/"):
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            return None, lines
-    stdout = p.stdout.read()
-    if p.wait() != 0:
-        raise SystemExit(f"job {name} failed ({p.returncode}): {lines[-5:]}")
-    return json.loads(stdout.strip().splitlines()[-1]), lines
+    # the result goes to a file, not a pipe: a whole network's JSON outgrows the pipe buffer, and the child
+    # would block writing it while this process still reads its stderr
+    with tempfile.TemporaryFile("w+") as result:
+        p = subprocess.Popen(argv, stdout=result, stderr=subprocess.PIPE, text=True, env=env)
+        lines = []
+        for line in p.stderr:
+            lines.append(line.rstrip())
+            print(f"  [{name}] {line.rstrip()}", file=sys.stderr, flush=True)
+            if kill_at is not None and line.startswith(f"compressing layer {kill_at + 1}/"):
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                return None, lines
+        if p.wait() != 0:
+            raise SystemExit(f"job {name} failed ({p.returncode}): {lines[-5:]}")
+        result.seek(0)
+        return json.loads(result.read().strip().splitlines()[-1]), lines
 
 
 def project(row: dict, method: str) -> float:

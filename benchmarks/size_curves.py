@@ -60,7 +60,9 @@ BUDGETS = {"nmnist": ["memory=8KiB", "memory=10KiB", "memory=14KiB", "memory=20K
            "ifcnn": ["memory=24KiB", "memory=40KiB"],
            A.SEW: ["memory=16KiB", "memory=24KiB", "memory=40KiB"]}
 SYNOPS_BUDGETS = {"nmnist": ["synops=300k", "synops=600k", "synops=1M"],
-                  "cubalif": ["synops=30k", "synops=60k", "synops=120k"]}
+                  "cubalif": ["synops=30k", "synops=60k", "synops=120k"],
+                  "ifcnn": ["synops=1.5M", "synops=3M", "synops=6M"],
+                  A.SEW: ["synops=300k", "synops=600k", "synops=1.2M"]}
 
 
 def load(path: Path) -> dict:
