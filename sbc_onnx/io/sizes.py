@@ -134,8 +134,12 @@ def onnx_weight_bits(shape: tuple, kept: int, bits: int | None, dtype: str = "fl
     if not 0 <= kept <= n:
         raise ValueError(f"kept must be in [0, {n}], got {kept}")
     tensor = "w" if node is None else f"{node}.weight"  # the writer's name (onnx_export _Builder.param)
-    first, last = ((lambda w, grid: weight_encodings(tensor, w, grid=grid))(*_stand_in(shape, kept, bits, dtype, end))
-                   for end in (False, True))
+
+    def encodings(at_end: bool):
+        w, grid = _stand_in(shape, kept, bits, dtype, at_end)
+        return weight_encodings(tensor, w, grid=grid)
+
+    first, last = encodings(False), encodings(True)
     fixed = min((e for e in last if not e.kind.startswith("index")), key=lambda e: e.size())
     index = [(best, worst) for best, worst in zip(first, last)
              if best.kind.startswith("index") and best.size() < fixed.size()]
