@@ -84,6 +84,7 @@ class Plan:
     layers: tuple[str, ...] | None = None
     budget: BudgetSpec | None = None
     repair: bool = False
+    repair_per_layer: bool = False  # one threshold factor per layer (chips with one threshold per layer)
     budget_search: int = 0
     search_seed: int = 0
     search_score: str = "counts"
@@ -95,7 +96,8 @@ class Plan:
               grid: str | None = None, granularity: str | None = None, sequential: bool = False,
               rel_damp: float = 0.01, exact_resolve: bool = False, layers: list[str] | None = None,
               budget: str | BudgetSpec | None = None, repair: bool = False, budget_search: int = 0,
-              search_seed: int = 0, search_score: str = "counts", reset_aware: bool = False) -> Plan:
+              search_seed: int = 0, search_score: str = "counts", reset_aware: bool = False,
+              repair_per_layer: bool = False) -> Plan:
         """The checked plan (SbcError names what is wrong); grid, granularity None: symmetric, channel.
         budget: e.g. "memory=10KiB" or a BudgetSpec (its option sets)."""
         _check_choice(grid, SCHEMES, "grid")
@@ -112,7 +114,8 @@ class Plan:
                    pattern=_pattern(pattern), grid=grid or "symmetric", granularity=granularity or "channel",
                    sequential=bool(sequential), rel_damp=float(rel_damp), exact_resolve=bool(exact_resolve),
                    layers=None if layers is None else tuple(layers), budget=budget,
-                   repair=bool(repair), budget_search=int(budget_search), search_seed=int(search_seed),
+                   repair=bool(repair), repair_per_layer=bool(repair_per_layer),
+                   budget_search=int(budget_search), search_seed=int(search_seed),
                    search_score=search_score or "counts", reset_aware=bool(reset_aware))
         if plan.reset_aware and plan.method.objective != "smp":
             raise SbcError(f"--reset-aware shortens the SMP objective; method {plan.method.name} uses the "
@@ -857,7 +860,8 @@ class _Compression:
 
     def repair(self, dense: nir.NIRGraph) -> None:
         t0 = time.perf_counter()
-        r = repair_thresholds(dense, self.new, self.data, self.cfg, batch_size=self.batch_size)
+        r = repair_thresholds(dense, self.new, self.data, self.cfg, batch_size=self.batch_size,
+                              per_layer=self.plan.repair_per_layer)
         self.repair_report = r
         self.notes.append(r.summary())
         self.seconds["repair"] = time.perf_counter() - t0

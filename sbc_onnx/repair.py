@@ -78,19 +78,21 @@ def _measure(graph, data, cfg, neurons, batch_size) -> tuple[dict[str, np.ndarra
 
 
 def repair_thresholds(dense, compressed, data, cfg: SimConfig, *, passes: int = 6, batch_size: int = 32,
-                      neurons: list[str] | None = None) -> RepairReport:
+                      neurons: list[str] | None = None, per_layer: bool = False) -> RepairReport:
     """Rescale the thresholds of `compressed` (a NIR graph, changed in place) so that every spiking neuron's
     per-channel calibration firing rate approaches the dense model's.  Each channel's threshold is searched
     by a safeguarded secant step: the proportional step v_th * rate / dense rate, kept inside the bracket
     of thresholds seen to fire too much (below) and too little (above).  The thresholds of the pass with
-    the smallest rate error are kept.  Channels silent in the dense model keep their threshold."""
+    the smallest rate error are kept.  Channels silent in the dense model keep their threshold.
+    per_layer: one factor per neuron layer, matching its mean rate over the channels (for chips with one
+    threshold per layer, `Profile.homogeneous_params`): a layer whose thresholds were equal keeps them equal."""
     fg = flatten(compressed)
     names = neurons if neurons is not None else [n for n in fg.spiking() if fg.prim(n).threshold]
     dense_rates = firing_rates(dense, data, cfg, names, batch_size=batch_size)
     rates, shapes = _measure(compressed, data, cfg, names, batch_size)
     report = RepairReport(names, 0, dense_rates, rates, rates)
-    search = {n: _Bracket(_thresholds(fg, n, shapes[n])) for n in names}
-    best = (report.error(rates), {n: search[n].thr.copy() for n in names}, rates)
+    search = {n: _Bracket(_thresholds(fg, n, shapes[n]), per_layer) for n in names}
+    best = (report.error(rates), {n: search[n].thr.reshape(search[n].shape).copy() for n in names}, rates)
     for _ in range(passes):
         for n in names:
             _set_threshold(fg, n, search[n].step(rates[n], dense_rates[n]))
@@ -98,7 +100,7 @@ def repair_thresholds(dense, compressed, data, cfg: SimConfig, *, passes: int = 
         report.passes += 1
         report.history.append(report.error(rates))
         if report.history[-1] < best[0]:
-            best = (report.history[-1], {n: search[n].thr.copy() for n in names}, rates)
+            best = (report.history[-1], {n: search[n].thr.reshape(search[n].shape).copy() for n in names}, rates)
     for n in names:
         _set_threshold(fg, n, best[1][n])
     report.rates_after = best[2]
@@ -108,13 +110,17 @@ def repair_thresholds(dense, compressed, data, cfg: SimConfig, *, passes: int = 
 class _Bracket:
     """Per-channel threshold search: lo fired too much, hi too little (rate falls as v_th rises)."""
 
-    def __init__(self, thr: np.ndarray):
-        self.thr = thr.astype(np.float64)  # (channels, ...) full per-neuron thresholds
-        c = thr.shape[0]
+    def __init__(self, thr: np.ndarray, per_layer: bool = False):
+        self.shape, self.per_layer = thr.shape, per_layer
+        # (groups, ...) full per-neuron thresholds: a group per channel, or the whole layer as one group
+        self.thr = thr.astype(np.float64).reshape((1, -1) if per_layer else thr.shape)
+        c = self.thr.shape[0]
         self.lo, self.hi = np.zeros(c), np.full(c, np.inf)
-        self.scale = self.thr.reshape(c, -1).mean(axis=1)  # the channel's threshold level (shared factor)
+        self.scale = self.thr.reshape(c, -1).mean(axis=1)  # the group's threshold level (shared factor)
 
     def step(self, rate: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        if self.per_layer:  # the layer's mean rate over its (equally sized) channels
+            rate, dense = np.mean(rate, keepdims=True), np.mean(dense, keepdims=True)
         active = dense > 0
         self.lo = np.where(active & (rate > dense), np.maximum(self.lo, self.scale), self.lo)
         self.hi = np.where(active & (rate < dense), np.minimum(self.hi, self.scale), self.hi)
@@ -126,7 +132,7 @@ class _Bracket:
         factor = new / np.where(self.scale != 0, self.scale, 1)
         self.thr = self.thr * factor.reshape((-1,) + (1,) * (self.thr.ndim - 1))
         self.scale = new
-        return self.thr
+        return self.thr.reshape(self.shape)
 
 
 def _thresholds(fg: FlatGraph, name: str, shape: tuple) -> np.ndarray:

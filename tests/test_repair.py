@@ -80,3 +80,33 @@ def test_shared_parameters_become_per_channel_and_the_model_still_writes(case, t
     for ext in ("nir", "onnx"):  # NIR keeps a node's parameters one shape
         sbc.save_model(comp, tmp_path / f"m.{ext}", cfg=cfg)
         np.testing.assert_array_equal(sbc.load_model(tmp_path / f"m.{ext}").nodes["if2"].v_threshold, node.v_threshold)
+
+
+def test_per_layer_repair_keeps_one_threshold_per_layer(case):
+    """For chips with one threshold per layer: one factor per layer, its mean rate brought back (within 5 %)."""
+    dense, comp, data, cfg = case
+    names = ["if1", "if2"]
+    want = {n: float(r.mean()) for n, r in firing_rates(dense, data, cfg, names).items()}
+    before = {n: float(r.mean()) for n, r in firing_rates(comp, data, cfg, names).items()}
+    report = repair_thresholds(dense, comp, data, cfg, per_layer=True)
+    after = {n: float(r.mean()) for n, r in firing_rates(comp, data, cfg, names).items()}
+    for n in names:
+        assert len(np.unique(comp.nodes[n].v_threshold)) == 1  # still homogeneous
+        assert abs(after[n] - want[n]) <= 0.05 * want[n] < abs(before[n] - want[n]), (n, before, after, want)
+    assert report.passes > 0
+
+
+def test_repair_on_a_chip_with_one_threshold_per_layer_passes_check(case, tmp_path):
+    """--target with --repair: the repaired integer model still satisfies the profile (`check`)."""
+    from sbc_onnx.hardware.check import check_graph
+    from sbc_onnx.hardware.deploy import compress_for_target, target_plan
+    from sbc_onnx.hardware.profiles import load_profile
+
+    dense, _, data, cfg = case
+    profile = load_profile("speck")
+    assert profile.homogeneous_params
+    plan = target_plan(profile, sparsity=0.8, repair=True)
+    assert plan.repair and plan.repair_per_layer
+    int_g, _, deploy = compress_for_target(dense, data, profile, plan, cfg=cfg)
+    assert not deploy.errors, deploy.errors
+    assert [v for v in check_graph(int_g, profile, cfg) if v.severity == "error"] == []

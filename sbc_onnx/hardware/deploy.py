@@ -479,6 +479,8 @@ def target_plan(profile: Profile | str, *, bits: int | None = None, grid: str | 
     sparsity is chosen to fit it, at the chip's weight width (`budget_for_target`)."""
     profile = load_profile(profile)
     b, scheme, gran = target_settings(profile, bits)
+    # repair on a chip with one threshold per layer: one factor per layer, so the profile still holds
+    options.setdefault("repair_per_layer", bool(options.get("repair")) and profile.homogeneous_params)
     if budget is not None:
         spec = budget_for_target(budget, profile, bits=bits)
         plan = Plan.build(grid=grid or scheme, granularity=granularity or gran, budget=spec, **options)
