@@ -87,8 +87,7 @@ def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndar
 @njit(cache=True, nogil=True)
 def _gather32(H, idx, lam, out, i0, i1):
     """Rows [i0, i1) of out[i, j] = H[idx[i], idx[j]] in float32 for j >= i (0 below), + lam on the diagonal:
-    `_damped_copy`'s
-    gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
+    `_damped_copy`'s gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
     array's upper triangle is the lower triangle of the Fortran array it is passed as)."""
     n = idx.shape[0]
     row = np.empty(H.shape[1], np.float32)
@@ -115,8 +114,8 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
     """float32 lower Cholesky factor of the damped (J) H[perm][:, perm] (J) (as `damped_cholesky`, one
     attempt, no escalation; _cholesky.potrf_blocked), or None when float32 cannot give a factor that
     good: it fails, the factor is not finite, or its backward error on two seeded random probes R,
-    |L L^T R - (H_d) R| (H_d R in float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable; what float32 can lose is
-    only that this error becomes comparable to the damping (a Hessian with a large norm next to lambda)."""
+    |L L^T R - (H_d) R| (H_d R in float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable;
+    what float32 can lose is only that this error becomes comparable to the damping (a Hessian with a large norm next to lambda)."""
     rd = check_damping(rel_damp)
     H = np.asarray(H, dtype=np.float64)
     d = H.shape[0]
@@ -252,8 +251,8 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
     Computed in float32 (_cholesky.potrf_blocked, then H_d^-1 = L^-T L^-1: its diagonal is the column
     norms of L^-1, `inverse_column_norms`): the order needs only the ranking, and the float32 steps take
     less than half the time of their float64 twins, which dominated the whole quantization of a layer
-    (benchmarks/bench_kernels.py).  The relative error is about cond(L) * 6e-8, so only near-ties can rank differently from a float64
-    inverse.  When float32 cannot factor the damped matrix (or gives a non-finite diagonal) the float64
+    (benchmarks/bench_kernels.py).  The relative error is about cond(L) * 6e-8, so only near-ties can rank
+    differently from a float64 inverse.  When float32 cannot factor the damped matrix (or gives a non-finite diagonal) the float64
     path with its damping escalation (upper_inverse_factor) decides, as before."""
     rd, max_damp = check_damping(rel_damp), check_damping(max_damp, "max_damp")
     H = np.asarray(H, dtype=np.float64)
@@ -265,7 +264,7 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
         with np.errstate(over="ignore"):
             lam = rd * (float(diag[live].mean()) if live.any() else 1.0)
         G = np.empty(H.shape, np.float32)  # C order; symmetric, so it is also the Fortran array LAPACK reads
-        parallel_map(lambda s: G[s[0]:s[1]].__setitem__(Ellipsis, H[s[0]:s[1]]), row_spans(H.shape[0]),
+        parallel_map(lambda s: np.copyto(G[s[0]:s[1]], H[s[0]:s[1]], casting="same_kind"), row_spans(H.shape[0]),
                      nbytes=12 * H.size)
         G[np.diag_indices_from(G)] += np.float32(lam)
         if math.isfinite(lam) and (rd > 0 or live.all()):

@@ -25,8 +25,8 @@ import threading
 
 import numba
 
-__all__ = ["PARALLEL_MIN_BYTES", "PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "parallel_map", "row_threads",
-           "run_blocks_with"]
+__all__ = ["PARALLEL_MIN_BYTES", "PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "parallel_map",
+           "row_threads", "run_blocks_with"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
 
@@ -66,7 +66,8 @@ PARALLEL_MIN_BYTES = 1 << 23  # a memory-bound pass over fewer bytes than this r
 
 def parallel_map(fn, items, flop: float = 0.0, nbytes: float = 0.0) -> list:
     """[fn(x) for x in items], on numba's thread count of Python threads when the work is large enough:
-    `flop` in all >= PARALLEL_MIN_FLOP, or a memory-bound pass over `nbytes` >= PARALLEL_MIN_BYTES.  The pieces must be independent and release the GIL (NumPy's
+    `flop` in all >= PARALLEL_MIN_FLOP, or a memory-bound pass over `nbytes` >= PARALLEL_MIN_BYTES.  The
+    pieces must be independent and release the GIL (NumPy's
     matmul, the ctypes BLAS calls of _openblas.py) to gain anything; each is computed the same way
     whichever thread runs it, so the result does not depend on the thread count.  BLAS runs on one
     thread meanwhile (the limit is process-wide: held here, so that the pieces' own `blas_threads`
