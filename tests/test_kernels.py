@@ -273,19 +273,16 @@ def test_float32_factor_is_checked_and_falls_back_to_float64():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
 def test_split_pieces_on_threads_give_the_same_bits_and_the_eager_results():
-    """Wide layers: the Hessian block product in two pieces and diag(H^-1)'s column-block solves, run
-    on one or on two threads (threads.parallel_map): identical bits, and the readable results."""
+    """Wide layers: the Hessian block product in two pieces and diag(H^-1) from the blocked triangular
+    inverse, run on one or on two threads (threads.parallel_map): identical bits, and the readable results."""
     from sbc_onnx.compress.hessian import HessianAccumulator as HA
-    from sbc_onnx.compress.numerics import column_blocks, inverse_column_norms
+    from sbc_onnx.compress.numerics import inverse_column_norms
     from scipy.linalg import lapack
 
     rng = np.random.default_rng(14)
-    d = 1100
+    d = 1400  # the inverse's last merge (about 700^3 flop) runs on threads
     assert HA.split_at(d) is not None and HA.split_at(HA.SPLIT_MIN_D - 1) is None
     Z = ((rng.random((1500, d)) < 0.1) * rng.random((1500, d))).astype(np.float32)
-    spans = column_blocks(d, 4)
-    assert spans[0][0] == 0 and spans[-1][1] == d and len(spans) == 4
-    assert all(a < b for a, b in spans) and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
     old, out = numba.get_num_threads(), {}
     try:
         for n in (1, 2):
@@ -329,6 +326,40 @@ def test_gptq_row_pieces_and_blocked_factor_on_threads_same_bits():
     np.testing.assert_array_equal(out[1].order, out[2].order)
     ref = quantize(quantize_gptq_eager(W, H, g), g)
     assert np.mean(out[1].W == ref) > 0.99
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread")
+def test_blocked_triangular_inverse_against_lapack():
+    """_cholesky.trtri_blocked (leaf blocks, two merge levels, trmm pieces on threads) against its readable
+    twin, LAPACK's strtri: the same inverse to float32 rounding, the same bits at 1 and 2 threads, the other
+    triangle untouched, and the same info for a zero on the diagonal inside a later leaf."""
+    from sbc_onnx.compress._cholesky import TRI_LEAF, trtri_blocked, trtri_eager
+
+    rng = np.random.default_rng(17)
+    d = 2 * TRI_LEAF + 77
+    H = spike_H(rng, d, rows=4 * d).astype(np.float32) + np.float32(0.05) * np.eye(d, dtype=np.float32)
+    L = np.asfortranarray(np.tril(np.linalg.cholesky(H.astype(np.float64))).astype(np.float32))
+    L[np.triu_indices(d, 1)] = 7.0  # must stay as it is
+    old, out = numba.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            X = L.copy(order="F")
+            assert trtri_blocked(X) == 0
+            out[n] = X
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(out[1], out[2])
+    ref, info = trtri_eager(np.tril(L))
+    assert info == 0
+    np.testing.assert_allclose(np.tril(out[1]), np.tril(ref), rtol=0, atol=1e-5 * np.abs(ref).max())
+    exact = np.linalg.inv(np.tril(L).astype(np.float64))
+    assert np.abs(np.tril(out[1]) - exact).max() <= 1e-5 * np.abs(exact).max()
+    assert np.all(np.triu(out[1], 1) == np.triu(L, 1))
+    bad = L.copy(order="F")
+    k = d - 100
+    bad[k, k] = 0.0
+    assert trtri_blocked(bad) == trtri_eager(np.tril(bad))[1] == k + 1
 
 
 def test_blocked_cholesky_against_lapack():

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-__all__ = ["kernels", "somatcopy", "strsm_lower"]
+__all__ = ["kernels", "somatcopy"]
 
 # CBLAS enums
 _ROW, _COL, _LEFT, _RIGHT, _LOWER, _NOTRANS, _TRANS, _NONUNIT = 101, 102, 141, 142, 122, 111, 112, 131
@@ -64,7 +64,8 @@ _kernels: list = []
 
 def kernels():
     """Column-major float32 kernels on raw pointers (element offsets computed by the caller), GIL-free:
-    a namespace with potrf(n, a, lda) -> info (lower), trsm_lln(m, n, l, ldl, b, ldb) (B := L^-1 B),
+    a namespace with potrf(n, a, lda) -> info (lower), trtri(n, a, lda) -> info (lower, in place),
+    trmm_rln(m, n, alpha, a, lda, b, ldb) (B := alpha B A) and trmm_lln (B := alpha A B), A lower,
     trsm_rlt(m, n, l, ldl, b, ldb) (B := B L^-T),
     syrk_ln(n, k, a, lda, c, ldc) (C -= A A^T, lower), gemm_nt(m, n, k, a, lda, b, ldb, c, ldc)
     (C -= A B^T) and, row-major, gemm_rm_tn(m, n, k, a, lda, b, ldb, c, ldc) (C (m, n) -= A^T B with
@@ -77,6 +78,9 @@ def kernels():
         try:
             potrf = lib.scipy_LAPACKE_spotrf
             potrf.restype, potrf.argtypes = ctypes.c_int, [i, ctypes.c_char, i, p, i]
+            trtri = lib.scipy_LAPACKE_strtri
+            trtri.restype, trtri.argtypes = ctypes.c_int, [i, ctypes.c_char, ctypes.c_char, i, p, i]
+            trmm = _bind(lib, "scipy_cblas_strmm", [i] * 7 + [f, p, i, p, i])
             trsm = _bind(lib, "scipy_cblas_strsm", [i] * 7 + [f, p, i, p, i])
             syrk = _bind(lib, "scipy_cblas_ssyrk", [i] * 5 + [f, p, i, f, p, i])
             gemm = _bind(lib, "scipy_cblas_sgemm", [i] * 6 + [f, p, i, p, i, f, p, i])
@@ -87,8 +91,16 @@ def kernels():
                     return potrf(_COL, b"L", n, a, lda)
 
                 @staticmethod
-                def trsm_lln(m, n, l, ldl, b, ldb):
-                    trsm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, m, n, 1.0, l, ldl, b, ldb)
+                def trtri(n, a, lda):
+                    return trtri(_COL, b"L", b"N", n, a, lda)
+
+                @staticmethod
+                def trmm_rln(m, n, alpha, a, lda, b, ldb):
+                    trmm(_COL, _RIGHT, _LOWER, _NOTRANS, _NONUNIT, m, n, alpha, a, lda, b, ldb)
+
+                @staticmethod
+                def trmm_lln(m, n, alpha, a, lda, b, ldb):
+                    trmm(_COL, _LEFT, _LOWER, _NOTRANS, _NONUNIT, m, n, alpha, a, lda, b, ldb)
 
                 @staticmethod
                 def trsm_rlt(m, n, l, ldl, b, ldb):
@@ -115,21 +127,3 @@ def somatcopy():
     """cblas_somatcopy(order, trans, rows, cols, alpha, a, lda, b, ldb), or None."""
     return _omatcopy
 
-
-def strsm_lower(L: np.ndarray, j0: int, Y: np.ndarray) -> None:
-    """Y := L[j0:, j0:]^-1 Y in place: L a float32 Fortran-ordered lower-triangular (n, n) matrix, Y a
-    float32 Fortran-ordered (n - j0, k) matrix.  Without the ctypes kernels SciPy's strsm computes the same
-    call (holding the GIL)."""
-    n = L.shape[0]
-    m, k = Y.shape
-    if not (L.flags.f_contiguous and Y.flags.f_contiguous and L.dtype == Y.dtype == np.float32 and m == n - j0):
-        raise ValueError("strsm_lower: float32 Fortran arrays of matching shapes expected")
-    if m == 0 or k == 0:
-        return
-    kern = kernels()
-    if kern is not None:
-        kern.trsm_lln(m, k, L.ctypes.data + (j0 * n + j0) * 4, n, Y.ctypes.data, m)
-        return
-    from scipy.linalg import blas  # pragma: no cover - only without the bundled library
-
-    Y[...] = blas.strsm(1.0, L[j0:, j0:], Y, lower=1)  # pragma: no cover

@@ -23,8 +23,7 @@ import numpy as np
 from numba import njit
 from scipy.linalg import lapack
 
-from ._cholesky import potrf_blocked
-from ._openblas import strsm_lower
+from ._cholesky import potrf_blocked, trtri_blocked
 from .threads import blas_threads, parallel_map
 
 __all__ = ["F32_BACKWARD_TOL", "MAX_ATTEMPTS", "FactorizationError", "check_damping", "damped_cholesky",
@@ -85,22 +84,78 @@ def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndar
 
 
 @njit(cache=True, nogil=True)
-def _gather32(H, idx, lam, out, i0, i1):
+def _gather32(H, idx, lam, out, i0, i1, Ri, HR):
     """Rows [i0, i1) of out[i, j] = H[idx[i], idx[j]] in float32 for j >= i (0 below), + lam on the diagonal:
     `_damped_copy`'s gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
-    array's upper triangle is the lower triangle of the Fortran array it is passed as)."""
+    array's upper triangle is the lower triangle of the Fortran array it is passed as).  On the way, the float64
+    products HR[i] = H[idx[i]] @ Ri of the factor check (`damped_cholesky32`), so H is read once."""
     n = idx.shape[0]
     row = np.empty(H.shape[1], np.float32)
     for i in range(i0, i1):
         src = H[idx[i]]
+        h0 = 0.0
+        h1 = 0.0
         for k in range(row.shape[0]):  # a streamed read first: random reads of a row not yet in cache stall
-            row[k] = src[k]
+            v = src[k]
+            row[k] = v
+            h0 += v * Ri[k, 0]
+            h1 += v * Ri[k, 1]
+        HR[i, 0] = h0
+        HR[i, 1] = h1
         o = out[i]
         for j in range(i):
             o[j] = 0.0  # the factor's other triangle: zero, as spotrf's clean=1 leaves it
         for j in range(i, n):
             o[j] = row[idx[j]]
         o[i] += lam
+
+
+@njit(cache=True, nogil=True)
+def _upper32(H, lam, out, i0, i1):
+    """Rows [i0, i1) of out[i, j] = H[i, j] in float32 for j >= i (the triangle LAPACK reads, as in _gather32;
+    the other one is not written), + lam on the diagonal.  Returns whether those entries of H are all finite."""
+    n = H.shape[1]
+    finite = True
+    for i in range(i0, i1):
+        src = H[i]
+        o = out[i]
+        for j in range(i, n):
+            v = src[j]
+            finite &= (v - v) == 0.0
+            o[j] = v
+        o[i] += lam
+    return finite
+
+
+@njit(cache=True, nogil=True)
+def _upper_times(G, R, i0, i1, Y):
+    """Y[i] = sum_{j >= i} G[i, j] R[j] (float64 sums) for rows [i0, i1): L^T R with G the C view of the
+    Fortran lower factor L."""
+    n = G.shape[1]
+    for i in range(i0, i1):
+        g = G[i]
+        y0 = 0.0
+        y1 = 0.0
+        for j in range(i, n):
+            y0 += g[j] * R[j, 0]
+            y1 += g[j] * R[j, 1]
+        Y[i, 0] = y0
+        Y[i, 1] = y1
+
+
+@njit(cache=True, nogil=True)
+def _upper_t_times(G, Y, i0, i1):
+    """sum over rows i in [i0, i1) of G[i, j] Y[i] for j >= i (float64): rows [i0, i1)'s share of L Y."""
+    n = G.shape[1]
+    out = np.zeros((n, 2))
+    for i in range(i0, i1):
+        g = G[i]
+        y0 = Y[i, 0]
+        y1 = Y[i, 1]
+        for j in range(i, n):
+            out[j, 0] += g[j] * y0
+            out[j, 1] += g[j] * y1
+    return out
 
 
 def row_spans(d: int, pieces: int = 4) -> list[tuple[int, int]]:
@@ -130,18 +185,20 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
         return None
     G = np.empty((d, d), np.float32)
     Hc, lam32, spans = np.ascontiguousarray(H), np.float32(lam), row_spans(d)
-    parallel_map(lambda s: _gather32(Hc, idx, lam32, G, *s), spans, nbytes=12 * d * d)
-    L = G.T  # the C array's upper triangle is the lower triangle of this Fortran view
-    if potrf_blocked(L) != 0:
-        return None
     R = np.random.default_rng(0).standard_normal((d, 2))
     Ri = np.empty_like(R)
     Ri[idx] = R  # (H_d R)[i] = (H Ri)[idx[i]] + lam R[i]
+    HR = np.empty((d, 2))
+    parallel_map(lambda s: _gather32(Hc, idx, lam32, G, *s, Ri, HR), spans, nbytes=12 * d * d)
+    HR += lam * R
+    L = G.T  # the C array's upper triangle is the lower triangle of this Fortran view
+    if potrf_blocked(L) != 0:
+        return None
+    # L L^T R from the triangle only (memory-bound passes in row pieces, summed in a fixed order)
     R32 = R.astype(np.float32)
-    # memory-bound products in row pieces (NumPy releases the GIL): H Ri, L^T R = G R, L Y = G^T Y
-    HR = np.concatenate(parallel_map(lambda s: Hc[s[0]:s[1]] @ Ri, spans, nbytes=8 * d * d))[idx] + lam * R
-    Y = np.concatenate(parallel_map(lambda s: G[s[0]:s[1]] @ R32, spans, nbytes=4 * d * d))
-    LLR = np.concatenate(parallel_map(lambda s: G[:, s[0]:s[1]].T @ Y, spans, nbytes=4 * d * d))
+    Y = np.empty((d, 2))
+    parallel_map(lambda s: _upper_times(G, R32, *s, Y), spans, nbytes=2 * d * d)
+    LLR = sum(parallel_map(lambda s: _upper_t_times(G, Y, *s), spans, nbytes=2 * d * d))
     res = float(np.linalg.norm(LLR - HR))
     if not (math.isfinite(res) and res <= tol * lam * float(np.linalg.norm(R))):
         return None
@@ -214,35 +271,34 @@ def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float 
     return U, rd, esc
 
 
-def column_blocks(d: int, pieces: int) -> list[tuple[int, int]]:
-    """Column spans [j0, j1) of L^-1 (d x d, lower) of about equal solve work ((d - j)^2 per column j),
-    multiples of 16 wide: a function of d and `pieces` only, so the bits do not depend on threads."""
-    w = (d - np.arange(d, dtype=np.float64)) ** 2
-    c = np.cumsum(w) / w.sum()
-    cuts = {0, d}
-    for k in range(1, pieces):
-        cuts.add(min(d, 16 * int(round(np.searchsorted(c, k / pieces) / 16))))
-    cuts = sorted(cuts)
-    return list(zip(cuts, cuts[1:]))
+@njit(cache=True, nogil=True)
+def _upper_row_norms(G, r0, r1, out):
+    """out[j] = sum_{k >= j} G[j, k]^2 in float64, rows [r0, r1): the column norms of the lower triangle of
+    the Fortran array G^T."""
+    d = G.shape[1]
+    for j in range(r0, r1):
+        s = 0.0
+        row = G[j]
+        for k in range(j, d):
+            v = np.float64(row[k])
+            s += v * v
+        out[j] = s
 
 
-def inverse_column_norms(L: np.ndarray) -> np.ndarray:
+def inverse_column_norms(L: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """sum_i (L^-1)_ij^2 for each column j (float64 sums) of a float32 lower-triangular Fortran L: the
-    diagonal of (L L^T)^-1.  Column block [j0, j1) of L^-1 is zero above row j0 and solves
-    L[j0:, j0:] Y = I[j0:, j0:j1]: independent triangular solves (d^3 / 3 flop in all, like trtri, which
-    was slower here), run on several threads when that pays (threads.parallel_map)."""
+    diagonal of (L L^T)^-1.  L^-1 by _cholesky.trtri_blocked (d^3 / 3 flop, in place when ``overwrite``,
+    on several threads when that pays), then the column norms of its lower triangle (rows of the C view).
+    NaN where L has a zero on its diagonal."""
     L = np.asfortranarray(L, dtype=np.float32)
     d = L.shape[0]
-
-    def solve(span):
-        j0, j1 = span
-        Y = np.zeros((d - j0, j1 - j0), np.float32, order="F")
-        Y[np.arange(j1 - j0), np.arange(j1 - j0)] = 1.0
-        strsm_lower(L, j0, Y)
-        return np.einsum("ij,ij->j", Y, Y, dtype=np.float64)
-
-    spans = column_blocks(d, max(1, min(8, d // 256)))
-    return np.concatenate(parallel_map(solve, spans, d**3 / 3)) if d else np.zeros(0)
+    X = L if overwrite else L.copy(order="F")
+    if trtri_blocked(X) != 0:
+        return np.full(d, np.nan)
+    out = np.empty(d)
+    G = X.T  # C-ordered: row j from j on is column j of the lower triangle
+    parallel_map(lambda s: _upper_row_norms(G, s[0], s[1], out), row_spans(d), nbytes=2 * d * d)
+    return out
 
 
 def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.0):
@@ -258,20 +314,18 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
     H = np.asarray(H, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"H must be square, got {H.shape}")
-    if np.all(np.isfinite(H)):
-        diag = np.diag(H)
-        live = diag > 0
-        with np.errstate(over="ignore"):
-            lam = rd * (float(diag[live].mean()) if live.any() else 1.0)
-        G = np.empty(H.shape, np.float32)  # C order; symmetric, so it is also the Fortran array LAPACK reads
-        parallel_map(lambda s: np.copyto(G[s[0]:s[1]], H[s[0]:s[1]], casting="same_kind"), row_spans(H.shape[0]),
-                     nbytes=12 * H.size)
-        G[np.diag_indices_from(G)] += np.float32(lam)
-        if math.isfinite(lam) and (rd > 0 or live.all()):
-            info = potrf_blocked(G.T)  # lower triangle of the Fortran view, in place (H is symmetric)
-            if info == 0:
-                d = inverse_column_norms(G.T)  # reads only that triangle
-            if info == 0 and np.all(np.isfinite(d)) and np.all(d > 0):
+    diag = np.diag(H)
+    live = diag > 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        lam = rd * (float(diag[live].mean()) if live.any() else 1.0)
+    if math.isfinite(lam) and (rd > 0 or live.all()):
+        # C order: the upper triangle (all that is read; H is symmetric) is the lower one of the Fortran view
+        G = np.empty(H.shape, np.float32)
+        finite = parallel_map(lambda s: _upper32(H, np.float32(lam), G, *s), row_spans(H.shape[0]), nbytes=6 * H.size)
+        info = potrf_blocked(G.T) if all(finite) else -1  # in place
+        if info == 0:
+            d = inverse_column_norms(G.T, overwrite=True)  # reads only that triangle
+            if np.all(np.isfinite(d)) and np.all(d > 0):
                 return d, rd, []
     U, rd, esc = upper_inverse_factor(H, rd, max_damp)
     return (U * U).sum(axis=0), rd, esc
