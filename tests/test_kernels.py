@@ -381,3 +381,50 @@ def test_blocked_cholesky_against_lapack():
     k = NB + 40
     bad[k, k] = -1.0
     assert potrf_blocked(np.asfortranarray(bad)) == potrf_eager(bad)[1] == k + 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_graph_respects_dependencies_stops_and_raises(threads):
+    """threads.run_graph (the blocked Cholesky's schedule): every task starts after all of its
+    dependencies have finished, the ready task with the smallest key goes first on one thread, a task
+    returning a true value stops the run (its dependents never start), and an exception reaches the caller."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(18)
+    keys = list(range(40))
+    deps = {k: sorted(set(rng.choice(k, size=min(k, 3), replace=False).tolist())) if k else [] for k in keys}
+    log, lock = [], threading.Lock()
+
+    def task(k):
+        def run():
+            with lock:
+                log.append(("start", k))
+            time.sleep(0.001 * (k % 3))
+            with lock:
+                log.append(("end", k))
+        return run
+
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        out = th.run_graph({k: task(k) for k in keys}, deps, flop=th.PARALLEL_MIN_FLOP)
+        assert sorted(out) == keys
+        pos = {ev: i for i, ev in enumerate(log)}
+        for k in keys:
+            assert all(pos[("end", d)] < pos[("start", k)] for d in deps[k])
+        if threads == 1:
+            assert [k for ev, k in log if ev == "start"] == keys  # every task's deps have smaller keys
+        calls = []
+        stop = {0: lambda: calls.append(0), 1: lambda: calls.append(1) or 5, 2: lambda: calls.append(2),
+                3: lambda: calls.append(3)}
+        out = th.run_graph(stop, {1: [0], 2: [1], 3: [2]}, flop=th.PARALLEL_MIN_FLOP)
+        assert out[1] == 5 and calls == [0, 1]
+
+        def boom():
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            th.run_graph({0: boom, 1: lambda: None}, {1: [0]}, flop=th.PARALLEL_MIN_FLOP)
+    finally:
+        numba.set_num_threads(old)

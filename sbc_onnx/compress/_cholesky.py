@@ -23,7 +23,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from ._openblas import kernels
-from .threads import blas_threads, parallel_map
+from .threads import blas_threads, parallel_map, run_graph
 
 __all__ = ["NB", "TRI_LEAF", "potrf_blocked", "potrf_eager", "trtri_blocked", "trtri_eager"]
 
@@ -54,27 +54,35 @@ def potrf_blocked(A: np.ndarray) -> int:
         return int(info)
     base, es = A.ctypes.data, 4
     at = lambda i, j: base + (j * n + i) * es  # noqa: E731 - address of A[i, j] (column-major)
-    with blas_threads():
-        for k0 in range(0, n, NB):
-            k1 = min(n, k0 + NB)
-            info = k.potrf(k1 - k0, at(k0, k0), n)
-            if info != 0:
-                return k0 + int(info)
-            if k1 == n:
-                break
-            m = n - k1
-            rows = [(r, min(n, r + NB)) for r in range(k1, n, NB)]
-            parallel_map(lambda r: k.trsm_rlt(r[1] - r[0], k1 - k0, at(k0, k0), n, at(r[0], k0), n), rows,
-                         m * (k1 - k0) ** 2)
+    starts = list(range(0, n, NB))
+    end = lambda b: min(n, starts[b] + NB)  # noqa: E731
+    tasks, deps = {}, {}
+    # task keys sort by urgency: (b, 0, 0) factors diagonal block b, (b, 1, r) solves row block r of its panel,
+    # (c - 1, 2, b, c) is step b's update of column block c, ranked by the factor that waits for it (block c): the
+    # next panel's column is updated first and factored while the rest of the step's update runs (lookahead)
+    for b, k0 in enumerate(starts):
+        k1 = end(b)
+        tasks[(b, 0, 0)] = lambda k0=k0, k1=k1: k.potrf(k1 - k0, at(k0, k0), n)
+        deps[(b, 0, 0)] = [(b - 1, 2, b - 1, b)] if b else []
+        for r in range(b + 1, len(starts)):
+            r0 = starts[r]
+            tasks[(b, 1, r)] = lambda k0=k0, k1=k1, r0=r0, r1=end(r): k.trsm_rlt(r1 - r0, k1 - k0, at(k0, k0), n,
+                                                                                    at(r0, k0), n)
+            deps[(b, 1, r)] = [(b, 0, 0)]
+        for c in range(b + 1, len(starts)):
+            c0, c1 = starts[c], end(c)
 
-            def update(c):
-                c0, c1 = c
+            def update(k0=k0, k1=k1, c0=c0, c1=c1):
                 k.syrk_ln(c1 - c0, k1 - k0, at(c0, k0), n, at(c0, c0), n)
                 if c1 < n:
                     k.gemm_nt(n - c1, c1 - c0, k1 - k0, at(c1, k0), n, at(c0, k0), n, at(c1, c0), n)
 
-            parallel_map(update, rows, m * m * (k1 - k0))
-    return 0
+            key = (c - 1, 2, b, c)
+            tasks[key] = update
+            deps[key] = [(b, 1, r) for r in range(c, len(starts))] + ([(c - 1, 2, b - 1, c)] if b else [])
+    out = run_graph(tasks, deps, n**3 / 3)
+    fail = [(key[0], info) for key, info in out.items() if key[1] == 0 and info]
+    return starts[fail[0][0]] + int(fail[0][1]) if fail else 0
 
 
 def trtri_eager(L: np.ndarray) -> tuple[np.ndarray, int]:

@@ -26,7 +26,7 @@ import threading
 import numba
 
 __all__ = ["PARALLEL_MIN_BYTES", "PARALLEL_MIN_FLOP", "blas_threads", "block_runner", "numba_threads", "parallel_map",
-           "row_threads", "run_blocks_with"]
+           "row_threads", "run_blocks_with", "run_graph"]
 
 PARALLEL_MIN_FLOP = 2e8  # total work of a row-parallel kernel call below which one thread is faster
 
@@ -79,11 +79,85 @@ def parallel_map(fn, items, flop: float = 0.0, nbytes: float = 0.0) -> list:
     with blas_threads():
         if n < 2 or (flop < PARALLEL_MIN_FLOP and nbytes < PARALLEL_MIN_BYTES):
             return [fn(x) for x in items]
-        if not _pool or _pool[0]._max_workers != n:
-            from concurrent.futures import ThreadPoolExecutor
+        return list(_executor(n).map(fn, items))
 
-            _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix=_POOL_NAME)]
-        return list(_pool[0].map(fn, items))
+
+def _executor(n: int):
+    if not _pool or _pool[0]._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool[:] = [ThreadPoolExecutor(max_workers=n, thread_name_prefix=_POOL_NAME)]
+    return _pool[0]
+
+
+def run_graph(tasks: dict, deps: dict, flop: float = 0.0) -> dict:
+    """Run the tasks {key: fn} once each, fn() after every task in deps[key] has finished; ready tasks start
+    in the order of their keys (sorted: a key that sorts first is on the critical path).  A task that
+    returns a true value stops the run: no task starts after it (those already running finish).  Returns
+    {key: result} of the tasks that ran.  On numba's thread count of Python threads when `flop` >=
+    PARALLEL_MIN_FLOP, else in key order on this thread.  Each task computes the same numbers whichever
+    thread runs it and whatever runs beside it (the dependencies fix what it reads), so the results do not
+    depend on the thread count -- what parallel_map gives one step at a time, without waiting for a whole
+    step's pieces before the next step's first piece (lookahead)."""
+    import heapq
+
+    n = numba.get_num_threads()
+    if threading.current_thread().name.startswith(_POOL_NAME):
+        n = 1
+    waiting = {k: len(deps.get(k, ())) for k in tasks}
+    after: dict = {k: [] for k in tasks}
+    for k, ds in deps.items():
+        for d in ds:
+            after[d].append(k)
+    ready = [k for k, c in waiting.items() if c == 0]
+    heapq.heapify(ready)
+    out: dict = {}
+    with blas_threads():
+        if n < 2 or flop < PARALLEL_MIN_FLOP:
+            while ready:
+                k = heapq.heappop(ready)
+                out[k] = tasks[k]()
+                if out[k]:
+                    break
+                for a in after[k]:
+                    waiting[a] -= 1
+                    if waiting[a] == 0:
+                        heapq.heappush(ready, a)
+            return out
+        cond = threading.Condition()
+        state = {"running": 0, "stop": False, "error": None}
+
+        def worker():
+            while True:
+                with cond:
+                    while not ready and state["running"] and not state["stop"]:
+                        cond.wait()
+                    if state["stop"] or not ready:
+                        cond.notify_all()
+                        return
+                    k = heapq.heappop(ready)
+                    state["running"] += 1
+                try:
+                    r = tasks[k]()
+                except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
+                    r, state["error"] = True, e
+                with cond:
+                    state["running"] -= 1
+                    out[k] = r
+                    if r:
+                        state["stop"] = True
+                    else:
+                        for a in after[k]:
+                            waiting[a] -= 1
+                            if waiting[a] == 0:
+                                heapq.heappush(ready, a)
+                    cond.notify_all()
+
+        for f in [_executor(n).submit(worker) for _ in range(n)]:
+            f.result()
+        if state["error"] is not None:
+            raise state["error"]
+    return out
 
 
 def blas_threads():
