@@ -23,8 +23,10 @@
 "1 thread" / "2 threads" set both numba's thread count and the BLAS libraries' (threadpoolctl). The floors
 use them; compress/ runs every BLAS call on one thread (OpenBLAS's threaded calls round differently with
 the thread count, compress/threads.py), so the kernels' extra cores come only from the row-parallel
-ExactOBS kernels (numba).  The machine is shared: each figure is the minimum of --reps runs, the kernel
-and its floor alternate inside the same loop, and the load average is printed.
+ExactOBS kernels (numba) and from the fixed pieces run on Python threads (threads.parallel_map /
+run_graph).  The machine is shared: each figure is the minimum of --reps runs, the kernel and its floor
+alternate inside the same loop (sections 1-2: each timed call after a short pause, `settle`), and the load
+average is printed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ class threads:
         numba.set_num_threads(self.old)
 
 
+def settle(seconds: float = 0.25) -> None:
+    """A pause before a timed call of sections 1-2: after a threaded BLAS call (the floors, at 2 threads)
+    OpenBLAS's idle worker threads busy-wait for a while and take a core from whatever runs next; the pause
+    lets them sleep, so that neither the kernel nor its floor pays for the other's threads."""
+    time.sleep(seconds)
+
+
 def timed(f):
     t0 = time.perf_counter()
     r = f()
@@ -111,22 +120,29 @@ def section_hessian_gptq(reps):
         with threads(n):
             obs, f32, f64, gq, split, chol, old, sg = [], [], [], [], [], [], [], []
             for _ in range(reps):
+                settle()
                 cal = calibrate(walker, ds, batch_size=B)
                 lc = cal.layers["fc"]
                 obs.append(lc.seconds)
                 X = ds.x.astype(np.float32).transpose(1, 0, 2)
                 Z = filter_time(X, lc.betas).reshape(-1, d).astype(np.float32)
+                settle()
                 t, S = timed(lambda: Z.T @ Z)
                 f32.append(t)
                 Zd = Z.astype(np.float64)
+                settle()
                 f64.append(timed(lambda: Zd.T @ Zd)[0])
                 H = lc.H
+                settle()
                 t, q = timed(lambda: quantize_gptq(W, H, grid))
                 gq.append(t)
                 split.append((q.seconds["factor"], q.seconds["sweep"]))
                 Hd, _ = damped_hessian(H, 0.01)
+                settle()
                 chol.append(timed(lambda: lapack.dpotrf(Hd, lower=1, clean=0))[0])
+                settle()
                 old.append(timed(lambda: (upper_inverse_factor(H), damped_cholesky(H, reverse=True)))[0])
+                settle()
                 sg.append(sgemm_speed(reps=1))
             rel = np.abs(2.0 / B * S.astype(np.float64) - H).max() / np.abs(H).max()
             sweep_floor = d_out * d * d / max(sg)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .compress.hessian import HessianAccumulator, TimeFilter
+from .compress.threads import blas_threads
 from .errors import SbcError
 from .graph import FlatGraph
 from .primitives import NONLINEAR
@@ -249,19 +250,24 @@ def calibrate(
     hooks = {n: observer(c) for n, c in cals.items()}
     bar = progress_bar(getattr(dataset, "n", None), "calibrating", progress)
     n_samples, steps = 0, 0
-    for batch in dataset.batches(batch_size, with_lengths=True, per_step=True):
-        x_tb, y, lengths = batch
-        state["valid"] = np.asarray(lengths) if lengths is not None else None
-        walker.run(x_tb, on_input=hooks, record_outputs=False, on_step=step_progress(bar, len(y), x_tb.shape[0]))
-        for cal in cals.values():
-            # a batch's rows end its last block: the float32 blocks are then the same whichever whole batches
-            # a pass covers, so shards of the set (distributed/) fold the bits of one pass
-            t1 = time.perf_counter()
-            cal.acc.flush()
-            cal.seconds += time.perf_counter() - t1
-        n_samples += len(y)
-        steps = max(steps, x_tb.shape[0])
-        del batch, x_tb  # freed before the next batch is built (Dataset.batches)
+    # BLAS on one thread for the whole pass: the observers' block products run as fixed pieces on the cores
+    # (compress/threads.py), and after every threaded BLAS call of the simulation OpenBLAS's idle workers
+    # busy-wait for a while, taking a core from those pieces (benchmarks/results/kernels.md)
+    with blas_threads():
+        for batch in dataset.batches(batch_size, with_lengths=True, per_step=True):
+            x_tb, y, lengths = batch
+            state["valid"] = np.asarray(lengths) if lengths is not None else None
+            walker.run(x_tb, on_input=hooks, record_outputs=False,
+                       on_step=step_progress(bar, len(y), x_tb.shape[0]))
+            for cal in cals.values():
+                # a batch's rows end its last block: the float32 blocks are then the same whichever whole
+                # batches a pass covers, so shards of the set (distributed/) fold the bits of one pass
+                t1 = time.perf_counter()
+                cal.acc.flush()
+                cal.seconds += time.perf_counter() - t1
+            n_samples += len(y)
+            steps = max(steps, x_tb.shape[0])
+            del batch, x_tb  # freed before the next batch is built (Dataset.batches)
     if bar is not None:
         bar.close()
     if n_samples == 0:

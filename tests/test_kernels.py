@@ -428,3 +428,27 @@ def test_run_graph_respects_dependencies_stops_and_raises(threads):
             th.run_graph({0: boom, 1: lambda: None}, {1: [0]}, flop=th.PARALLEL_MIN_FLOP)
     finally:
         numba.set_num_threads(old)
+
+
+def test_calibration_runs_blas_on_one_thread():
+    """The whole calibration pass (the simulation's products too) runs BLAS on one thread, so OpenBLAS's
+    busy-waiting idle workers never take a core from the observers' pieces; the limit is lifted afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(19)
+    g = linear_lif_graph(rng, 40, 8)
+    ds = Dataset((rng.random((4, 6, 40)) < 0.3).astype(np.uint8), np.zeros(4, int))
+    walker = sbc.Walker(g, sbc.SimConfig(dt=1.0))
+    seen = []
+    run = walker.run
+
+    def spy(*a, **k):
+        seen.append([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"])
+        return run(*a, **k)
+
+    walker.run = spy
+    with threadpool_limits(2, user_api="blas"):
+        calibrate(walker, ds, batch_size=2)
+        after = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert len(seen) == 2 and all(n == [1] * len(n) for n in seen)
+    assert after and all(n == 2 for n in after)

@@ -5,16 +5,16 @@ LAPACK's spotrf (`potrf_eager`, the readable twin) runs on one thread here: Open
 rounds differently with the thread count (threads.py).  This is the right-looking blocked algorithm
 written out: for each diagonal block k (width NB), factor it (spotrf), solve the panel below it
 (B := B L_kk^-T, in row pieces), and update the trailing matrix (C -= P P^T, in column pieces of width
-NB: a syrk on the diagonal block and a gemm below it).  The pieces of a step are independent and
-each is one single-threaded BLAS call on fixed index ranges (a function of n only), so running them
-on one or several threads (threads.parallel_map) computes the same numbers.
+NB: a syrk on the diagonal block and a gemm below it).  Each piece is one single-threaded BLAS call on
+fixed index ranges (a function of n only), run as a dependency graph (threads.run_graph: a piece starts
+once the pieces it reads from are done, so the next diagonal block is factored while the rest of a step's
+update runs); on one or several threads it computes the same numbers.
 
 `trtri_blocked` inverts the lower factor in place the same way (`trtri_eager`, LAPACK's strtri, is its
 readable twin): the diagonal is cut into leaf blocks (inverted by strtri, independently), and neighbours
 are merged level by level: with [A 0; B C]^-1 = [A^-1 0; -C^-1 B A^-1  C^-1], B := B A^-1 in row pieces,
 then B := -C^-1 B in column pieces, both triangular products (trmm).  Three quarters of the d^3 / 3
-flop are then large trmm calls, near GEMM speed; the column-block triangular solves used before ran
-at about two thirds of it.
+flop are then large trmm calls, near GEMM speed.
 """
 
 from __future__ import annotations

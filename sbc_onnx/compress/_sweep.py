@@ -21,7 +21,7 @@ from numba import njit
 from scipy.linalg import blas
 
 from ._openblas import kernels, somatcopy
-from .threads import blas_threads, parallel_map
+from .threads import PARALLEL_MIN_BYTES, blas_threads, parallel_map
 
 
 _omatcopy = somatcopy()
@@ -41,7 +41,10 @@ def transpose(A, dtype=None):
     if A.size == 0:
         return out
     if A.dtype == np.float32 and _omatcopy is not None and max(r, c) < 2**31:
-        # out[c0:c1] = A[:, c0:c1]^T in fixed column pieces (GIL-free calls; threads when the pass is large)
+        if 8 * A.size < PARALLEL_MIN_BYTES:
+            _omatcopy(101, 112, r, c, 1.0, A.ctypes.data, c, out.ctypes.data, r)
+            return out
+        # out[c0:c1] = A[:, c0:c1]^T in column pieces (GIL-free calls) on threads
         cuts = sorted({0, c, *(c * k // 4 for k in range(1, 4))})
         parallel_map(lambda s: _omatcopy(101, 112, r, s[1] - s[0], 1.0, A.ctypes.data + 4 * s[0], c,
                                          out.ctypes.data + 4 * s[0] * r, r), list(zip(cuts, cuts[1:])),

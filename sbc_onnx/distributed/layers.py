@@ -105,9 +105,11 @@ class LayerRunner:
             group_chunks = self._trace(w_ref, h_ref, rows, cols, pattern)
             layout.append(len(group_chunks))
             chunks += group_chunks
-        ref = c.compress_layer.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options,
-                                      job.traces, layout, BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker,
-                                      c.hold_from is not None and job.index >= c.hold_from, *chunks)
+        hold = c.hold_from is not None and job.index >= c.hold_from
+        # a held task (tests of a lost cluster) waits on no CPU: the nested tasks of the layers before it get the workers
+        task = c.compress_layer.options(num_cpus=0) if hold else c.compress_layer
+        ref = task.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options, job.traces, layout,
+                          BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker, hold, *chunks)
         put = {"W": job.W.nbytes, "H": job.H.nbytes, "sq_norms": nbytes(job.sq_norms)}  # sq_norms: in the task spec
         job.H = job.sq_norms = None  # in the store now; a layer waiting to be taken holds no copy here
         return _Submitted(job, ref, list(chunks), put)
