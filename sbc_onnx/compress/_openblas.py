@@ -69,7 +69,7 @@ def kernels():
     trsm_rlt(m, n, l, ldl, b, ldb) (B := B L^-T),
     syrk_ln(n, k, a, lda, c, ldc) (C -= A A^T, lower), gemm_nt(m, n, k, a, lda, b, ldb, c, ldc)
     (C -= A B^T) and, row-major, gemm_rm_tn(m, n, k, a, lda, b, ldb, c, ldc) (C (m, n) -= A^T B with
-    A (k, m), B (k, n)); None where the library or a symbol is missing."""
+    A (k, m), B (k, n)) and gemm_rm_nn (C -= A B, A (m, k)); None where the library or a symbol is missing."""
     if _kernels:
         return _kernels[0]
     lib, ns = _library(), None
@@ -117,6 +117,10 @@ def kernels():
                 @staticmethod
                 def gemm_rm_tn(m, n, k, a, lda, b, ldb, c, ldc):
                     gemm(_ROW, _TRANS, _NOTRANS, m, n, k, -1.0, a, lda, b, ldb, 1.0, c, ldc)
+
+                @staticmethod
+                def gemm_rm_nn(m, n, k, a, lda, b, ldb, c, ldc):
+                    gemm(_ROW, _NOTRANS, _NOTRANS, m, n, k, -1.0, a, lda, b, ldb, 1.0, c, ldc)
         except Exception:  # pragma: no cover - depends on the installed wheels
             ns = None
     _kernels.append(ns)

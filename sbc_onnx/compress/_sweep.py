@@ -109,21 +109,39 @@ _gemm = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 _gemv = {np.dtype(np.float32): blas.sgemv, np.dtype(np.float64): blas.dgemv}
 
 
+class _Factor:
+    """The sweep's upper factor U, held as U (``transposed`` False) or as U^T (both C-contiguous)."""
+
+    def __init__(self, a, transposed: bool):
+        self.a, self.transposed = a, transposed
+
+    def block_t(self, j1, j2):
+        """U[j1:j2, j1:j2]^T, C-contiguous (row c - j1 = U[j1:j2, c])."""
+        blk = self.a[j1:j2, j1:j2]
+        return np.ascontiguousarray(blk if self.transposed else blk.T)
+
+
 def _sub_gemm(Wt, U, Err, a1, a2, b1, b2, gemm):
-    """Wt[b1:b2] -= U[a1:a2, b1:b2]^T @ Err[a1:a2], in place (sgemm with beta = 1).  float32 goes through
-    the GIL-free ctypes sgemm (_openblas.py) so that sweeps of independent row pieces run on threads at
-    once (gptq.py); all three arrays are C-contiguous here (obs_sweep)."""
+    """Wt[b1:b2] -= U[a1:a2, b1:b2]^T @ Err[a1:a2], in place (sgemm with beta = 1); U a _Factor.  float32 goes
+    through the GIL-free ctypes sgemm (_openblas.py) so that sweeps of independent row pieces run on threads
+    at once (gptq.py); all three arrays are C-contiguous here (obs_sweep)."""
+    A = U.a
     k = _kern if Wt.dtype == np.float32 else None
     if k is not None:
-        n, d = Wt.shape[1], U.shape[1]
-        k.gemm_rm_tn(b2 - b1, n, a2 - a1, U.ctypes.data + (a1 * d + b1) * 4, d, Err.ctypes.data + a1 * n * 4, n,
-                     Wt.ctypes.data + b1 * n * 4, n)
+        n, d = Wt.shape[1], A.shape[1]
+        if U.transposed:  # U[a, b]^T = A[b, a]
+            k.gemm_rm_nn(b2 - b1, n, a2 - a1, A.ctypes.data + (b1 * d + a1) * 4, d, Err.ctypes.data + a1 * n * 4, n,
+                         Wt.ctypes.data + b1 * n * 4, n)
+        else:
+            k.gemm_rm_tn(b2 - b1, n, a2 - a1, A.ctypes.data + (a1 * d + b1) * 4, d, Err.ctypes.data + a1 * n * 4, n,
+                         Wt.ctypes.data + b1 * n * 4, n)
         return
-    gemm(-1.0, Err[a1:a2].T, U[a1:a2, b1:b2], beta=1.0, c=Wt[b1:b2].T, overwrite_c=1)
+    blk = A[b1:b2, a1:a2].T if U.transposed else A[a1:a2, b1:b2]
+    gemm(-1.0, Err[a1:a2].T, blk, beta=1.0, c=Wt[b1:b2].T, overwrite_c=1)
 
 
 def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, panel=1, outer=512,
-              err_from=None) -> None:
+              err_from=None, transposed: bool = False) -> None:
     """Sweep columns 0..d-1 of W (given transposed as a C-contiguous ``Wt``, modified in place).
 
     fix(i, w, out): writes the value the current column i (vector ``w`` over rows, up to date) is
@@ -141,6 +159,7 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     err_i = (err_from_i - q_i) / U_ii.  With err_from = the original W^T and U = -V D^-1 (V the upper
     factor of H = V V^T, D = diag V, unit diagonal) the sweep is the same OBS elimination without
     inverting the factor (GPTQ's "V-form", gptq.py).
+    ``transposed``: U is given as U^T (the same sweep; GPTQ builds its factor in that layout).
     """
     d, n = Wt.shape
     if not Wt.flags.c_contiguous:
@@ -151,6 +170,7 @@ def obs_sweep(Wt, U, fix, *, blocksize=128, sub=32, on_block=None, keep=None, pa
     Err = np.empty_like(Wt)
     Q = np.empty((min(sub, d), n), dtype=dt)
     diag = np.diag(U).copy()
+    U = _Factor(U, transposed)
     panel = max(1, int(panel))
     outer = blocksize * max(1, -(-int(outer) // blocksize))
     with blas_threads():  # the same bits at any thread count (threads.py)
@@ -211,7 +231,7 @@ def _outer_block(Wt, U, Err, Q, diag, fix, keep, o1, o2, blocksize, sub, panel, 
             on_block(i1, i2)
         for j1 in range(i1, i2, sub):
             j2 = min(i2, j1 + sub)
-            UsT = np.ascontiguousarray(U[j1:j2, j1:j2].T)  # row c - j1 = U[j1:j2, c]: contiguous
+            UsT = U.block_t(j1, j2)  # row c - j1 = U[j1:j2, c]: contiguous
             C = None
             if fix is None:
                 # err = (w - w keep) / U_ii = w * C, C = (1 - keep) / U_ii

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from ._sweep import GridFix, obs_sweep, transpose
 from .grids import Grid, from_int, quantize, to_int
@@ -48,6 +49,28 @@ class QuantResult:
     escalations: list = field(default_factory=list)
     order: np.ndarray | None = None
     seconds: dict = field(default_factory=dict)
+
+
+@njit(cache=True, nogil=True)
+def _v_form_t(C, nd, out, a0, a1):
+    """Rows a and d - 1 - a of out = Uv^T for a in [a0, a1): out[a, b] = C[e - a, e - b] / nd[a] (e = d - 1), 1 on
+    the diagonal.  Both rows are read before either is written, so out may be C itself."""
+    d = C.shape[0]
+    e = d - 1
+    ra = np.empty(d, out.dtype)
+    rb = np.empty(d, out.dtype)
+    for a in range(a0, a1):
+        b = e - a
+        src_a = C[b]  # becomes row a, reversed
+        src_b = C[a]  # becomes row b, reversed
+        for j in range(d):
+            ra[j] = src_a[e - j] / nd[a]
+            rb[j] = src_b[e - j] / nd[b]
+        ra[a] = 1.0
+        rb[b] = 1.0
+        out[a, :] = ra
+        out[b, :] = rb
+    return 0
 
 
 def quantize_rtn(W, grid: Grid, mask=None) -> QuantResult:
@@ -71,17 +94,15 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
     if L is None:  # float32 not accurate enough, or not positive definite at rd: float64 with escalation
         L, rd, _, esc2 = damped_cholesky(H, rd, max(rd, max_damp), reverse=True, perm=perm)
         esc = esc + esc2
-    # V = L[::-1, ::-1] (upper, H_pi = V V^T) and Uv = -V D^-1 (V-form, module docstring), built as
-    # Uv^T from the C-ordered L^T (both factor paths give a Fortran L) and transposed by BLAS: the sweep
-    # needs Uv C-ordered, and a strided copy of the Fortran form cost more than the sweep's GEMMs
-    VT = np.ascontiguousarray(L.T)[::-1, ::-1]
-    UvT = np.empty(VT.shape, np.float32)
-    ndiag = -np.diag(VT)
-    parallel_map(lambda s: np.divide(VT[s[0]:s[1]], ndiag[s[0]:s[1], None], out=UvT[s[0]:s[1]]), row_spans(d),
-                 nbytes=8 * d * d)
-    Uv = transpose(UvT)
-    np.fill_diagonal(Uv, 1.0)
-    del L, VT, UvT
+    # V = L[::-1, ::-1] (upper, H_pi = V V^T) and Uv = -V D^-1 (V-form, module docstring).  The factor's C view
+    # Ct = L^T (both factor paths give a Fortran L) read backwards is V^T, so Uv^T, which the sweep takes as it
+    # is (transposed=True), is Ct reversed with each row divided: in place for the float32 factor, no transpose
+    Ct = np.ascontiguousarray(L.T)
+    UvT = Ct if Ct.dtype == np.float32 else np.empty((d, d), np.float32)
+    nd = -np.diag(Ct)[::-1].copy()
+    half = (d + 1) // 2
+    parallel_map(lambda s: _v_form_t(Ct, nd, UvT, *s), row_spans(half), nbytes=8 * d * d)
+    del L, Ct
     t1 = time.perf_counter()
     keep = np.ones_like(W0, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     scale = np.broadcast_to(np.asarray(grid.scale, np.float64), (d_out, 1))[:, 0].astype(np.float32)
@@ -95,7 +116,7 @@ def quantize_gptq(W, H, grid: Grid, *, mask=None, rel_damp=0.01, max_damp=1.0, b
         r0, r1 = span
         Wt = transpose(np.where(keep[r0:r1], W0[r0:r1], 0.0), np.float32)[perm]  # row gathers: contiguous
         fix = GridFix(scale[r0:r1], lo[r0:r1], hi[r0:r1], transpose(keep[r0:r1])[perm] * scale[None, r0:r1])
-        obs_sweep(Wt, Uv, fix, blocksize=blocksize, sub=sub, err_from=Wt.copy())
+        obs_sweep(Wt, UvT, fix, blocksize=blocksize, sub=sub, err_from=Wt.copy(), transposed=True)
         return Wt
 
     pieces = [(r, min(d_out, r + ROW_PIECE)) for r in range(0, d_out, ROW_PIECE)]
