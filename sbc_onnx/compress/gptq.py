@@ -57,15 +57,20 @@ def _v_form_t(C, nd, out, a0, a1):
     the diagonal.  Both rows are read before either is written, so out may be C itself."""
     d = C.shape[0]
     e = d - 1
-    ra = np.empty(d, out.dtype)
-    rb = np.empty(d, out.dtype)
+    ra = np.empty(d, C.dtype)
+    rb = np.empty(d, C.dtype)
     for a in range(a0, a1):
         b = e - a
         src_a = C[b]  # becomes row a, reversed
         src_b = C[a]  # becomes row b, reversed
         for j in range(d):
-            ra[j] = src_a[e - j] / nd[a]
-            rb[j] = src_b[e - j] / nd[b]
+            ra[j] = src_a[e - j]
+            rb[j] = src_b[e - j]
+        na = nd[a]
+        nb = nd[b]
+        for j in range(d):  # a forward loop of divisions (vectorized)
+            ra[j] = ra[j] / na
+            rb[j] = rb[j] / nb
         ra[a] = 1.0
         rb[b] = 1.0
         out[a, :] = ra

@@ -84,24 +84,39 @@ def _damped_copy(H: np.ndarray, rd: float, perm, reverse: bool) -> tuple[np.ndar
 
 
 @njit(cache=True, nogil=True)
+def _dot4(g, r, j0, n):
+    """sum_{j0 <= j < n} g[j] r[j] in float64 with four partial sums (a fixed order, so the same bits on any
+    thread; four independent chains instead of one)."""
+    s0 = s1 = s2 = s3 = 0.0
+    j = j0
+    while j + 4 <= n:
+        s0 += np.float64(g[j]) * r[j]
+        s1 += np.float64(g[j + 1]) * r[j + 1]
+        s2 += np.float64(g[j + 2]) * r[j + 2]
+        s3 += np.float64(g[j + 3]) * r[j + 3]
+        j += 4
+    t = 0.0
+    while j < n:
+        t += np.float64(g[j]) * r[j]
+        j += 1
+    return ((s0 + s1) + (s2 + s3)) + t
+
+
+@njit(cache=True, nogil=True)
 def _gather32(H, idx, lam, out, i0, i1, Ri, HR):
     """Rows [i0, i1) of out[i, j] = H[idx[i], idx[j]] in float32 for j >= i (0 below), + lam on the diagonal:
     `_damped_copy`'s gathers in one pass (the row of H being read stays in cache), on the triangle LAPACK reads (the C
     array's upper triangle is the lower triangle of the Fortran array it is passed as).  On the way, the float64
-    products HR[i] = H[idx[i]] @ Ri of the factor check (`damped_cholesky32`), so H is read once."""
+    products HR[i, c] = H[idx[i]] @ Ri[c] of the factor check (`damped_cholesky32`; probes as rows), so H is read
+    once."""
     n = idx.shape[0]
     row = np.empty(H.shape[1], np.float32)
     for i in range(i0, i1):
         src = H[idx[i]]
-        h0 = 0.0
-        h1 = 0.0
         for k in range(row.shape[0]):  # a streamed read first: random reads of a row not yet in cache stall
-            v = src[k]
-            row[k] = v
-            h0 += v * Ri[k, 0]
-            h1 += v * Ri[k, 1]
-        HR[i, 0] = h0
-        HR[i, 1] = h1
+            row[k] = src[k]
+        HR[i, 0] = _dot4(src, Ri[0], 0, n)  # the row is in cache now
+        HR[i, 1] = _dot4(src, Ri[1], 0, n)
         o = out[i]
         for j in range(i):
             o[j] = 0.0  # the factor's other triangle: zero, as spotrf's clean=1 leaves it
@@ -113,48 +128,48 @@ def _gather32(H, idx, lam, out, i0, i1, Ri, HR):
 @njit(cache=True, nogil=True)
 def _upper32(H, lam, out, i0, i1):
     """Rows [i0, i1) of out[i, j] = H[i, j] in float32 for j >= i (the triangle LAPACK reads, as in _gather32;
-    the other one is not written), + lam on the diagonal.  Returns whether those entries of H are all finite."""
+    the other one is not written), + lam on the diagonal.  Returns whether those entries of H are all finite
+    (v * 0 is 0 for a finite v and NaN otherwise; the per-row sum of them is checked once)."""
     n = H.shape[1]
     finite = True
     for i in range(i0, i1):
         src = H[i]
         o = out[i]
+        z = 0.0
         for j in range(i, n):
             v = src[j]
-            finite &= (v - v) == 0.0
+            z += v * 0.0
             o[j] = v
+        finite &= z == 0.0
         o[i] += lam
     return finite
 
 
 @njit(cache=True, nogil=True)
 def _upper_times(G, R, i0, i1, Y):
-    """Y[i] = sum_{j >= i} G[i, j] R[j] (float64 sums) for rows [i0, i1): L^T R with G the C view of the
-    Fortran lower factor L."""
+    """Y[c, i] = sum_{j >= i} G[i, j] R[c, j] (float64) for rows [i0, i1) and the two probes c: L^T R with G the C
+    view of the Fortran lower factor L (probes stored as rows)."""
     n = G.shape[1]
     for i in range(i0, i1):
-        g = G[i]
-        y0 = 0.0
-        y1 = 0.0
-        for j in range(i, n):
-            y0 += g[j] * R[j, 0]
-            y1 += g[j] * R[j, 1]
-        Y[i, 0] = y0
-        Y[i, 1] = y1
+        Y[0, i] = _dot4(G[i], R[0], i, n)
+        Y[1, i] = _dot4(G[i], R[1], i, n)
 
 
 @njit(cache=True, nogil=True)
 def _upper_t_times(G, Y, i0, i1):
-    """sum over rows i in [i0, i1) of G[i, j] Y[i] for j >= i (float64): rows [i0, i1)'s share of L Y."""
+    """sum over rows i in [i0, i1) of G[i, j] Y[c, i] for j >= i (float64): rows [i0, i1)'s share of L Y."""
     n = G.shape[1]
-    out = np.zeros((n, 2))
+    out = np.zeros((2, n))
+    o0 = out[0]
+    o1 = out[1]
     for i in range(i0, i1):
         g = G[i]
-        y0 = Y[i, 0]
-        y1 = Y[i, 1]
+        y0 = Y[0, i]
+        y1 = Y[1, i]
         for j in range(i, n):
-            out[j, 0] += g[j] * y0
-            out[j, 1] += g[j] * y1
+            v = np.float64(g[j])
+            o0[j] += v * y0
+            o1[j] += v * y1
     return out
 
 
@@ -188,6 +203,7 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
     R = np.random.default_rng(0).standard_normal((d, 2))
     Ri = np.empty_like(R)
     Ri[idx] = R  # (H_d R)[i] = (H Ri)[idx[i]] + lam R[i]
+    Ri = np.ascontiguousarray(Ri.T)
     HR = np.empty((d, 2))
     parallel_map(lambda s: _gather32(Hc, idx, lam32, G, *s, Ri, HR), spans, nbytes=12 * d * d)
     HR += lam * R
@@ -195,10 +211,10 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
     if potrf_blocked(L) != 0:
         return None
     # L L^T R from the triangle only (memory-bound passes in row pieces, summed in a fixed order)
-    R32 = R.astype(np.float32)
-    Y = np.empty((d, 2))
-    parallel_map(lambda s: _upper_times(G, R32, *s, Y), spans, nbytes=2 * d * d)
-    LLR = sum(parallel_map(lambda s: _upper_t_times(G, Y, *s), spans, nbytes=2 * d * d))
+    R2 = np.ascontiguousarray(R.T)  # the probes as rows
+    Y = np.empty((2, d))
+    parallel_map(lambda s: _upper_times(G, R2, *s, Y), spans, nbytes=2 * d * d)
+    LLR = sum(parallel_map(lambda s: _upper_t_times(G, Y, *s), spans, nbytes=2 * d * d)).T
     res = float(np.linalg.norm(LLR - HR))
     if not (math.isfinite(res) and res <= tol * lam * float(np.linalg.norm(R))):
         return None
@@ -273,16 +289,29 @@ def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float 
 
 @njit(cache=True, nogil=True)
 def _upper_row_norms(G, r0, r1, out):
-    """out[j] = sum_{k >= j} G[j, k]^2 in float64, rows [r0, r1): the column norms of the lower triangle of
-    the Fortran array G^T."""
+    """out[j] = sum_{k >= j} G[j, k]^2 in float64, rows [r0, r1) (four partial sums, _dot4): the column norms of
+    the lower triangle of the Fortran array G^T."""
     d = G.shape[1]
     for j in range(r0, r1):
-        s = 0.0
         row = G[j]
-        for k in range(j, d):
+        s0 = s1 = s2 = s3 = 0.0
+        k = j
+        while k + 4 <= d:
+            v0 = np.float64(row[k])
+            v1 = np.float64(row[k + 1])
+            v2 = np.float64(row[k + 2])
+            v3 = np.float64(row[k + 3])
+            s0 += v0 * v0
+            s1 += v1 * v1
+            s2 += v2 * v2
+            s3 += v3 * v3
+            k += 4
+        t = 0.0
+        while k < d:
             v = np.float64(row[k])
-            s += v * v
-        out[j] = s
+            t += v * v
+            k += 1
+        out[j] = ((s0 + s1) + (s2 + s3)) + t
 
 
 def inverse_column_norms(L: np.ndarray, overwrite: bool = False) -> np.ndarray:
