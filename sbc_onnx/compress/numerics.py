@@ -289,29 +289,11 @@ def upper_inverse_factor(H: np.ndarray, rel_damp: float = 0.01, max_damp: float 
 
 @njit(cache=True, nogil=True)
 def _upper_row_norms(G, r0, r1, out):
-    """out[j] = sum_{k >= j} G[j, k]^2 in float64, rows [r0, r1) (four partial sums, _dot4): the column norms of
-    the lower triangle of the Fortran array G^T."""
+    """out[j] = sum_{k >= j} G[j, k]^2 in float64 (_dot4), rows [r0, r1): the column norms of the lower triangle
+    of the Fortran array G^T."""
     d = G.shape[1]
     for j in range(r0, r1):
-        row = G[j]
-        s0 = s1 = s2 = s3 = 0.0
-        k = j
-        while k + 4 <= d:
-            v0 = np.float64(row[k])
-            v1 = np.float64(row[k + 1])
-            v2 = np.float64(row[k + 2])
-            v3 = np.float64(row[k + 3])
-            s0 += v0 * v0
-            s1 += v1 * v1
-            s2 += v2 * v2
-            s3 += v3 * v3
-            k += 4
-        t = 0.0
-        while k < d:
-            v = np.float64(row[k])
-            t += v * v
-            k += 1
-        out[j] = ((s0 + s1) + (s2 + s3)) + t
+        out[j] = _dot4(G[j], G[j], j, d)
 
 
 def inverse_column_norms(L: np.ndarray, overwrite: bool = False) -> np.ndarray:
@@ -321,6 +303,8 @@ def inverse_column_norms(L: np.ndarray, overwrite: bool = False) -> np.ndarray:
     NaN where L has a zero on its diagonal."""
     L = np.asfortranarray(L, dtype=np.float32)
     d = L.shape[0]
+    if d == 0:
+        return np.zeros(0)
     X = L if overwrite else L.copy(order="F")
     if trtri_blocked(X) != 0:
         return np.full(d, np.nan)
