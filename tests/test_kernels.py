@@ -426,6 +426,9 @@ def test_run_graph_respects_dependencies_stops_and_raises(threads):
 
         with pytest.raises(RuntimeError, match="boom"):
             th.run_graph({0: boom, 1: lambda: None}, {1: [0]}, flop=th.PARALLEL_MIN_FLOP)
+        with pytest.raises(RuntimeError, match="never became ready"):  # a cycle
+            th.run_graph({0: lambda: None, 1: lambda: None, 2: lambda: None}, {1: [2], 2: [1]},
+                         flop=th.PARALLEL_MIN_FLOP)
     finally:
         numba.set_num_threads(old)
 

@@ -123,7 +123,7 @@ def run_graph(tasks: dict, deps: dict, flop: float = 0.0) -> dict:
                     waiting[a] -= 1
                     if waiting[a] == 0:
                         heapq.heappush(ready, a)
-            return out
+            return _complete(out, tasks)
         cond = threading.Condition()
         state = {"running": 0, "stop": False, "error": None}
 
@@ -157,6 +157,14 @@ def run_graph(tasks: dict, deps: dict, flop: float = 0.0) -> dict:
             f.result()
         if state["error"] is not None:
             raise state["error"]
+    return _complete(out, tasks)
+
+
+def _complete(out: dict, tasks: dict) -> dict:
+    """out, unless tasks were left that never became ready (a dependency cycle or a missing task) with no
+    task having stopped the run."""
+    if len(out) < len(tasks) and not any(out.values()):
+        raise RuntimeError(f"run_graph: {len(tasks) - len(out)} task(s) never became ready")
     return out
 
 
