@@ -92,7 +92,7 @@ def repair_thresholds(dense, compressed, data, cfg: SimConfig, *, passes: int = 
     rates, shapes = _measure(compressed, data, cfg, names, batch_size)
     report = RepairReport(names, 0, dense_rates, rates, rates)
     search = {n: _Bracket(_thresholds(fg, n, shapes[n]), per_layer) for n in names}
-    best = (report.error(rates), {n: search[n].thr.reshape(search[n].shape).copy() for n in names}, rates)
+    best = (report.error(rates), {n: search[n].current() for n in names}, rates)
     for _ in range(passes):
         for n in names:
             _set_threshold(fg, n, search[n].step(rates[n], dense_rates[n]))
@@ -100,7 +100,7 @@ def repair_thresholds(dense, compressed, data, cfg: SimConfig, *, passes: int = 
         report.passes += 1
         report.history.append(report.error(rates))
         if report.history[-1] < best[0]:
-            best = (report.history[-1], {n: search[n].thr.reshape(search[n].shape).copy() for n in names}, rates)
+            best = (report.history[-1], {n: search[n].current() for n in names}, rates)
     for n in names:
         _set_threshold(fg, n, best[1][n])
     report.rates_after = best[2]
@@ -132,7 +132,11 @@ class _Bracket:
         factor = new / np.where(self.scale != 0, self.scale, 1)
         self.thr = self.thr * factor.reshape((-1,) + (1,) * (self.thr.ndim - 1))
         self.scale = new
-        return self.thr.reshape(self.shape)
+        return self.current()
+
+    def current(self) -> np.ndarray:
+        """A copy of the thresholds in the layer's own shape."""
+        return self.thr.reshape(self.shape).copy()
 
 
 def _thresholds(fg: FlatGraph, name: str, shape: tuple) -> np.ndarray:

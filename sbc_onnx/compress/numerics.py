@@ -185,7 +185,8 @@ def damped_cholesky32(H: np.ndarray, rel_damp: float, *, perm=None, reverse: boo
     attempt, no escalation; _cholesky.potrf_blocked), or None when float32 cannot give a factor that
     good: it fails, the factor is not finite, or its backward error on two seeded random probes R,
     |L L^T R - (H_d) R| (H_d R in float64 from H), exceeds tol * lambda * |R|.  Cholesky is backward stable;
-    what float32 can lose is only that this error becomes comparable to the damping (a Hessian with a large norm next to lambda)."""
+    what float32 can lose is only that this error becomes comparable to the damping (a Hessian with a large
+    norm next to lambda)."""
     rd = check_damping(rel_damp)
     H = np.asarray(H, dtype=np.float64)
     d = H.shape[0]
@@ -321,8 +322,8 @@ def inverse_diagonal(H: np.ndarray, rel_damp: float = 0.01, max_damp: float = 1.
     norms of L^-1, `inverse_column_norms`): the order needs only the ranking, and the float32 steps take
     less than half the time of their float64 twins, which dominated the whole quantization of a layer
     (benchmarks/bench_kernels.py).  The relative error is about cond(L) * 6e-8, so only near-ties can rank
-    differently from a float64 inverse.  When float32 cannot factor the damped matrix (or gives a non-finite diagonal) the float64
-    path with its damping escalation (upper_inverse_factor) decides, as before."""
+    differently from a float64 inverse.  When float32 cannot factor the damped matrix (or gives a non-finite
+    diagonal) the float64 path with its damping escalation (upper_inverse_factor) decides, as before."""
     rd, max_damp = check_damping(rel_damp), check_damping(max_damp, "max_damp")
     H = np.asarray(H, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:

@@ -106,7 +106,8 @@ class LayerRunner:
             layout.append(len(group_chunks))
             chunks += group_chunks
         hold = c.hold_from is not None and job.index >= c.hold_from
-        # a held task (tests of a lost cluster) waits on no CPU: the nested tasks of the layers before it get the workers
+        # a held task (tests of a lost cluster) waits on no CPU: the nested tasks of the layers before it get the
+        # workers
         task = c.compress_layer.options(num_cpus=0) if hold else c.compress_layer
         ref = task.remote(w_ref, h_ref, job.groups, job.k, job.bits, job.sq_norms, self.options, job.traces, layout,
                           BlocksOnCluster(SOLVE_MIN_FLOP, SOLVE_CHUNK_FLOP), c.marker, hold, *chunks)
